@@ -1,0 +1,173 @@
+"""Model folders: a small JSON index naming the components, one subfolder per component.
+
+    model/
+      kinema.json          {"format": "kinema-model", "text_encoder": "builtin:minilm", "defaults": {...}}
+      denoiser/            SpaceTimeUNet: config.json + diffusion_pytorch_model.safetensors
+      vae/                 AutoencoderKL: config.json + diffusion_pytorch_model.safetensors
+      scheduler/           FlowMatchEulerDiscreteScheduler config
+
+Loading never touches the network (`local_files_only=True`) and reads safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import KinemaError
+
+INDEX = "kinema.json"
+FORMAT = "kinema-model"
+DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "default"
+COMPONENTS = ("denoiser", "vae", "scheduler")
+
+DEFAULTS = dict(frames=16, height=64, width=64, fps=8, steps=25, guidance=5.0, shift=1.0, image_noise=0.02)
+
+
+@dataclass
+class Model:
+    """A loaded model: text encoder, VAE and denoiser behind the three seams, plus the folder's defaults."""
+
+    text_encoder: object
+    vae: object
+    denoiser: object
+    scheduler_config: dict
+    index: dict
+    path: Path | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def defaults(self) -> dict:
+        return {**DEFAULTS, **self.index.get("defaults", {})}
+
+    @property
+    def frame_conditions(self) -> list[str]:
+        return list(self.index.get("frame_conditions", []))
+
+    @property
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of this (VAE compression x UNet downsampling)."""
+        return self.vae.spatial_compression * 2 ** (len(self.denoiser.config.channels) - 1)
+
+
+def resolve_model_path(model: str | Path | None) -> Path:
+    """The model folder to load: the given path, or the default weights shipped with kinema."""
+    if model is None:
+        if not (DEFAULT_MODEL / INDEX).is_file():
+            raise KinemaError(
+                "no default weights are installed in this copy of kinema; pass --model DIR "
+                "(make one with `kinema init DIR --preset small` and `kinema train configs/default.yaml --model DIR`)"
+            )
+        return DEFAULT_MODEL
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise KinemaError(f"model folder {path} does not exist; pass a folder made by `kinema init` or a diffusers folder")
+    if not (path / INDEX).is_file():
+        raise KinemaError(f"model folder {path} has no {INDEX}; it is not a kinema model folder (make one with `kinema init`)")
+    return path
+
+
+def read_index(path: Path) -> dict:
+    try:
+        index = json.loads((path / INDEX).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise KinemaError(f"{path / INDEX} is not valid JSON ({e}); re-create the folder with `kinema init`") from None
+    if index.get("format") != FORMAT:
+        raise KinemaError(f"{path / INDEX} is not a kinema model index (format {index.get('format')!r})")
+    for name in COMPONENTS:
+        sub = path / name
+        if not sub.is_dir() or sub.resolve().parent != path.resolve():
+            raise KinemaError(f"model folder {path} is incomplete: missing component folder {name}/")
+    for name in ("denoiser", "vae"):
+        if not (path / name / "config.json").is_file():
+            raise KinemaError(f"model folder {path} is incomplete: {name}/config.json is missing")
+        weights = list((path / name).glob("*.safetensors"))
+        pickles = [p for p in (path / name).iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+        if not weights:
+            why = " (only pickle weights found; kinema loads safetensors only)" if pickles else ""
+            raise KinemaError(f"model folder {path} is incomplete: no {name}/*.safetensors{why}")
+    return index
+
+
+def load(
+    model: str | Path | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, attention: str = "sdpa"
+) -> Model:
+    """Load a kinema model folder (default: the shipped weights) onto a device."""
+    from diffusers import AutoencoderKL
+
+    from .models import FrameVAE, HFTextEncoder, SpaceTimeUNet
+    from .models.text import resolve_text_encoder
+
+    path = resolve_model_path(model)
+    index = read_index(path)
+    device = torch.device(device)
+    text_folder = resolve_text_encoder(index.get("text_encoder", "builtin:minilm"), root=path)
+    text = HFTextEncoder(text_folder, max_length=int(index.get("max_text_length", 32))).to(device)
+    kw = dict(local_files_only=True, use_safetensors=True)
+    denoiser = SpaceTimeUNet.from_pretrained(path / "denoiser", **kw).to(device, dtype).eval()
+    denoiser.set_attention_backend(attention)
+    vae = FrameVAE(AutoencoderKL.from_pretrained(path / "vae", **kw).to(device, dtype).eval())
+    scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+    if denoiser.config.text_dim != text.dim:
+        raise KinemaError(f"denoiser expects text dim {denoiser.config.text_dim} but the text encoder gives {text.dim}")
+    return Model(text, vae, denoiser, scheduler_config, index, path, device, dtype)
+
+
+def save(model: Model, path: str | Path, overwrite: bool = False) -> Path:
+    """Write a model folder atomically (temporary folder, then rename)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise KinemaError(f"{path} already exists; choose another folder or pass --overwrite")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        model.denoiser.save_pretrained(tmp / "denoiser", safe_serialization=True)
+        model.vae.autoencoder.save_pretrained(tmp / "vae", safe_serialization=True)
+        (tmp / "scheduler").mkdir()
+        (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(model.scheduler_config, indent=2))
+        (tmp / INDEX).write_text(json.dumps(model.index, indent=2))
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def init(path: str | Path, preset: str = "small", seed: int = 0, overwrite: bool = False, text_encoder: str = "builtin:minilm") -> Path:
+    """Write a randomly initialised model folder (the start of training, and what tests use)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from .models import PRESETS, VAE_PRESETS, FrameVAE, HFTextEncoder, SpaceTimeUNet, build_autoencoder
+    from .models.text import resolve_text_encoder
+
+    if preset not in PRESETS:
+        raise KinemaError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    text_dim = HFTextEncoder(resolve_text_encoder(text_encoder)).dim
+    torch.manual_seed(seed)
+    vae = FrameVAE(build_autoencoder(preset if preset in VAE_PRESETS else "small"))
+    denoiser = SpaceTimeUNet(latent_channels=vae.latent_channels, text_dim=text_dim, **PRESETS[preset])
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=DEFAULTS["shift"])
+    index = dict(
+        format=FORMAT,
+        version=1,
+        preset=preset,
+        text_encoder=text_encoder,
+        max_text_length=32,
+        defaults=dict(DEFAULTS),
+        frame_conditions=[],  # filled in by training: which frame conditions the model was trained on
+    )
+    model = Model(None, vae, denoiser, dict(sched.config), index)
+    return save(model, path, overwrite=overwrite)

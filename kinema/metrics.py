@@ -1,0 +1,303 @@
+"""An objective oracle for the kinema world: read colour, background and motion off any video.
+
+Works on uint8 ``(F, H, W, 3)`` clips of any size, ground truth or generated (noisy, blurry
+approximations), by snapping pixels to the world palette and tracking the largest blob.
+
+    >>> from kinema import metrics, world
+    >>> clip = world.World(split="all").clip(seed=0)
+    >>> metrics.analyse_video(clip.video).direction
+    >>> metrics.score(clip.video, "a red circle moving left on a blue background")
+    >>> result = metrics.run_world_suite(generate, split="heldout", per_combo=2)
+    >>> print(metrics.format_table(result))
+
+``generate(prompt, seed) -> uint8 (F, H, W, 3)`` is supplied by the caller; this module
+knows nothing about models.
+
+Thresholds (module constants, all relative so they hold at any resolution and length):
+
+- ``UNKNOWN_DISTANCE`` = 80 (RGB Euclidean): a pixel farther than this from every palette
+  colour is "unknown". The closest palette pair (orange, yellow) is 71 apart, so snapping is
+  decided long before this; 80 keeps sigma-12 noise plus world texture (norm < ~60) inside
+  and rejects 50/50 mixtures of distant colours at anti-aliased or blurred edges.
+- ``MIN_OBJECT_FRACTION`` = 0.5% of the frame: smaller blobs are specks. The smallest world
+  object (a triangle of side 1/6) covers ~1.4% of the frame, and still ~1% once blurred edges
+  turn unknown.
+- ``STILL_FRACTION`` = 1/8 of the frame side over 16 frames (scaled by ``(F - 1) / 15`` for
+  other lengths, as the world keeps its pace per frame): below it the clip is "still". The
+  slowest world motion travels 1/3 of the side, 2.7x more; a still object moves 0, so jitter of
+  a few pixels in generated clips does not read as motion.
+- ``flicker`` is in grey levels (0..255), the mean absolute change between consecutive frames
+  over pixels outside the (dilated) object masks of both frames: 0 for a static background.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from kinema import world
+
+UNKNOWN_DISTANCE = 80.0
+MIN_OBJECT_FRACTION = 0.005
+STILL_FRACTION = 1 / 8
+MASK_DILATION = 1 / 32  # of the frame side, at least 1 px: covers anti-aliased object edges
+
+NAMES = tuple(world.COLOURS)
+_PALETTE = np.array([world.COLOURS[n] for n in NAMES], dtype=np.float32)  # (K, 3)
+UNKNOWN = -1
+
+Generator = Callable[[str, int], np.ndarray]
+
+
+#################################################################################
+#                                   Readings                                    #
+#################################################################################
+
+
+@dataclass
+class FrameReading:
+    """What one frame shows: background colour and, if any, the object's colour, centre, area."""
+
+    background: str | None  # None only when no pixel is near the palette
+    colour: str | None = None  # object colour; None when no object was found
+    centroid: tuple[float, float] | None = None  # (x, y) pixels, y down
+    area: float | None = None  # fraction of the frame
+    mask: np.ndarray | None = field(default=None, repr=False, compare=False)  # bool (H, W)
+
+    @property
+    def found(self) -> bool:
+        return self.colour is not None
+
+
+@dataclass
+class VideoReading:
+    """What a clip shows: majority colours, the object's track and its direction of motion."""
+
+    frames: list[FrameReading] = field(repr=False)
+    background: str | None
+    colour: str | None
+    trajectory: list[tuple[float, float] | None] = field(repr=False)
+    direction: str | None  # one of world.MOTIONS; None with fewer than 2 frames holding an object
+    displacement: tuple[float, float] | None  # (dx, dy) pixels over the clip, along the fit
+    flicker: float  # grey levels 0..255; nan for a single frame
+    object_found_fraction: float
+
+
+#################################################################################
+#                                    Frames                                     #
+#################################################################################
+
+
+def _check_video(video: np.ndarray, ndim: int = 4) -> None:
+    what = "video (F, H, W, 3)" if ndim == 4 else "frame (H, W, 3)"
+    if not isinstance(video, np.ndarray) or video.dtype != np.uint8 or video.ndim != ndim or video.shape[-1] != 3:
+        got = f"{getattr(video, 'dtype', type(video).__name__)} {getattr(video, 'shape', '')}"
+        raise ValueError(f"expected a uint8 {what} array, got {got}; convert with .astype(np.uint8)")
+    if min(video.shape) == 0:
+        raise ValueError(f"expected a non-empty {what} array, got shape {video.shape}")
+
+
+def palette_labels(frame: np.ndarray) -> np.ndarray:
+    """Index into ``NAMES`` of each pixel's nearest palette colour, ``UNKNOWN`` (-1) if none is near."""
+    px = frame.reshape(-1, 1, 3).astype(np.float32)  # (H*W, 1, 3)
+    dist = np.sqrt(((px - _PALETTE[None]) ** 2).sum(-1))  # (H*W, K)
+    labels = dist.argmin(1)
+    labels[dist.min(1) > UNKNOWN_DISTANCE] = UNKNOWN
+    return labels.reshape(frame.shape[:2])
+
+
+def analyse_frame(frame: np.ndarray) -> FrameReading:
+    """Background = most common palette colour; object = largest 4-connected non-background blob."""
+    _check_video(frame, ndim=3)
+    h, w = frame.shape[:2]
+    labels = palette_labels(frame)
+    counts = np.bincount(labels[labels >= 0], minlength=len(NAMES))
+    if counts.sum() == 0:
+        return FrameReading(background=None)
+    bg = int(counts.argmax())
+    # 1. candidate pixels: any known colour but the background's (mixed edge colours join the object)
+    candidates = ((labels >= 0) & (labels != bg)).astype(np.uint8)
+    n, comp, stats, centroids = cv2.connectedComponentsWithStats(candidates, connectivity=4)
+    if n < 2:
+        return FrameReading(background=NAMES[bg])
+    # 2. largest component, unless it is a speck
+    k = 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
+    area = int(stats[k, cv2.CC_STAT_AREA])
+    if area < MIN_OBJECT_FRACTION * h * w:
+        return FrameReading(background=NAMES[bg])
+    # 3. its majority colour, centre and size
+    mask = comp == k
+    colour = int(np.bincount(labels[mask], minlength=len(NAMES)).argmax())
+    cx, cy = (float(c) for c in centroids[k])
+    return FrameReading(NAMES[bg], NAMES[colour], (cx, cy), area / (h * w), mask)
+
+
+#################################################################################
+#                                    Videos                                     #
+#################################################################################
+
+
+def _majority(values) -> str | None:
+    values = [v for v in values if v is not None]
+    return Counter(values).most_common(1)[0][0] if values else None
+
+
+def _theil_sen(t: np.ndarray, v: np.ndarray) -> float:
+    """Median of pairwise slopes: a line fit that ignores up to ~29% of wild points."""
+    i, j = np.triu_indices(len(t), 1)
+    return float(np.median((v[j] - v[i]) / (t[j] - t[i])))
+
+
+def _direction(readings: list[FrameReading], h: int, w: int) -> tuple[str | None, tuple[float, float] | None]:
+    """Direction and (dx, dy) over the clip from a robust linear fit of the centroid over time."""
+    t = np.array([i for i, r in enumerate(readings) if r.found], dtype=np.float64)
+    if len(t) < 2:
+        return None, None
+    xy = np.array([r.centroid for r in readings if r.found], dtype=np.float64)  # (T, 2)
+    span = len(readings) - 1
+    dx, dy = _theil_sen(t, xy[:, 0]) * span, _theil_sen(t, xy[:, 1]) * span
+    fx, fy = dx / w, dy / h  # fractions of the frame side, comparable across axes
+    if max(abs(fx), abs(fy)) < STILL_FRACTION * span / 15:
+        return "still", (dx, dy)
+    if abs(fx) >= abs(fy):
+        return ("right" if dx > 0 else "left"), (dx, dy)
+    return ("down" if dy > 0 else "up"), (dx, dy)  # image y grows downward
+
+
+def _flicker(video: np.ndarray, readings: list[FrameReading]) -> float:
+    """Mean |frame[t+1] - frame[t]| (grey levels) outside both frames' dilated object masks."""
+    if len(video) < 2:
+        return float("nan")
+    h, w = video.shape[1:3]
+    r = max(1, round(MASK_DILATION * max(h, w)))
+    kernel = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
+    masks = [
+        cv2.dilate(fr.mask.astype(np.uint8), kernel).astype(bool) if fr.found else np.zeros((h, w), bool)
+        for fr in readings
+    ]
+    diffs = []
+    for t in range(len(video) - 1):
+        keep = ~(masks[t] | masks[t + 1])
+        if keep.any():
+            change = np.abs(video[t + 1].astype(np.int16) - video[t].astype(np.int16))  # (H, W, 3)
+            diffs.append(float(change[keep].mean()))
+    return float(np.mean(diffs)) if diffs else float("nan")
+
+
+def analyse_video(video: np.ndarray) -> VideoReading:
+    """Read every frame, then the clip's majority colours, direction of motion and flicker."""
+    _check_video(video)
+    h, w = video.shape[1:3]
+    readings = [analyse_frame(f) for f in video]
+    direction, displacement = _direction(readings, h, w)
+    return VideoReading(
+        frames=readings,
+        background=_majority(r.background for r in readings),
+        colour=_majority(r.colour for r in readings),
+        trajectory=[r.centroid for r in readings],
+        direction=direction,
+        displacement=displacement,
+        flicker=_flicker(video, readings),
+        object_found_fraction=sum(r.found for r in readings) / len(readings),
+    )
+
+
+def _parse(caption: str) -> tuple[str, str, str, str]:
+    parsed = world.parse_caption(caption)
+    if parsed is None:
+        raise ValueError(
+            f"caption {caption!r} is not canonical; use world.canonical_caption, e.g. "
+            "'a red circle moving left on a blue background' or 'a red circle standing still on a blue background'"
+        )
+    if parsed[0] == parsed[3]:
+        raise ValueError(f"caption {caption!r} puts a {parsed[0]} object on a {parsed[3]} background; "
+                         "the world never does, so it cannot be scored; pick two different colours")
+    return parsed
+
+
+def score(video: np.ndarray, caption: str) -> dict:
+    """Does the clip show the canonical caption's colour, background and motion? Plus the readings."""
+    colour, shape, direction, background = _parse(caption)
+    reading = analyse_video(video)
+    return {
+        "colour_ok": reading.colour == colour,
+        "background_ok": reading.background == background,
+        "direction_ok": reading.direction == direction,
+        "colour": colour,
+        "shape": shape,
+        "background": background,
+        "direction": direction,
+        "detected_colour": reading.colour,
+        "detected_background": reading.background,
+        "detected_direction": reading.direction,
+        "displacement": reading.displacement,
+        "flicker": reading.flicker,
+        "object_found_fraction": reading.object_found_fraction,
+    }
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB of two uint8 arrays (data range 255); inf when identical."""
+    if a.dtype != np.uint8 or b.dtype != np.uint8 or a.shape != b.shape:
+        raise ValueError(f"psnr needs two uint8 arrays of one shape, got {a.dtype} {a.shape} and {b.dtype} {b.shape}")
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+#################################################################################
+#                                  World suite                                  #
+#################################################################################
+
+
+def run_world_suite(generate: Generator, split: str = "heldout", per_combo: int = 2, seed: int = 0) -> dict:
+    """Generate every ``world.eval_prompts`` prompt (seed ``seed * 10_000 + index``) and score it."""
+    prompts = world.eval_prompts(split, per_combo, seed)
+    rows = []
+    for i, (prompt, _spec) in enumerate(tqdm(prompts, desc=f"world suite ({split})", file=sys.stderr)):
+        clip_seed = seed * 10_000 + i
+        video = generate(prompt, clip_seed)
+        try:
+            _check_video(video)
+        except ValueError as e:
+            raise ValueError(f"generate({prompt!r}, {clip_seed}) returned a bad clip: {e}") from None
+        rows.append({"prompt": prompt, "seed": clip_seed, **score(video, prompt)})
+    n = len(rows)
+
+    def frac(rs, key):
+        return sum(r[key] for r in rs) / len(rs) if rs else float("nan")
+
+    per_direction = {}
+    for d in world.MOTIONS:
+        rs = [r for r in rows if r["direction"] == d]
+        if rs:
+            per_direction[d] = frac(rs, "direction_ok")
+    flickers = [r["flicker"] for r in rows if not math.isnan(r["flicker"])]
+    return {
+        "n": n,
+        "colour": frac(rows, "colour_ok"),
+        "background": frac(rows, "background_ok"),
+        "direction": frac(rows, "direction_ok"),
+        "flicker": float(np.mean(flickers)) if flickers else float("nan"),
+        "per_direction": per_direction,
+        "rows": rows,
+    }
+
+
+def format_table(result: dict) -> str:
+    """The suite's headline figures as a one-row Markdown table (accuracies in %, flicker in grey levels)."""
+    dirs = list(result["per_direction"])
+    head = ["n", "colour", "background", "direction", "flicker (0..255)"] + [f"dir: {d}" for d in dirs]
+    pct = [f"{100 * result[k]:.1f}%" for k in ("colour", "background", "direction")]
+    vals = [str(result["n"]), *pct, f"{result['flicker']:.2f}"] + [f"{100 * result['per_direction'][d]:.1f}%" for d in dirs]
+    return "\n".join([
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---:" for _ in head) + "|",
+        "| " + " | ".join(vals) + " |",
+    ])

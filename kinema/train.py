@@ -1,0 +1,478 @@
+"""Train a kinema model on the world: first the frame VAE, then the denoiser in its latent space.
+
+    kinema init runs/default/model --preset small
+    kinema train configs/default.yaml --model runs/default/model
+    accelerate launch -m kinema.cli train configs/default.yaml --model runs/default/model   # many GPUs
+
+Reads top to bottom: config, data, checkpoints, the VAE stage, the denoiser stage.
+Both stages run through accelerate, resume from the newest complete checkpoint in
+`RUN/checkpoints/` after a kill (written to a temporary folder, then renamed), and log
+loss, steps/s and ETA to stderr and `RUN/train.log`. The model folder is rewritten
+(atomically) with the current weights (EMA for the denoiser) at every checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from . import loading, world
+from .config import load_yaml
+from .errors import KinemaError
+from .models import FrameCondition, TextEmbeds
+
+#################################################################################
+#                                     Config                                    #
+#################################################################################
+
+
+@dataclass
+class VAEStage:
+    steps: int = 3000
+    batch: int = 32
+    lr: float = 1e-3
+    kl_weight: float = 1e-6
+    warmup: int = 100
+
+
+@dataclass
+class DenoiserStage:
+    steps: int = 6000
+    batch: int = 8
+    lr: float = 3e-4
+    warmup: int = 200
+    ema: float = 0.999
+    clips: int = 4000  # world clips encoded once into the latent cache
+    text_dropout: float = 0.1
+    # frame-condition dropout: none (text-to-video), first frame, first k frames, first and last frame
+    cond_probs: tuple[float, ...] = (0.4, 0.3, 0.2, 0.1)
+    image_noise: float = 0.05  # max std of the noise added to conditioning latents
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    frames: int = 16
+    size: int = 64
+    bf16: bool = True
+    log_every: int = 25
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    vae: VAEStage = field(default_factory=VAEStage)
+    denoiser: DenoiserStage = field(default_factory=DenoiserStage)
+    sample_prompts: tuple[str, ...] = (
+        "a red circle moving right on a blue background",
+        "a yellow square moving up on a black background",
+        "a white triangle moving left on a green background",
+        "a purple circle standing still on an orange background",
+    )
+
+
+#################################################################################
+#                                  Checkpoints                                  #
+#################################################################################
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    ckpts = sorted((run / "checkpoints").glob("[0-9]*-*"))  # "1-vae-0000250", "2-denoiser-0001000"
+    return ckpts[-1] if ckpts else None
+
+
+def save_checkpoint(run: Path, stage: str, step: int, tensors: dict, meta: dict, keep: int) -> Path:
+    """Write tensors (safetensors) and meta (JSON) to a temporary folder, then rename into place."""
+    root = run / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"{1 if stage == 'vae' else 2}-{stage}-{step:07d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / "state.safetensors")
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        final = root / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in sorted(root.glob("[0-9]*-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Optimizer state as flat tensors plus JSON-able hyper-parameters (no pickles)."""
+    sd = opt.state_dict()
+    tensors = {}
+    for pid, state in sd["state"].items():
+        for k, v in state.items():
+            tensors[f"opt.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, pid, k = key.split(".", 2)
+            state.setdefault(int(pid), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def prefixed(module: torch.nn.Module, prefix: str) -> dict:
+    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+
+
+def unprefixed(tensors: dict, prefix: str) -> dict:
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+class Logger:
+    """Loss, steps/s and ETA to stderr (tqdm) and the run's log file."""
+
+    def __init__(self, run: Path, stage: str, start: int, total: int, enabled: bool):
+        self.file = (run / "train.log").open("a") if enabled else None
+        self.bar = tqdm(total=total, initial=start, desc=stage, disable=not enabled, dynamic_ncols=True)
+        self.stage, self.t0, self.s0, self.total = stage, time.time(), start, total
+
+    def log(self, step: int, **values):
+        rate = (step - self.s0) / max(time.time() - self.t0, 1e-9)
+        eta = (self.total - step) / max(rate, 1e-9)
+        text = " ".join(f"{k}={v:.4g}" for k, v in values.items())
+        line = f"{self.stage} step={step} {text} steps/s={rate:.3f} eta={eta / 60:.1f}min"
+        self.bar.set_postfix_str(text)
+        if self.file:
+            self.file.write(line + "\n")
+            self.file.flush()
+
+    def close(self):
+        self.bar.close()
+        if self.file:
+            self.file.close()
+
+
+def lr_at(step: int, base: float, warmup: int, total: int | None) -> float:
+    """Linear warm-up, then cosine decay to 10% (or constant when total is None)."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    if total is None:
+        return base
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def _to_tensor(video: np.ndarray) -> torch.Tensor:
+    """uint8 (..., F, H, W, 3) -> float (..., 3, F, H, W) in [-1, 1]."""
+    t = torch.from_numpy(video).float().div(127.5).sub(1)
+    return t.movedim(-1, -4)
+
+
+#################################################################################
+#                                   VAE stage                                   #
+#################################################################################
+
+
+def vae_frames(cfg: TrainConfig, rng: np.random.Generator, n: int, split: str = "train") -> torch.Tensor:
+    """n world frames (n, 3, H, W) in [-1, 1], eight from each clip."""
+    w = world.World(split=split, frames=cfg.frames, size=cfg.size)
+    clips = [w.clip(int(s)).video for s in rng.integers(0, 2**31, size=max(1, n // 8))]
+    frames = np.concatenate([c[rng.choice(len(c), 8, replace=False)] for c in clips])[:n]
+    return torch.from_numpy(frames).float().div(127.5).sub(1).permute(0, 3, 1, 2)  # (n, 3, H, W)
+
+
+def heldout_psnr(vae, cfg: TrainConfig, n: int = 64) -> tuple[float, float]:
+    """Median and worst PSNR (dB) of VAE reconstructions of held-out world frames."""
+    x = vae_frames(cfg, np.random.default_rng(12345), n, split="heldout")
+    with torch.no_grad():
+        rec = vae.decode(vae.encode(x[:, :, None]))[:, :, 0]
+    mse = ((rec - x) / 2).pow(2).flatten(1).mean(1)  # in [0, 1] units
+    psnr = -10 * torch.log10(mse.clamp(min=1e-10))
+    return float(psnr.median()), float(psnr.min())
+
+
+class VAEObjective(torch.nn.Module):
+    """Reconstruction of sampled latents and the KL term, in one forward (so DDP wraps it)."""
+
+    def __init__(self, ae):
+        super().__init__()
+        self.ae = ae
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dist = self.ae.encode(x).latent_dist
+        rec = self.ae.decode(dist.mean + dist.std * eps).sample
+        return rec.float(), dist.kl().mean() / x[0].numel()
+
+
+def train_vae(cfg: TrainConfig, model: loading.Model, run: Path, accelerator, start: int, state: dict | None) -> None:
+    ae = model.vae.autoencoder.float().train()
+    opt = torch.optim.AdamW(ae.parameters(), lr=cfg.vae.lr, weight_decay=0.0)
+    history = []
+    if state is not None:
+        ae.load_state_dict(unprefixed(state["tensors"], "model"))
+        load_optimizer(opt, state["tensors"], state["meta"])
+        history = state["meta"]["history"]
+    objective, opt = accelerator.prepare(VAEObjective(ae), opt)
+    log = Logger(run, "vae", start, cfg.vae.steps, accelerator.is_main_process)
+    down = model.vae.spatial_compression
+    for step in range(start, cfg.vae.steps):
+        rng = np.random.default_rng([cfg.seed, 1, step, accelerator.process_index])
+        x = vae_frames(cfg, rng, cfg.vae.batch).to(accelerator.device)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg.vae.lr, cfg.vae.warmup, cfg.vae.steps)
+        shape = (x.shape[0], model.vae.latent_channels, x.shape[2] // down, x.shape[3] // down)
+        eps = torch.from_numpy(rng.standard_normal(shape)).float().to(accelerator.device)
+        with accelerator.autocast():
+            rec, kl = objective(x, eps)
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg.vae.kl_weight * kl
+        accelerator.backward(loss)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        log.bar.update(1)
+        done = step + 1
+        history.append([done, float(loss)])
+        if done % cfg.log_every == 0:
+            log.log(done, loss=float(loss))
+        if done % cfg.checkpoint_every == 0 or done == cfg.vae.steps:
+            if done == cfg.vae.steps:
+                finish_vae(cfg, model, run, accelerator)
+            if accelerator.is_main_process:
+                tensors, meta = optimizer_tensors(opt)
+                tensors.update(prefixed(ae, "model"))
+                meta.update(stage="vae", step=done, history=history, config=asdict(cfg))
+                save_checkpoint(run, "vae", done, tensors, meta, cfg.keep_checkpoints)
+                med, worst = heldout_psnr(model.vae.eval(), cfg)
+                model.vae.train()
+                log.log(done, loss=float(loss), psnr_median=med, psnr_worst=worst)
+    log.close()
+    plot_curve(history, run / "vae_loss.png", "VAE loss (L1 + MSE + KL)")
+
+
+def finish_vae(cfg: TrainConfig, model: loading.Model, run: Path, accelerator) -> None:
+    """Set latent scale/shift so latents have unit variance, and save the model folder."""
+    ae = model.vae.autoencoder.eval()
+    ae.register_to_config(scaling_factor=1.0, shift_factor=0.0)
+    x = vae_frames(cfg, np.random.default_rng([cfg.seed, 99]), 256)
+    with torch.no_grad():
+        z = model.vae.encode(x[:, :, None])
+    ae.register_to_config(scaling_factor=float(1.0 / z.std()), shift_factor=float(z.mean()))
+    if accelerator.is_main_process:
+        loading.save(model, model.path, overwrite=True)
+    ae.train()
+
+
+#################################################################################
+#                                 Denoiser stage                                #
+#################################################################################
+
+
+def build_cache(cfg: TrainConfig, model: loading.Model, run: Path) -> dict:
+    """Encode `clips` training clips to latents and every caption to token states, once."""
+    path = run / "cache" / f"latents-{cfg.denoiser.clips}-{cfg.frames}-{cfg.size}.safetensors"
+    if path.is_file():
+        data = load_file(path)
+        meta = json.loads((path.with_suffix(".json")).read_text())
+        return {**data, **meta}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = world.World(split="train", frames=cfg.frames, size=cfg.size)
+    latents, specs = [], []
+    vae = model.vae.eval()
+    for i in tqdm(range(0, cfg.denoiser.clips, 16), desc="encode clips"):
+        clips = [w.clip(cfg.seed * 10_000_000 + j) for j in range(i, min(i + 16, cfg.denoiser.clips))]
+        x = _to_tensor(np.stack([c.video for c in clips]))
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            latents.append(vae.encode(x).float().half())
+        specs += [dict(colour=c.spec.colour, shape=c.spec.shape, direction=c.spec.direction, background=c.spec.background) for c in clips]
+    captions = [""] + world.all_captions()
+    hidden, mask = [], []
+    for i in tqdm(range(0, len(captions), 256), desc="encode captions"):
+        t = model.text_encoder.encode(captions[i : i + 256])
+        hidden.append(F.pad(t.hidden, (0, 0, 0, 32 - t.hidden.shape[1])).half())
+        mask.append(F.pad(t.mask, (0, 32 - t.mask.shape[1])))
+    data = dict(latents=torch.cat(latents), text_hidden=torch.cat(hidden), text_mask=torch.cat(mask))
+    meta = dict(specs=specs, captions=captions)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(data, tmp)
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    os.replace(tmp, path)
+    return {**data, **meta}
+
+
+def frame_condition(x0: torch.Tensor, rng: np.random.Generator, cfg: DenoiserStage) -> FrameCondition:
+    """Random frame condition per sample: none, first frame, first k frames, or first and last frame."""
+    b, _, f = x0.shape[:3]
+    mask = torch.zeros(b, f)
+    for i in range(b):
+        kind = rng.choice(4, p=np.asarray(cfg.cond_probs) / sum(cfg.cond_probs))
+        if kind == 1:
+            mask[i, 0] = 1
+        elif kind == 2:
+            mask[i, : int(rng.integers(1, f // 2 + 1))] = 1
+        elif kind == 3:
+            mask[i, 0] = mask[i, -1] = 1
+    noise_std = torch.from_numpy(rng.uniform(0, cfg.image_noise, size=(b, 1, 1, 1, 1))).float()
+    noisy = x0 + noise_std * torch.from_numpy(rng.standard_normal(x0.shape)).float()
+    return FrameCondition(noisy, mask)
+
+
+def denoiser_batch(cfg: TrainConfig, cache: dict, caption_index: dict, step: int, rank: int):
+    """The batch of one step, a pure function of (seed, step, rank): resuming replays it exactly."""
+    d = cfg.denoiser
+    rng = np.random.default_rng([cfg.seed, 2, step, rank])
+    idx = rng.integers(0, len(cache["specs"]), size=d.batch)
+    x0 = cache["latents"][torch.from_numpy(idx)].float()
+    caps = []
+    for i in idx:
+        s = cache["specs"][int(i)]
+        spec = world.ClipSpec(s["colour"], s["shape"], s["direction"], s["background"], 0, (0, 0), (0, 0), 0)
+        caps.append("" if rng.random() < d.text_dropout else world.paraphrase(spec, rng))
+    ti = torch.tensor([caption_index[c] for c in caps])
+    text = TextEmbeds(cache["text_hidden"][ti].float(), cache["text_mask"][ti])
+    sigma = torch.from_numpy(1 / (1 + np.exp(-(d.logit_mean + d.logit_std * rng.standard_normal(d.batch))))).float()
+    noise = torch.from_numpy(rng.standard_normal(x0.shape)).float()
+    s = sigma[:, None, None, None, None]
+    xt = (1 - s) * x0 + s * noise  # flow matching: x_t between data (s=0) and noise (s=1)
+    cond = frame_condition(x0, rng, d)
+    return xt, sigma * 1000, text, cond, noise - x0
+
+
+def train_denoiser(cfg: TrainConfig, model: loading.Model, run: Path, accelerator, start: int, state: dict | None) -> None:
+    d = cfg.denoiser
+    cache = build_cache(cfg, model, run)
+    caption_index = {c: i for i, c in enumerate(cache["captions"])}
+    net = model.denoiser.float().train()
+    ema = _copy(net)
+    opt = torch.optim.AdamW(net.parameters(), lr=d.lr, weight_decay=0.0)
+    history = []
+    if state is not None and state["meta"]["stage"] == "denoiser":
+        net.load_state_dict(unprefixed(state["tensors"], "model"))
+        ema.load_state_dict(unprefixed(state["tensors"], "ema"))
+        load_optimizer(opt, state["tensors"], state["meta"])
+        history = state["meta"]["history"]
+    net, opt = accelerator.prepare(net, opt)
+    log = Logger(run, "denoiser", start, d.steps, accelerator.is_main_process)
+    for step in range(start, d.steps):
+        xt, t, text, cond, target = denoiser_batch(cfg, cache, caption_index, step, accelerator.process_index)
+        dev = accelerator.device
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, d.lr, d.warmup, None)
+        with accelerator.autocast():
+            pred = net(xt.to(dev), t.to(dev), text.to(dev), FrameCondition(cond.latents.to(dev), cond.mask.to(dev)))
+        loss = F.mse_loss(pred.float(), target.to(dev))
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        _ema_update(ema, accelerator.unwrap_model(net), min(d.ema, (1 + step) / (10 + step)))
+        log.bar.update(1)
+        done = step + 1
+        history.append([done, float(loss)])
+        if done % cfg.log_every == 0:
+            recent = np.mean([h[1] for h in history[-cfg.log_every :]])
+            log.log(done, loss=float(recent))
+        if (done % cfg.checkpoint_every == 0 or done == d.steps) and accelerator.is_main_process:
+            tensors, meta = optimizer_tensors(opt)
+            tensors.update(prefixed(accelerator.unwrap_model(net), "model"))
+            tensors.update(prefixed(ema, "ema"))
+            meta.update(stage="denoiser", step=done, history=history, config=asdict(cfg))
+            save_checkpoint(run, "denoiser", done, tensors, meta, cfg.keep_checkpoints)
+            export(cfg, model, ema, done)
+    log.close()
+    if accelerator.is_main_process:
+        plot_curve(history, run / "denoiser_loss.png", "denoiser loss (flow matching MSE)")
+
+
+def _copy(net):
+    import copy
+
+    ema = copy.deepcopy(net).eval()
+    ema.requires_grad_(False)
+    return ema
+
+
+@torch.no_grad()
+def _ema_update(ema, net, decay: float) -> None:
+    for e, p in zip(ema.parameters(), net.parameters()):
+        e.lerp_(p.detach(), 1 - decay)
+
+
+def export(cfg: TrainConfig, model: loading.Model, ema, step: int) -> None:
+    """Write the EMA weights into the model folder (atomically), recording how they were made."""
+    out = loading.Model(None, model.vae, ema, model.scheduler_config, dict(model.index), model.path)
+    out.index["frame_conditions"] = ["first", "first_k", "first_last"] if sum(cfg.denoiser.cond_probs[1:]) > 0 else []
+    out.index["training"] = dict(step=step, config=asdict(cfg))
+    loading.save(out, model.path, overwrite=True)
+
+
+def plot_curve(history: list, path: Path, title: str) -> None:
+    """Loss curve PNG (raw and smoothed); skipped quietly when matplotlib is absent."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    h = np.asarray(history)
+    if len(h) == 0:
+        return
+    k = max(1, len(h) // 50)
+    smooth = np.convolve(h[:, 1], np.ones(k) / k, mode="valid")
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(h[:, 0], h[:, 1], alpha=0.25, lw=0.5, label="per step")
+    ax.plot(h[k - 1 :, 0], smooth, lw=1.5, label=f"mean of {k}")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+#################################################################################
+#                                     Entry                                     #
+#################################################################################
+
+
+def train(config: str | Path, model_dir: str | Path, run_dir: str | Path | None = None, stages: str = "all") -> Path:
+    """Run (or resume) training; returns the model folder."""
+    from accelerate import Accelerator
+
+    cfg = load_yaml(TrainConfig, config)
+    run = Path(run_dir) if run_dir else Path("runs") / Path(config).stem
+    model_path = loading.resolve_model_path(model_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no")
+    torch.manual_seed(cfg.seed)
+    model = loading.load(model_path, device=accelerator.device)
+    ckpt = latest_checkpoint(run)
+    state = None
+    if ckpt is not None:
+        state = dict(tensors=load_file(ckpt / "state.safetensors"), meta=json.loads((ckpt / "meta.json").read_text()))
+        print(f"resuming from {ckpt}", flush=True)
+    stage, step = (state["meta"]["stage"], state["meta"]["step"]) if state else ("vae", 0)
+    if stages in ("all", "vae") and stage == "vae" and step < cfg.vae.steps:
+        train_vae(cfg, model, run, accelerator, step, state)
+        stage, step, state = "vae", cfg.vae.steps, None
+    if stages in ("all", "denoiser"):
+        if stage != "denoiser":
+            step, state = 0, None
+        if step < cfg.denoiser.steps:
+            train_denoiser(cfg, model, run, accelerator, step, state)
+    return model_path

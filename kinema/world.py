@@ -1,0 +1,275 @@
+"""The kinema world: a procedural, seeded, endless source of captioned clips.
+
+One coloured shape (circle, square or triangle) moves at constant speed, or stands
+still, on a solid background. Every clip is a pure function of its seed, so anyone
+can regenerate the training data and the evaluation prompts.
+
+    >>> world = World(split="train")
+    >>> clip = world.clip(seed=0)          # clip.video: uint8 (F, H, W, 3)
+    >>> clip.caption, clip.spec.direction
+
+The vocabulary is fixed (evaluations outside the project rely on it):
+
+- colours: ``COLOURS`` (name -> RGB);
+- shapes: circle, square, triangle; object size 1/6 to 1/4 of the frame side;
+- motion: left, right, up, down, still; a moving object travels 1/3 to 0.6 of the
+  frame side over 16 frames at constant speed and stays wholly inside the frame
+  (longer clips move more slowly so the object never leaves);
+- background: a colour of the palette other than the object's, with faint texture
+  or noise in half the clips;
+- canonical caption ``a {colour} {shape} moving {direction} on a {bg} background``
+  or ``a {colour} {shape} standing still on a {bg} background``.
+
+Held-out split: the 12 (colour, shape, motion) combinations in ``HELDOUT`` (10% of
+the 120) are never produced in training mode; every colour, shape and motion still
+appears in training in other combinations.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 80, 220),
+    "yellow": (240, 210, 40),
+    "white": (240, 240, 240),
+    "black": (20, 20, 20),
+    "orange": (250, 140, 30),
+    "purple": (150, 60, 200),
+}
+SHAPES = ("circle", "square", "triangle")
+MOTIONS = ("left", "right", "up", "down", "still")
+DIRECTION_VECTORS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}
+
+HELDOUT: tuple[tuple[str, str, str], ...] = (
+    ("red", "circle", "right"),
+    ("green", "square", "left"),
+    ("blue", "triangle", "up"),
+    ("yellow", "circle", "down"),
+    ("white", "square", "still"),
+    ("black", "triangle", "right"),
+    ("orange", "circle", "left"),
+    ("purple", "square", "up"),
+    ("red", "triangle", "down"),
+    ("green", "circle", "still"),
+    ("blue", "square", "right"),
+    ("yellow", "triangle", "left"),
+)
+ALL_COMBOS = tuple(itertools.product(COLOURS, SHAPES, MOTIONS))
+TRAIN_COMBOS = tuple(c for c in ALL_COMBOS if c not in HELDOUT)
+SPLITS = {"train": TRAIN_COMBOS, "heldout": HELDOUT, "all": ALL_COMBOS}
+
+# Paraphrases used in training so the text encoder's generalisation is used; the
+# canonical form is drawn half of the time so it works best.
+_MOVING_TEMPLATES = (
+    "a {c} {s} moving {d} on a {b} background",
+    "a {c} {s} slides {d} on a {b} background",
+    "a {c} {s} drifting to the {d} over a {b} background",
+    "on a {b} background, a {c} {s} moves {d}",
+    "a {c} {s} travels {d} across a {b} background",
+    "{c} {s} moving {d}, {b} background",
+)
+_VERTICAL_TEMPLATES = (
+    "a {c} {s} moving {d} on a {b} background",
+    "a {c} {s} slides {d} on a {b} background",
+    "a {c} {s} drifting {d}ward over a {b} background",
+    "on a {b} background, a {c} {s} moves {d}",
+    "a {c} {s} travels {d} across a {b} background",
+    "{c} {s} moving {d}, {b} background",
+)
+_STILL_TEMPLATES = (
+    "a {c} {s} standing still on a {b} background",
+    "a {c} {s} resting on a {b} background",
+    "a motionless {c} {s} on a {b} background",
+    "on a {b} background, a {c} {s} stays still",
+    "a static {c} {s} over a {b} background",
+    "{c} {s} not moving, {b} background",
+)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Everything that determines a world clip."""
+
+    colour: str
+    shape: str
+    direction: str  # one of MOTIONS
+    background: str
+    size: float  # object side / diameter in pixels
+    start: tuple[float, float]  # centre (x, y) at frame 0, pixels
+    velocity: tuple[float, float]  # pixels per frame
+    texture: float  # amplitude of the background texture, 0..1 of 255
+
+    def centre(self, t: int) -> tuple[float, float]:
+        return (self.start[0] + self.velocity[0] * t, self.start[1] + self.velocity[1] * t)
+
+
+@dataclass
+class Clip:
+    """A rendered world clip."""
+
+    video: np.ndarray  # uint8 (F, H, W, 3)
+    caption: str
+    spec: ClipSpec
+
+
+def canonical_caption(colour: str, shape: str, direction: str, background: str) -> str:
+    if direction == "still":
+        return f"a {colour} {shape} standing still on a {background} background"
+    return f"a {colour} {shape} moving {direction} on a {background} background"
+
+
+_CANONICAL = re.compile(
+    r"^\s*an? (?P<c>\w+) (?P<s>\w+) (?:moving (?P<d>left|right|up|down)|standing still)"
+    r" on an? (?P<b>\w+) background\s*$"
+)
+
+
+def parse_caption(caption: str) -> tuple[str, str, str, str] | None:
+    """(colour, shape, direction, background) of a canonical caption, or None."""
+    m = _CANONICAL.match(caption.lower())
+    if not m or m["c"] not in COLOURS or m["s"] not in SHAPES or m["b"] not in COLOURS:
+        return None
+    return m["c"], m["s"], m["d"] or "still", m["b"]
+
+
+def paraphrase(spec: ClipSpec, rng: np.random.Generator) -> str:
+    """The canonical caption half of the time, otherwise a random paraphrase."""
+    if rng.random() < 0.5:
+        return canonical_caption(spec.colour, spec.shape, spec.direction, spec.background)
+    if spec.direction == "still":
+        templates = _STILL_TEMPLATES
+    elif spec.direction in ("up", "down"):
+        templates = _VERTICAL_TEMPLATES
+    else:
+        templates = _MOVING_TEMPLATES
+    t = templates[int(rng.integers(1, len(templates)))]
+    return t.format(c=spec.colour, s=spec.shape, d=spec.direction, b=spec.background)
+
+
+def all_captions() -> list[str]:
+    """Every caption the world can produce (canonical and paraphrased), sorted."""
+    out = set()
+    for c, s, d in ALL_COMBOS:
+        templates = _STILL_TEMPLATES if d == "still" else (_VERTICAL_TEMPLATES if d in ("up", "down") else _MOVING_TEMPLATES)
+        for b in COLOURS:
+            if b != c:
+                out.update(t.format(c=c, s=s, d=d, b=b) for t in templates)
+    return sorted(out)
+
+
+def _sample_spec(
+    rng: np.random.Generator, combo: tuple[str, str, str], background: str | None, size_px: int, frames: int
+) -> ClipSpec:
+    colour, shape, direction = combo
+    if background is None:
+        choices = [b for b in COLOURS if b != colour]
+        background = choices[int(rng.integers(len(choices)))]
+    side = float(size_px)
+    size = float(rng.uniform(side / 6, side / 4))
+    lo, hi = size / 2 + 1, side - size / 2 - 1  # centre range keeping the object inside
+    dx, dy = DIRECTION_VECTORS[direction]
+    # speed is defined over 16 frames so clips of other lengths move at the same pace
+    travel = float(rng.uniform(side / 3, min(0.6 * side, hi - lo))) if direction != "still" else 0.0
+    speed = min(travel / 15.0, (hi - lo) / max(frames - 1, 1))  # longer clips move slower rather than leave
+    span = speed * (frames - 1)
+    start = []
+    for d in (dx, dy):
+        if d == 0:
+            start.append(float(rng.uniform(lo, hi)))
+        elif d > 0:
+            start.append(float(rng.uniform(lo, max(lo, hi - span))))
+        else:
+            start.append(float(rng.uniform(min(hi, lo + span), hi)))
+    texture = float(rng.uniform(0.01, 0.03)) if rng.random() < 0.5 else 0.0
+    return ClipSpec(colour, shape, direction, background, size, (start[0], start[1]), (dx * speed, dy * speed), texture)
+
+
+_SUPERSAMPLE = 4
+
+
+def _coverage(shape: str, cx: float, cy: float, size: float, h: int, w: int) -> np.ndarray:
+    """Fraction of each pixel covered by the shape (anti-aliased by 4x4 supersampling)."""
+    s = _SUPERSAMPLE
+    ys = (np.arange(h * s) + 0.5) / s
+    xs = (np.arange(w * s) + 0.5) / s
+    X, Y = np.meshgrid(xs, ys)
+    r = size / 2
+    if shape == "circle":
+        inside = (X - cx) ** 2 + (Y - cy) ** 2 <= r * r
+    elif shape == "square":
+        inside = (np.abs(X - cx) <= r) & (np.abs(Y - cy) <= r)
+    elif shape == "triangle":  # upright isosceles, base and height = size
+        top, bottom = cy - r, cy + r
+        frac = np.clip((Y - top) / size, 0, 1)
+        inside = (Y >= top) & (Y <= bottom) & (np.abs(X - cx) <= frac * r)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    return inside.reshape(h, s, w, s).mean(axis=(1, 3))
+
+
+def render(spec: ClipSpec, frames: int = 16, height: int = 64, width: int = 64, seed: int = 0) -> np.ndarray:
+    """Render a spec to uint8 (F, H, W, 3). Coordinates are given for a square frame of side `width`."""
+    rng = np.random.default_rng(seed)
+    bg = np.array(COLOURS[spec.background], dtype=np.float32)
+    fg = np.array(COLOURS[spec.colour], dtype=np.float32)
+    base = np.broadcast_to(bg, (height, width, 3)).copy()
+    if spec.texture > 0:  # faint, smooth texture: low-resolution noise upsampled
+        coarse = rng.standard_normal((height // 8 + 1, width // 8 + 1, 1)).astype(np.float32)
+        tex = np.kron(coarse, np.ones((8, 8, 1), np.float32))[:height, :width]
+        base += 255.0 * spec.texture * tex
+    out = np.empty((frames, height, width, 3), np.uint8)
+    scale_y = height / width
+    for t in range(frames):
+        cx, cy = spec.centre(t)
+        cov = _coverage(spec.shape, cx, cy * scale_y, spec.size, height, width)[..., None]
+        out[t] = np.clip(base * (1 - cov) + fg * cov, 0, 255).round().astype(np.uint8)
+    return out
+
+
+class World:
+    """Seeded source of captioned clips from one split ("train", "heldout" or "all")."""
+
+    def __init__(self, split: str = "train", frames: int = 16, size: int = 64, canonical: bool = False):
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose one of {sorted(SPLITS)}")
+        self.split, self.frames, self.size, self.canonical = split, frames, size, canonical
+        self.combos = SPLITS[split]
+
+    def spec(self, seed: int, combo: tuple[str, str, str] | None = None, background: str | None = None) -> ClipSpec:
+        rng = np.random.default_rng([seed, 1])
+        if combo is None:
+            combo = self.combos[int(rng.integers(len(self.combos)))]
+        return _sample_spec(rng, combo, background, self.size, self.frames)
+
+    def clip(self, seed: int, combo: tuple[str, str, str] | None = None, background: str | None = None) -> Clip:
+        spec = self.spec(seed, combo, background)
+        video = render(spec, self.frames, self.size, self.size, seed=seed)
+        if self.canonical:
+            caption = canonical_caption(spec.colour, spec.shape, spec.direction, spec.background)
+        else:
+            caption = paraphrase(spec, np.random.default_rng([seed, 2]))
+        return Clip(video, caption, spec)
+
+    def batch(self, seeds) -> tuple[np.ndarray, list[str], list[ClipSpec]]:
+        clips = [self.clip(int(s)) for s in seeds]
+        return np.stack([c.video for c in clips]), [c.caption for c in clips], [c.spec for c in clips]
+
+
+def eval_prompts(split: str = "heldout", per_combo: int = 2, seed: int = 0) -> list[tuple[str, ClipSpec]]:
+    """Fixed evaluation prompts: `per_combo` backgrounds for each combination of the split."""
+    world = World(split=split, canonical=True)
+    out = []
+    for i, combo in enumerate(world.combos):
+        rng = np.random.default_rng([seed, i])
+        bgs = [b for b in COLOURS if b != combo[0]]
+        for j in rng.permutation(len(bgs))[:per_combo]:
+            spec = world.spec(seed * 100_000 + i * 10 + int(j), combo, bgs[int(j)])
+            out.append((canonical_caption(*combo, bgs[int(j)]), spec))
+    return out

