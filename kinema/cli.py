@@ -1,17 +1,128 @@
 """The `kinema` command.
 
     kinema generate "a red circle moving right on a blue background" -o clip.mp4
-    kinema info [MODEL] --frames 64
+    kinema generate "a yellow square moving up on a black background" -o clip.gif --seed 3 --steps 30
+    kinema info                      # the default model: components, parameters, memory estimate
+    kinema info runs/default/model --frames 64 --height 128 --width 128
     kinema init runs/default/model --preset small
     kinema train configs/default.yaml --model runs/default/model
+    kinema eval --suite world --split heldout
+
+Every command checks its arguments before loading a model; a bad one ends with a
+one-line error and exit status 2, and no output file is left behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import time
 
 from .errors import KinemaError
+
+#################################################################################
+#                                   Commands                                    #
+#################################################################################
+
+
+def cmd_generate(args) -> None:
+    from . import api, video_io
+
+    api.check_prompt(args.prompt)
+    out = video_io.check_output_path(args.output, overwrite=args.overwrite)
+    info = api.peek(args.model)
+    settings = api.settings_for(
+        info, frames=args.frames, height=args.height, width=args.width, steps=args.steps, guidance=args.guidance,
+        seed=args.seed, negative_prompt=args.negative_prompt, scheduler=args.scheduler, shift=args.shift, fps=args.fps,
+        decode_chunk_size=args.decode_chunk_size,
+    )
+    t0 = time.perf_counter()
+    model = api.load(info["path"], args.device, args.dtype, args.attention)
+    load_s = time.perf_counter() - t0
+    from .pipelines.text_to_video import text_to_video
+
+    result = text_to_video(model, args.prompt, settings, progress=not args.quiet)
+    write_outputs(args, out, result, settings, model, dict(load=round(load_s, 3)))
+
+
+def write_outputs(args, out, result, settings, model, extra_timings: dict) -> None:
+    """Write the clip and its JSON sidecar (both atomically); the sidecar goes first, so no clip lacks one."""
+    from . import __version__, video_io
+
+    t0 = time.perf_counter()
+    record = dict(
+        kinema_version=__version__, command=args.command, prompt=getattr(args, "prompt", None),
+        model=str(model.path), seed=settings.seed, settings=settings.as_dict(), device=str(model.device),
+        dtype=str(model.dtype).replace("torch.", ""), attention=args.attention,
+        frames_written=int(result.frames.shape[0]), size=[int(result.frames.shape[1]), int(result.frames.shape[2])],
+        timings={**extra_timings, **result.timings.as_dict()},
+    )
+    sidecar = video_io.sidecar_path(out)
+    video_io.write_video(out, result.frames, fps=settings.fps, overwrite=args.overwrite)
+    record["timings"]["write"] = round(time.perf_counter() - t0, 4)
+    try:
+        video_io.write_sidecar(out, record, overwrite=True)
+    except BaseException:
+        os.unlink(out) if out.is_file() else None
+        raise
+    if not args.quiet:
+        print(f"wrote {out} ({result.frames.shape[0]} frames, {result.frames.shape[2]}x{result.frames.shape[1]}, "
+              f"{settings.fps:g} fps) and {sidecar.name}")
+
+
+def cmd_info(args) -> None:
+    from . import api
+
+    info = api.peek(args.model)
+    d = info["defaults"]
+    frames, height, width = args.frames or d["frames"], args.height or d["height"], args.width or d["width"]
+    from safetensors import safe_open
+
+    counts = {}
+    for name in ("denoiser", "vae"):
+        n, dtype = 0, None
+        for f in sorted((info["path"] / name).glob("*.safetensors")):
+            with safe_open(f, "pt") as st:
+                for k in st.keys():
+                    sl = st.get_slice(k)
+                    n += _numel(sl.get_shape())
+                    dtype = sl.get_dtype()
+        counts[name] = (n, dtype)
+    info["denoiser_params"], info["vae_params"] = counts["denoiser"][0], counts["vae"][0]
+    est = api.estimate_memory(info, frames, height, width, dtype_bytes=4)
+    report = dict(
+        model=str(info["path"]), preset=info["index"].get("preset"), text_encoder=info["index"].get("text_encoder"),
+        denoiser=dict(params=counts["denoiser"][0], dtype=counts["denoiser"][1], config=info["denoiser"]),
+        vae=dict(params=counts["vae"][0], dtype=counts["vae"][1], latent_channels=info["vae"]["latent_channels"],
+                 spatial_compression=info["spatial"], temporal_compression=1),
+        frame_conditions=info["index"].get("frame_conditions", []), defaults=d, size_multiple=info["multiple"],
+        training=dict((k, v) for k, v in info["index"].get("training", {}).items() if k != "config"),
+        memory_estimate=dict(frames=frames, height=height, width=width, dtype="float32",
+                             **{k: f"{v / 2**20:.1f} MiB" for k, v in est.items()}),
+    )
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"model     {report['model']} (preset {report['preset']})")
+    print(f"text      {report['text_encoder']}")
+    print(f"denoiser  SpaceTimeUNet, {counts['denoiser'][0] / 1e6:.2f}M parameters ({counts['denoiser'][1]})")
+    print(f"vae       AutoencoderKL (frame-wise), {counts['vae'][0] / 1e6:.2f}M parameters, "
+          f"{info['vae']['latent_channels']} latent channels, {info['spatial']}x spatial")
+    print(f"defaults  {d['frames']} frames {d['width']}x{d['height']} @ {d['fps']} fps, {d['steps']} steps, "
+          f"guidance {d['guidance']}; sizes must be multiples of {info['multiple']}")
+    print(f"frame conditions trained: {', '.join(report['frame_conditions']) or 'none'}")
+    m = report["memory_estimate"]
+    print(f"memory    ~{m['total']} peak for {frames} frames {width}x{height} in float32 "
+          f"(weights {m['weights']}, denoiser activations {m['denoiser_activations']}, VAE decode {m['vae_decode']})")
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
 
 
 def cmd_init(args) -> None:
@@ -28,15 +139,100 @@ def cmd_train(args) -> None:
     print(f"trained model in {path}")
 
 
+def cmd_eval(args) -> None:
+    from .evaluate import run_eval
+
+    run_eval(args)
+
+
+#################################################################################
+#                                    Parser                                     #
+#################################################################################
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def finite_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return v
+
+
+def nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def add_model_options(s) -> None:
+    """Options every model-running command shares."""
+    s.add_argument("--model", default=None, help="model folder (default: the weights shipped with kinema)")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
+    s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights and activations dtype (auto: bfloat16 on CUDA, float32 on CPU)")
+    s.add_argument("--attention", default="sdpa", choices=["sdpa", "xformers", "chunked"], help="attention backend")
+
+
+def add_sampling_options(s) -> None:
+    """Options of `generate` that the other drivers share."""
+    s.add_argument("-o", "--output", required=True, help="output: .mp4, .gif, .webp, or a folder name (no suffix) for PNGs")
+    s.add_argument("--frames", type=positive_int, default=None, help="frames to generate (default: the model's)")
+    s.add_argument("--height", type=positive_int, default=None, help="frame height in pixels (default: the model's)")
+    s.add_argument("--width", type=positive_int, default=None, help="frame width in pixels (default: the model's)")
+    s.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the model's)")
+    s.add_argument("--guidance", type=finite_float, default=None, help="classifier-free guidance scale; 1 disables it")
+    s.add_argument("--negative-prompt", default="", help="what to steer away from (the unconditional prompt)")
+    s.add_argument("--seed", type=nonneg_int, default=0, help="random seed; the same seed gives the same clip")
+    s.add_argument("--fps", type=finite_float, default=None, help="frames per second of the written file")
+    s.add_argument("--scheduler", default="euler", choices=["euler", "unipc"], help="flow-matching solver")
+    s.add_argument("--shift", type=finite_float, default=None, help="timestep shift of the schedule (default: the model's)")
+    s.add_argument("--decode-chunk-size", type=positive_int, default=16, help="latent frames decoded at once")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_model_options(s)
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(prog="kinema", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"kinema {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("generate", help="text-to-video", formatter_class=fmt)
+    s.add_argument("prompt", help="what the clip shows")
+    add_sampling_options(s)
+    s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("info", help="a model's components, parameters and a memory estimate", formatter_class=fmt)
+    s.add_argument("model", nargs="?", default=None, help="model folder (default: the shipped weights)")
+    s.add_argument("--frames", type=positive_int, default=None, help="frames for the memory estimate")
+    s.add_argument("--height", type=positive_int, default=None, help="height for the memory estimate")
+    s.add_argument("--width", type=positive_int, default=None, help="width for the memory estimate")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("init", help="write a randomly initialised model folder", formatter_class=fmt)
     s.add_argument("dir", help="model folder to create")
-    s.add_argument("--preset", default="small", help="backbone preset (tiny, small, base)")
-    s.add_argument("--seed", type=int, default=0, help="initialisation seed")
+    s.add_argument("--preset", default="small", choices=["tiny", "small", "base"], help="backbone preset")
+    s.add_argument("--seed", type=nonneg_int, default=0, help="initialisation seed")
     s.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     s.set_defaults(func=cmd_init)
 
@@ -46,6 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", default=None, help="run folder for checkpoints, caches and logs (default runs/<config name>)")
     s.add_argument("--stages", default="all", choices=["all", "vae", "denoiser"], help="which stages to run")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help="score videos against captions with the world oracle, or run a suite", formatter_class=fmt)
+    s.add_argument("videos", nargs="*", help="video files to score (with --caption), or none with --suite")
+    s.add_argument("--caption", default=None, help="canonical caption the videos should show")
+    s.add_argument("--suite", default=None, choices=["world", "vae"], help="generate and score a fixed suite")
+    s.add_argument("--split", default="heldout", choices=["heldout", "train", "all"], help="world split of the suite")
+    s.add_argument("--per-combo", type=positive_int, default=2, help="clips per (colour, shape, motion)")
+    s.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the model's)")
+    s.add_argument("--guidance", type=finite_float, default=None, help="guidance scale (default: the model's)")
+    s.add_argument("--json-out", default=None, help="also write the results as JSON here")
+    add_model_options(s)
+    s.set_defaults(func=cmd_eval)
     return p
 
 
@@ -57,8 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kinema: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("kinema: interrupted", file=sys.stderr)
+        print("kinema: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("kinema: error: out of memory; try fewer --frames, a smaller --height/--width or --attention chunked", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -107,17 +107,29 @@ def load(
 
     path = resolve_model_path(model)
     index = read_index(path)
+    quiet_libraries()
     device = torch.device(device)
     text_folder = resolve_text_encoder(index.get("text_encoder", "builtin:minilm"), root=path)
     text = HFTextEncoder(text_folder, max_length=int(index.get("max_text_length", 32))).to(device)
-    kw = dict(local_files_only=True, use_safetensors=True)
-    denoiser = SpaceTimeUNet.from_pretrained(path / "denoiser", **kw).to(device, dtype).eval()
+    kw = dict(local_files_only=True, use_safetensors=True, torch_dtype=dtype)
+    denoiser = SpaceTimeUNet.from_pretrained(path / "denoiser", **kw).to(device).eval()
     denoiser.set_attention_backend(attention)
-    vae = FrameVAE(AutoencoderKL.from_pretrained(path / "vae", **kw).to(device, dtype).eval())
+    vae = FrameVAE(AutoencoderKL.from_pretrained(path / "vae", **kw).to(device).eval())
     scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
     if denoiser.config.text_dim != text.dim:
         raise KinemaError(f"denoiser expects text dim {denoiser.config.text_dim} but the text encoder gives {text.dim}")
     return Model(text, vae, denoiser, scheduler_config, index, path, device, dtype)
+
+
+def quiet_libraries() -> None:
+    """Keep transformers/diffusers progress bars and notices out of kinema's output."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
 
 
 def save(model: Model, path: str | Path, overwrite: bool = False) -> Path:
@@ -133,6 +145,7 @@ def save(model: Model, path: str | Path, overwrite: bool = False) -> Path:
         (tmp / "scheduler").mkdir()
         (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(model.scheduler_config, indent=2))
         (tmp / INDEX).write_text(json.dumps(model.index, indent=2))
+        os.chmod(tmp, 0o755)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
@@ -155,6 +168,7 @@ def init(path: str | Path, preset: str = "small", seed: int = 0, overwrite: bool
 
     if preset not in PRESETS:
         raise KinemaError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    quiet_libraries()
     text_dim = HFTextEncoder(resolve_text_encoder(text_encoder)).dim
     torch.manual_seed(seed)
     vae = FrameVAE(build_autoencoder(preset if preset in VAE_PRESETS else "small"))

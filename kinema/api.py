@@ -1,0 +1,174 @@
+"""The Python front door: load a model once, generate clips, estimate memory.
+
+    import kinema
+    frames = kinema.generate("a red circle moving right on a blue background", seed=1)  # uint8 (F, H, W, 3)
+    model = kinema.load("runs/default/model")
+    frames = kinema.generate("...", model=model, frames=32)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from . import loading
+from .errors import KinemaError, require
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """`auto` is CUDA when available, else CPU; an unavailable CUDA is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise KinemaError("--device cuda was asked but no CUDA device is available; use --device cpu")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise KinemaError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return torch.device(device)
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """`auto`: bfloat16 on CUDA, float32 on CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise KinemaError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    if dtype == "float16" and device.type == "cpu":
+        raise KinemaError("float16 is not supported on CPU; use --dtype float32 or bfloat16")
+    return DTYPES[dtype]
+
+
+def peek(model: str | Path | None) -> dict:
+    """A model folder's index and component configs, read without loading any weights."""
+    path = loading.resolve_model_path(model)
+    index = loading.read_index(path)
+    den = json.loads((path / "denoiser" / "config.json").read_text())
+    vae = json.loads((path / "vae" / "config.json").read_text())
+    spatial = 2 ** (len(vae["block_out_channels"]) - 1)
+    multiple = spatial * 2 ** (len(den["channels"]) - 1)
+    return dict(path=path, index=index, denoiser=den, vae=vae, spatial=spatial, multiple=multiple,
+                defaults={**loading.DEFAULTS, **index.get("defaults", {})})
+
+
+def settings_for(info: dict, **overrides):
+    """Settings from the model's defaults and the caller's overrides, validated before any weights load."""
+    from .pipelines.common import Settings
+    from .pipelines.loop import SCHEDULERS
+
+    d = info["defaults"]
+    keys = ("frames", "height", "width", "steps", "guidance", "fps")
+    values = {k: d[k] for k in keys}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    s = Settings(**values)
+    m = info["multiple"]
+    require(isinstance(s.frames, int) and s.frames >= 1, f"--frames must be a whole number >= 1 (got {s.frames})")
+    require(isinstance(s.steps, int) and s.steps >= 1, f"--steps must be a whole number >= 1 (got {s.steps})")
+    for name in ("height", "width"):
+        v = getattr(s, name)
+        require(isinstance(v, int) and v >= m and v % m == 0,
+                f"--{name} {v} must be a positive multiple of {m} for this model; try {max(m, round(v / m) * m) if isinstance(v, int) else m}")
+    require(math.isfinite(s.guidance) and 0 <= s.guidance <= 50, f"--guidance must be a number in [0, 50] (got {s.guidance})")
+    require(math.isfinite(s.fps) and 0 < s.fps <= 240, f"--fps must be in (0, 240] (got {s.fps})")
+    require(s.seed >= 0, f"--seed must be >= 0 (got {s.seed})")
+    require(s.scheduler in SCHEDULERS, f"unknown --scheduler {s.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+    require(s.shift is None or (math.isfinite(s.shift) and s.shift > 0), f"--shift must be > 0 (got {s.shift})")
+    require(s.decode_chunk_size >= 1, "--decode-chunk-size must be >= 1")
+    return s
+
+
+_CACHE: dict = {}
+
+
+def load(model: str | Path | None = None, device: str = "auto", dtype: str | torch.dtype | None = "auto", attention: str = "sdpa"):
+    """Load a model folder (default: the shipped weights); repeated calls with the same arguments reuse it."""
+    from .models.attention import BACKENDS, xformers_available
+
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    require(attention in BACKENDS, f"unknown --attention {attention!r}; choose one of {', '.join(BACKENDS)}")
+    if attention == "xformers" and not xformers_available():
+        raise KinemaError("--attention xformers needs the xformers package: pip install 'kinema[xformers]', or use --attention sdpa")
+    path = loading.resolve_model_path(model)
+    key = (str(path.resolve()), str(dev), str(dt), attention)
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = loading.load(path, dev, dt, attention)
+    return _CACHE[key]
+
+
+def _model_and_info(model, device, dtype, attention):
+    if isinstance(model, loading.Model):
+        return model, _info_of(model)
+    info = peek(model)
+    return (lambda: load(info["path"], device, dtype, attention)), info
+
+
+def _info_of(m: loading.Model) -> dict:
+    return dict(path=m.path, index=m.index, defaults=m.defaults, multiple=m.size_multiple)
+
+
+def generate(
+    prompt: str,
+    frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    seed: int = 0,
+    negative_prompt: str = "",
+    model=None,
+    device: str = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    attention: str = "sdpa",
+    scheduler: str = "euler",
+    shift: float | None = None,
+    progress: bool = True,
+    return_result: bool = False,
+):
+    """Text-to-video: uint8 frames (F, H, W, 3) for `prompt` (or the full Result with `return_result`)."""
+    from .pipelines.text_to_video import text_to_video
+
+    check_prompt(prompt)
+    loaded, info = _model_and_info(model, device, dtype, attention)
+    settings = settings_for(info, frames=frames, height=height, width=width, steps=steps, guidance=guidance,
+                            seed=seed, negative_prompt=negative_prompt, scheduler=scheduler, shift=shift)
+    m = loaded() if callable(loaded) else loaded
+    result = text_to_video(m, prompt, settings, progress=progress)
+    return result if return_result else result.frames
+
+
+def check_prompt(prompt) -> None:
+    require(isinstance(prompt, str), "the prompt must be text")
+    require(prompt.strip() != "", "the prompt is empty; give a description such as 'a red circle moving right on a blue background'")
+    require(len(prompt) <= 10_000, f"the prompt is {len(prompt)} characters long; keep it under 10000")
+
+
+def estimate_memory(info: dict, frames: int, height: int, width: int, dtype_bytes: int = 4, cfg: bool = True,
+                    decode_chunk_size: int = 16) -> dict:
+    """Rough peak memory (bytes) of a generate call: weights + denoiser activations + VAE decode chunk.
+
+    Activations: the widest level holds ~12 live tensors of (2B, C, F, h, w); attention adds the
+    spatial score matrix of the first attention level. The VAE decoder holds ~8 tensors of its widest
+    block at full resolution for one chunk. An estimate to choose settings by, not a measurement.
+    """
+    den, vae = info["denoiser"], info["vae"]
+    s = info["spatial"]
+    h, w = height // s, width // s
+    b = 2 if cfg else 1
+    weights = (info.get("denoiser_params", 0) + info.get("vae_params", 0)) * dtype_bytes
+    chans = den["channels"]
+    level_act = max(c * frames * (h // 2**i) * (w // 2**i) for i, c in enumerate(chans)) * b * 12 * dtype_bytes
+    first_attn = next((i for i, a in enumerate(den["attention_levels"]) if a), len(chans) - 1)
+    tokens = (h // 2**first_attn) * (w // 2**first_attn)
+    heads = max(1, chans[first_attn] // den["head_dim"])
+    attn = b * frames * heads * tokens * tokens * dtype_bytes
+    dec = 8 * max(vae["block_out_channels"]) * min(frames, decode_chunk_size) * height * width * dtype_bytes
+    total = weights + level_act + attn + max(dec, 0)
+    return dict(weights=weights, denoiser_activations=level_act + attn, vae_decode=dec, total=total)

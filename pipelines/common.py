@@ -1,0 +1,110 @@
+"""Steps every driver shares: settings, prompt encoding, noise, sampling, decoding."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from kinema.models.seams import FrameCondition, TextEmbeds
+
+from .loop import Hook, KnownFrames, Timings, denoise, guided, make_scheduler, set_timesteps
+
+
+@dataclass
+class Settings:
+    """Everything that decides a clip besides the prompt and the model."""
+
+    frames: int = 16
+    height: int = 64
+    width: int = 64
+    steps: int = 25
+    guidance: float = 5.0
+    seed: int = 0
+    negative_prompt: str = ""
+    scheduler: str = "euler"
+    shift: float | None = None
+    fps: float = 8.0
+    decode_chunk_size: int = 16
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Result:
+    """Frames as uint8 (F, H, W, 3), the final latents, and where the time went."""
+
+    frames: np.ndarray
+    latents: torch.Tensor
+    timings: Timings
+
+
+def encode_prompts(model, prompt: str, settings: Settings, timings: Timings) -> tuple[TextEmbeds, TextEmbeds | None]:
+    """Token states of the prompt, and of the negative prompt when guidance is on."""
+    t0 = time.perf_counter()
+    prompts = [prompt] + ([settings.negative_prompt] if settings.guidance != 1.0 else [])
+    emb = model.text_encoder.encode(prompts).to(model.device, model.dtype)
+    timings.add("text_encode", time.perf_counter() - t0)
+    text = TextEmbeds(emb.hidden[:1], emb.mask[:1])
+    uncond = TextEmbeds(emb.hidden[1:], emb.mask[1:]) if len(prompts) > 1 else None
+    return text, uncond
+
+
+def latent_shape(model, settings: Settings, batch: int = 1) -> tuple[int, ...]:
+    s = model.vae.spatial_compression
+    f = model.vae.latent_frames(settings.frames)
+    return (batch, model.vae.latent_channels, f, settings.height // s, settings.width // s)
+
+
+def initial_noise(shape, seed: int, device) -> torch.Tensor:
+    """Gaussian noise from a CPU generator: the same seed gives the same noise on every device."""
+    g = torch.Generator("cpu").manual_seed(int(seed))
+    return torch.randn(shape, generator=g, dtype=torch.float32).to(device)
+
+
+def sample(
+    model,
+    text: TextEmbeds,
+    uncond: TextEmbeds | None,
+    settings: Settings,
+    timings: Timings,
+    cond: FrameCondition | None = None,
+    init: torch.Tensor | None = None,
+    strength: float = 1.0,
+    hooks: list[Hook] | tuple = (),
+    progress: bool = True,
+) -> torch.Tensor:
+    """Noise (or `init` latents noised to `strength`) -> clean latents, through the one loop."""
+    t0 = time.perf_counter()
+    noise = initial_noise(latent_shape(model, settings), settings.seed, model.device)
+    scheduler = make_scheduler(settings.scheduler, model.scheduler_config, settings.shift)
+    start = set_timesteps(scheduler, settings.steps, strength, device=model.device)
+    sigma0 = float(scheduler.sigmas[start])
+    latents = noise if init is None else (1 - sigma0) * init + sigma0 * noise
+    hooks = list(hooks)
+    if cond is not None and cond.any:
+        hooks.append(KnownFrames(cond, noise))
+        latents = KnownFrames(cond, noise).after_step(-1, sigma0, latents)
+    predict = guided(model.denoiser, text, uncond, settings.guidance, cond, timings.denoiser)
+    with torch.inference_mode():
+        latents = denoise(predict, latents, scheduler, start, hooks, progress)
+    timings.add("denoise", time.perf_counter() - t0)
+    return latents
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """(1, 3, F, H, W) in [-1, 1] -> uint8 (F, H, W, 3)."""
+    x = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def decode(model, latents: torch.Tensor, settings: Settings, timings: Timings) -> np.ndarray:
+    """Latents -> uint8 frames, decoded `decode_chunk_size` latent frames at a time."""
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        chunks = [to_uint8(v) for v in model.vae.decode_chunks(latents, settings.decode_chunk_size)]
+    timings.add("vae_decode", time.perf_counter() - t0)
+    return np.concatenate(chunks)[: settings.frames]

@@ -1,0 +1,176 @@
+"""The one denoising loop, classifier-free guidance as a wrapper, and the hooks drivers plug in.
+
+Flow-matching convention (diffusers' FlowMatchEulerDiscreteScheduler, Wan):
+x_t = (1 - s) x_0 + s noise, and the denoiser predicts v = noise - x_0, so
+x_0 = x_t - s v. Schedulers come from diffusers; the loop is written once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from kinema.errors import KinemaError
+from kinema.models.seams import FrameCondition, TextEmbeds
+
+Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (latents, timestep) -> velocity
+SCHEDULERS = ("euler", "unipc")
+
+
+class NumericalError(KinemaError):
+    """Non-finite latents inside the loop."""
+
+
+@dataclass
+class Stopwatch:
+    """Seconds spent inside denoiser forwards (for the loop-overhead benchmark)."""
+
+    seconds: float = 0.0
+    calls: int = 0
+
+
+def make_scheduler(kind: str, config: dict, shift: float | None = None):
+    """A diffusers flow-matching scheduler from a model's scheduler config."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    shift = float(config.get("shift", 1.0) if shift is None else shift)
+    n = int(config.get("num_train_timesteps", 1000))
+    if kind == "euler":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=n, shift=shift)
+    if kind == "unipc":
+        return UniPCMultistepScheduler(
+            num_train_timesteps=n, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift
+        )
+    raise KinemaError(f"unknown scheduler {kind!r}; choose one of {', '.join(SCHEDULERS)}")
+
+
+def set_timesteps(scheduler, steps: int, strength: float = 1.0, device=None) -> int:
+    """Set `steps` timesteps and skip the first (1 - strength) of them, as diffusers' get_timesteps.
+
+    Returns the index of the first step that runs; its sigma is where the input is noised to.
+    """
+    scheduler.set_timesteps(steps, device=device)
+    start = steps - min(steps, int(round(steps * strength)))
+    if start >= steps:
+        raise KinemaError(f"strength {strength} leaves no denoising steps at {steps} steps; raise --strength or --steps")
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return start
+
+
+def guided(
+    denoiser,
+    text: TextEmbeds,
+    uncond: TextEmbeds | None,
+    scale: float,
+    cond: FrameCondition | None = None,
+    watch: Stopwatch | None = None,
+) -> Predict:
+    """Classifier-free guidance around a denoiser: cond and uncond batched in one forward."""
+    use_cfg = uncond is not None and scale != 1.0
+    both = TextEmbeds.cat([text, uncond]) if use_cfg else text
+    if cond is not None and use_cfg:
+        cond = FrameCondition(torch.cat([cond.latents, cond.latents]), torch.cat([cond.mask, cond.mask]))
+
+    def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([latents, latents]) if use_cfg else latents
+        tt = t.reshape(-1).expand(x.shape[0]).to(x.device, torch.float32)
+        t0 = time.perf_counter()
+        v = denoiser.predict(x.to(_dtype(denoiser)), tt, both, cond).float()
+        if watch is not None:
+            watch.seconds += time.perf_counter() - t0
+            watch.calls += 1
+        if not use_cfg:
+            return v
+        v_cond, v_uncond = v.chunk(2)
+        return v_uncond + scale * (v_cond - v_uncond)
+
+    return predict
+
+
+def _dtype(module) -> torch.dtype:
+    return getattr(module, "dtype", torch.float32)
+
+
+class Hook:
+    """How drivers differ: a correction of the prediction, and of the latents after each step."""
+
+    def on_prediction(self, i: int, sigma: float, latents: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
+        return velocity
+
+    def after_step(self, i: int, sigma_next: float, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+
+@dataclass
+class KnownFrames(Hook):
+    """Re-inject known latent frames at the current noise level after every step (continuation, I2V)."""
+
+    cond: FrameCondition
+    noise: torch.Tensor  # the initial noise, so known frames follow the same path as the others
+    final_exact: bool = True  # at sigma 0 the known frames are exactly the given latents
+
+    def after_step(self, i, sigma_next, latents):
+        m = self.cond.mask[:, None, :, None, None].to(latents.dtype)  # (B, 1, F, 1, 1)
+        known = (1 - sigma_next) * self.cond.latents + sigma_next * self.noise
+        if sigma_next == 0 and not self.final_exact:
+            return latents
+        return latents * (1 - m) + known.to(latents.dtype) * m
+
+
+def x0_from_velocity(latents: torch.Tensor, velocity: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Predicted clean latents x_0 = x_t - s v."""
+    return latents - sigma * velocity
+
+
+def velocity_from_x0(latents: torch.Tensor, x0: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The velocity that leads to `x0` from x_t at noise level s: v = (x_t - x_0) / s."""
+    return (latents - x0) / max(sigma, 1e-6)
+
+
+def denoise(
+    predict: Predict,
+    latents: torch.Tensor,
+    scheduler,
+    start: int = 0,
+    hooks: Sequence[Hook] = (),
+    progress: bool = True,
+    desc: str = "denoise",
+) -> torch.Tensor:
+    """Integrate the flow from the scheduler's step `start` down to clean latents."""
+    timesteps = scheduler.timesteps[start:]
+    sigmas = [float(s) for s in scheduler.sigmas[start:]]
+    for i, t in enumerate(tqdm(timesteps, desc=desc, disable=not progress, leave=False)):
+        v = predict(latents, t)  # 1. velocity at this noise level (guided)
+        for h in hooks:  # 2. driver corrections of the prediction (flow fusion, window fusion)
+            v = h.on_prediction(i, sigmas[i], latents, v)
+        latents = scheduler.step(v, t, latents, return_dict=False)[0]  # 3. one solver step
+        if not torch.isfinite(latents).all():  # 4. fail loudly instead of writing a black video
+            raise NumericalError(
+                f"non-finite latents at step {i + 1}/{len(timesteps)} (sigma {sigmas[i]:.3f}); "
+                "try --dtype float32 or fewer --guidance"
+            )
+        for h in hooks:  # 5. re-inject what is known (frame conditions)
+            latents = h.after_step(i, sigmas[i + 1], latents)
+    return latents
+
+
+@dataclass
+class Timings:
+    """Wall-clock seconds of each phase of a run."""
+
+    phases: dict = field(default_factory=dict)
+    denoiser: Stopwatch = field(default_factory=Stopwatch)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.phases[name] = self.phases.get(name, 0.0) + seconds
+
+    def as_dict(self) -> dict:
+        out = {k: round(v, 4) for k, v in self.phases.items()}
+        out["denoiser_forward"] = round(self.denoiser.seconds, 4)
+        out["denoiser_calls"] = self.denoiser.calls
+        return out
