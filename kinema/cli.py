@@ -208,13 +208,20 @@ def add_sampling_options(s) -> None:
     add_model_options(s)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit status 2) instead of a usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = argparse.ArgumentParser(prog="kinema", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="kinema", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
 
     p.add_argument("--version", action="version", version=f"kinema {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     s = sub.add_parser("generate", help="text-to-video", formatter_class=fmt)
     s.add_argument("prompt", help="what the clip shows")
