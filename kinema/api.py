@@ -144,6 +144,64 @@ def generate(
     return result if return_result else result.frames
 
 
+def animate(
+    image,
+    prompt: str,
+    *,
+    last_image=None,
+    resize: str = "crop",
+    image_noise: float | None = None,
+    frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    seed: int = 0,
+    negative_prompt: str = "",
+    model=None,
+    device: str = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    attention: str = "sdpa",
+    scheduler: str = "euler",
+    shift: float | None = None,
+    progress: bool = True,
+    return_result: bool = False,
+):
+    """Image-to-video: uint8 frames (F, H, W, 3) that start on `image` and move as `prompt` says.
+
+    `image` and `last_image` are file paths, PIL images or uint8 (H, W, 3) arrays, fitted to the clip's
+    size by `resize` (crop, pad, stretch). `last_image` also fixes the last frame and needs a model
+    trained for "first_last". `image_noise` is the std of the anchor's noise augmentation in latent
+    space (default: the model's, 0.02; see kinema.pipelines.image_to_video).
+    """
+    import warnings
+
+    from .pipelines.image_to_video import image_to_video
+
+    check_prompt(prompt)
+    loaded, info = _model_and_info(model, device, dtype, attention)
+    settings = settings_for(info, frames=frames, height=height, width=width, steps=steps, guidance=guidance,
+                            seed=seed, negative_prompt=negative_prompt, scheduler=scheduler, shift=shift)
+    first, last, std, warning = animate_inputs(info, settings, image, last_image, resize, image_noise)
+    if warning:
+        warnings.warn(warning, stacklevel=2)
+    m = loaded() if callable(loaded) else loaded
+    result = image_to_video(m, prompt, first, settings, last, std, progress=progress)
+    return result if return_result else result.frames
+
+
+def animate_inputs(info: dict, settings, image, last_image=None, resize: str = "crop", image_noise: float | None = None):
+    """Check and read animate's inputs before any weights load: (image, last image, noise std, warning or None)."""
+    from .pipelines import image_to_video as i2v
+
+    warning = i2v.check_frame_conditions(list(info["index"].get("frame_conditions", [])), last_image is not None)
+    require(last_image is None or settings.frames >= 2, "--last-image needs --frames >= 2")
+    std = i2v.check_image_noise(info["defaults"]["image_noise"] if image_noise is None else image_noise)
+    first = i2v.prepare_image(image, settings.height, settings.width, resize)
+    last = None if last_image is None else i2v.prepare_image(last_image, settings.height, settings.width, resize, "last image")
+    return first, last, std, warning
+
+
 def check_prompt(prompt) -> None:
     require(isinstance(prompt, str), "the prompt must be text")
     require(prompt.strip() != "", "the prompt is empty; give a description such as 'a red circle moving right on a blue background'")

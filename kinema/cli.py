@@ -2,6 +2,8 @@
 
     kinema generate "a red circle moving right on a blue background" -o clip.mp4
     kinema generate "a yellow square moving up on a black background" -o clip.gif --seed 3 --steps 30
+    kinema animate photo.png "a red circle moving right on a blue background" -o clip.mp4
+    kinema animate start.png "a red circle moving right" -o clip.gif --last-image end.png --resize pad
     kinema info                      # the default model: components, parameters, memory estimate
     kinema info runs/default/model --frames 64 --height 128 --width 128
     kinema init runs/default/model --preset small
@@ -47,7 +49,7 @@ def cmd_generate(args) -> None:
     write_outputs(args, out, result, settings, model, dict(load=round(load_s, 3)))
 
 
-def write_outputs(args, out, result, settings, model, extra_timings: dict) -> None:
+def write_outputs(args, out, result, settings, model, extra_timings: dict, inputs: dict | None = None) -> None:
     """Write the clip and its JSON sidecar (both atomically); the sidecar goes first, so no clip lacks one."""
     from . import __version__, video_io
 
@@ -59,6 +61,7 @@ def write_outputs(args, out, result, settings, model, extra_timings: dict) -> No
         frames_written=int(result.frames.shape[0]), size=[int(result.frames.shape[1]), int(result.frames.shape[2])],
         timings={**extra_timings, **result.timings.as_dict()},
     )
+    record.update(inputs or {})  # what a driver read besides the prompt (images, their policy)
     sidecar = video_io.sidecar_path(out)
     video_io.write_video(out, result.frames, fps=settings.fps, overwrite=args.overwrite)
     record["timings"]["write"] = round(time.perf_counter() - t0, 4)
@@ -70,6 +73,37 @@ def write_outputs(args, out, result, settings, model, extra_timings: dict) -> No
     if not args.quiet:
         print(f"wrote {out} ({result.frames.shape[0]} frames, {result.frames.shape[2]}x{result.frames.shape[1]}, "
               f"{settings.fps:g} fps) and {sidecar.name}")
+
+
+def settings_from_args(info: dict, args):
+    """Settings from the sampling options (`add_sampling_options`), validated against the model's index."""
+    from . import api
+
+    return api.settings_for(
+        info, frames=args.frames, height=args.height, width=args.width, steps=args.steps, guidance=args.guidance,
+        seed=args.seed, negative_prompt=args.negative_prompt, scheduler=args.scheduler, shift=args.shift, fps=args.fps,
+        decode_chunk_size=args.decode_chunk_size,
+    )
+
+
+def cmd_animate(args) -> None:
+    from . import api, video_io
+
+    api.check_prompt(args.prompt)
+    out = video_io.check_output_path(args.output, overwrite=args.overwrite)
+    info = api.peek(args.model)
+    settings = settings_from_args(info, args)
+    first, last, std, warning = api.animate_inputs(info, settings, args.image, args.last_image, args.resize, args.image_noise)
+    if warning:
+        print(f"kinema: warning: {warning}", file=sys.stderr)
+    t0 = time.perf_counter()
+    model = api.load(info["path"], args.device, args.dtype, args.attention)
+    load_s = time.perf_counter() - t0
+    from .pipelines.image_to_video import image_to_video
+
+    result = image_to_video(model, args.prompt, first, settings, last, std, progress=not args.quiet)
+    inputs = dict(image=str(args.image), last_image=args.last_image and str(args.last_image), resize=args.resize, image_noise=std)
+    write_outputs(args, out, result, settings, model, dict(load=round(load_s, 3)), inputs)
 
 
 def cmd_info(args) -> None:
@@ -227,6 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("prompt", help="what the clip shows")
     add_sampling_options(s)
     s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("animate", help="image-to-video: a clip that starts on an image", formatter_class=fmt)
+    s.add_argument("image", help="anchor image: PNG, JPEG, WebP, GIF (first frame), BMP or TIFF")
+    s.add_argument("prompt", help="the motion and scene")
+    s.add_argument("--last-image", default=None, help="also end on this image (models trained for first-and-last frames)")
+    s.add_argument("--resize", default="crop", choices=["crop", "pad", "stretch"],
+                   help="fit images to the clip: centre-crop to aspect, black bars, or stretch")
+    s.add_argument("--image-noise", type=finite_float, default=None,
+                   help="std of the anchor's noise augmentation in latent space (default: the model's, 0.02)")
+    add_sampling_options(s)
+    s.set_defaults(func=cmd_animate)
 
     s = sub.add_parser("info", help="a model's components, parameters and a memory estimate", formatter_class=fmt)
     s.add_argument("model", nargs="?", default=None, help="model folder (default: the shipped weights)")

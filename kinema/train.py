@@ -187,10 +187,11 @@ def _to_tensor(video: np.ndarray) -> torch.Tensor:
 
 
 def vae_frames(cfg: TrainConfig, rng: np.random.Generator, n: int, split: str = "train") -> torch.Tensor:
-    """n world frames (n, 3, H, W) in [-1, 1], eight from each clip."""
+    """n world frames (n, 3, H, W) in [-1, 1], up to eight from each clip."""
     w = world.World(split=split, frames=cfg.frames, size=cfg.size)
-    clips = [w.clip(int(s)).video for s in rng.integers(0, 2**31, size=max(1, n // 8))]
-    frames = np.concatenate([c[rng.choice(len(c), 8, replace=False)] for c in clips])[:n]
+    k = min(8, cfg.frames)
+    clips = [w.clip(int(s)).video for s in rng.integers(0, 2**31, size=max(1, -(-n // k)))]
+    frames = np.concatenate([c[rng.choice(len(c), k, replace=False)] for c in clips])[:n]
     return torch.from_numpy(frames).float().div(127.5).sub(1).permute(0, 3, 1, 2)  # (n, 3, H, W)
 
 
@@ -243,7 +244,7 @@ def train_vae(cfg: TrainConfig, model: loading.Model, run: Path, accelerator, st
         opt.zero_grad(set_to_none=True)
         log.bar.update(1)
         done = step + 1
-        history.append([done, float(loss)])
+        history.append([done, loss.item()])
         if done % cfg.log_every == 0:
             log.log(done, loss=float(loss))
         if done % cfg.checkpoint_every == 0 or done == cfg.vae.steps:
@@ -296,13 +297,13 @@ def build_cache(cfg: TrainConfig, model: loading.Model, run: Path) -> dict:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             latents.append(vae.encode(x).float().half())
         specs += [dict(colour=c.spec.colour, shape=c.spec.shape, direction=c.spec.direction, background=c.spec.background) for c in clips]
-    captions = [""] + world.all_captions()
+    captions = [""] + sorted({c for s in specs for c in world.captions_for(**s)})
     hidden, mask = [], []
     for i in tqdm(range(0, len(captions), 256), desc="encode captions"):
         t = model.text_encoder.encode(captions[i : i + 256])
         hidden.append(F.pad(t.hidden, (0, 0, 0, 32 - t.hidden.shape[1])).half())
         mask.append(F.pad(t.mask, (0, 32 - t.mask.shape[1])))
-    data = dict(latents=torch.cat(latents), text_hidden=torch.cat(hidden), text_mask=torch.cat(mask))
+    data = {k: v.contiguous() for k, v in dict(latents=torch.cat(latents), text_hidden=torch.cat(hidden), text_mask=torch.cat(mask)).items()}
     meta = dict(specs=specs, captions=captions)
     tmp = path.with_name(path.name + ".tmp")
     save_file(data, tmp)
@@ -379,7 +380,7 @@ def train_denoiser(cfg: TrainConfig, model: loading.Model, run: Path, accelerato
         _ema_update(ema, accelerator.unwrap_model(net), min(d.ema, (1 + step) / (10 + step)))
         log.bar.update(1)
         done = step + 1
-        history.append([done, float(loss)])
+        history.append([done, loss.item()])
         if done % cfg.log_every == 0:
             recent = np.mean([h[1] for h in history[-cfg.log_every :]])
             log.log(done, loss=float(recent))

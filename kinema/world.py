@@ -143,24 +143,29 @@ def paraphrase(spec: ClipSpec, rng: np.random.Generator) -> str:
     """The canonical caption half of the time, otherwise a random paraphrase."""
     if rng.random() < 0.5:
         return canonical_caption(spec.colour, spec.shape, spec.direction, spec.background)
-    if spec.direction == "still":
-        templates = _STILL_TEMPLATES
-    elif spec.direction in ("up", "down"):
-        templates = _VERTICAL_TEMPLATES
-    else:
-        templates = _MOVING_TEMPLATES
+    templates = _templates(spec.direction)
     t = templates[int(rng.integers(1, len(templates)))]
     return t.format(c=spec.colour, s=spec.shape, d=spec.direction, b=spec.background)
+
+
+def _templates(direction: str) -> tuple[str, ...]:
+    if direction == "still":
+        return _STILL_TEMPLATES
+    return _VERTICAL_TEMPLATES if direction in ("up", "down") else _MOVING_TEMPLATES
+
+
+def captions_for(colour: str, shape: str, direction: str, background: str) -> list[str]:
+    """Every caption (canonical first, then the paraphrases) of one clip's content."""
+    return [t.format(c=colour, s=shape, d=direction, b=background) for t in _templates(direction)]
 
 
 def all_captions() -> list[str]:
     """Every caption the world can produce (canonical and paraphrased), sorted."""
     out = set()
     for c, s, d in ALL_COMBOS:
-        templates = _STILL_TEMPLATES if d == "still" else (_VERTICAL_TEMPLATES if d in ("up", "down") else _MOVING_TEMPLATES)
         for b in COLOURS:
             if b != c:
-                out.update(t.format(c=c, s=s, d=d, b=b) for t in templates)
+                out.update(captions_for(c, s, d, b))
     return sorted(out)
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
 from kinema.models.seams import FrameCondition, TextEmbeds
 
-from .loop import Hook, KnownFrames, Timings, denoise, guided, make_scheduler, set_timesteps
+from .loop import Hook, KnownFrames, Predict, Timings, denoise, guided, make_scheduler, set_timesteps
 
 
 @dataclass
@@ -40,6 +40,7 @@ class Result:
     frames: np.ndarray
     latents: torch.Tensor
     timings: Timings
+    info: dict = field(default_factory=dict)  # driver details for the sidecar (e.g. the window plan)
 
 
 def encode_prompts(model, prompt: str, settings: Settings, timings: Timings) -> tuple[TextEmbeds, TextEmbeds | None]:
@@ -76,21 +77,34 @@ def sample(
     strength: float = 1.0,
     hooks: list[Hook] | tuple = (),
     progress: bool = True,
+    known: FrameCondition | None = None,
+    noise: torch.Tensor | None = None,
+    predict: Predict | None = None,
+    desc: str = "denoise",
 ) -> torch.Tensor:
-    """Noise (or `init` latents noised to `strength`) -> clean latents, through the one loop."""
+    """Noise (or `init` latents noised to `strength`) -> clean latents, through the one loop.
+
+    `cond` is what the denoiser sees; `known` (default: `cond`) is what KnownFrames re-injects, so a
+    driver can show the denoiser noise-augmented latents yet keep the clean ones (image-to-video).
+    `noise` replaces the seeded Gaussian (FreeNoise, continuation windows) and `predict` the guided
+    denoiser (window fusion); both default to plain text-to-video.
+    """
     t0 = time.perf_counter()
-    noise = initial_noise(latent_shape(model, settings), settings.seed, model.device)
+    if noise is None:
+        noise = initial_noise(latent_shape(model, settings), settings.seed, model.device)
+    noise = noise.to(model.device)
     scheduler = make_scheduler(settings.scheduler, model.scheduler_config, settings.shift)
     start = set_timesteps(scheduler, settings.steps, strength, device=model.device)
     sigma0 = float(scheduler.sigmas[start])
     latents = noise if init is None else (1 - sigma0) * init + sigma0 * noise
     hooks = list(hooks)
     if cond is not None and cond.any:
-        hooks.append(KnownFrames(cond, noise))
-        latents = KnownFrames(cond, noise).after_step(-1, sigma0, latents)
-    predict = guided(model.denoiser, text, uncond, settings.guidance, cond, timings.denoiser)
+        hooks.append(KnownFrames(cond if known is None else known, noise))
+        latents = hooks[-1].after_step(-1, sigma0, latents)
+    if predict is None:
+        predict = guided(model.denoiser, text, uncond, settings.guidance, cond, timings.denoiser)
     with torch.inference_mode():
-        latents = denoise(predict, latents, scheduler, start, hooks, progress)
+        latents = denoise(predict, latents, scheduler, start, hooks, progress, desc)
     timings.add("denoise", time.perf_counter() - t0)
     return latents
 

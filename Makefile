@@ -1,0 +1,33 @@
+# kinema: `make demo` sets up and runs the main job, `make test` runs the tests (what CI runs).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROMPT ?= a red circle moving right on a blue background
+SOURCES := pyproject.toml $(wildcard kinema/*.py models/*.py pipelines/*.py)
+
+.PHONY: setup demo test test-all clean
+
+# A virtual environment with kinema installed (editable) and the test tools. PyTorch's CPU
+# build is installed first where no torch is present: a bare `torch` requirement pulls a
+# multi-GB CUDA build.
+$(BIN)/.installed: $(SOURCES)
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0 \
+		|| $(BIN)/python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/kinema generate "$(PROMPT)" -o clip.mp4 --overwrite
+
+test: setup
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/pytest -q -p no:cacheprovider
+
+test-all: setup
+	$(BIN)/pytest -q -p no:cacheprovider -m "slow or not slow"
+
+clean:
+	rm -rf $(VENV) build *.egg-info
