@@ -131,17 +131,114 @@ def generate(
     shift: float | None = None,
     progress: bool = True,
     return_result: bool = False,
+    context_length: int | None = None,
+    context_stride: int | None = None,
+    window_weights: str = "pyramid",
+    mode: str = "window",
+    prompt_schedule: str | None = None,
+    prompt_transition: int = 0,
+    adain: bool = False,
 ):
-    """Text-to-video: uint8 frames (F, H, W, 3) for `prompt` (or the full Result with `return_result`)."""
+    """Text-to-video: uint8 frames (F, H, W, 3) for `prompt` (or the full Result with `return_result`).
+
+    Past the model's trained length (or when a context option or a prompt schedule is given) the clip
+    is made in windows of `context_length` latent frames: fused every step (`mode="window"`) or one
+    after another (`mode="continue"`); see kinema.pipelines.long_video.
+    """
     from .pipelines.text_to_video import text_to_video
 
     check_prompt(prompt)
     loaded, info = _model_and_info(model, device, dtype, attention)
     settings = settings_for(info, frames=frames, height=height, width=width, steps=steps, guidance=guidance,
                             seed=seed, negative_prompt=negative_prompt, scheduler=scheduler, shift=shift)
+    long = long_options(info, settings, context_length=context_length, context_stride=context_stride,
+                        window_weights=window_weights, mode=mode, prompt_schedule=prompt_schedule,
+                        prompt_transition=prompt_transition, adain=adain)
     m = loaded() if callable(loaded) else loaded
-    result = text_to_video(m, prompt, settings, progress=progress)
+    if long is None:
+        result = text_to_video(m, prompt, settings, progress=progress)
+    else:
+        from .pipelines.long_video import long_video
+
+        result = long_video(m, prompt, settings, long, progress=progress)
     return result if return_result else result.frames
+
+
+def long_options(info: dict, settings, source_frames: int = 0, **options):
+    """Checked long-clip options (LongOptions fields), or None when plain text-to-video makes the clip."""
+    from .pipelines.long_video import LongOptions, is_plain, resolve_options
+
+    opts = LongOptions(**options)
+    trained = int(info["defaults"]["frames"])
+    resolved = resolve_options(opts, settings.frames, trained, int(info.get("temporal_compression", 1)), source_frames)
+    return None if source_frames == 0 and is_plain(opts, settings.frames, trained) else resolved
+
+
+def extend(
+    video,
+    prompt: str,
+    frames: int | None = None,
+    *,
+    resize: str = "crop",
+    height: int | None = None,
+    width: int | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    seed: int = 0,
+    negative_prompt: str = "",
+    model=None,
+    device: str = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    attention: str = "sdpa",
+    scheduler: str = "euler",
+    shift: float | None = None,
+    context_length: int | None = None,
+    context_stride: int | None = None,
+    prompt_schedule: str | None = None,
+    prompt_transition: int = 0,
+    adain: bool = False,
+    progress: bool = True,
+    return_result: bool = False,
+):
+    """Continue a clip: uint8 frames (frames, H, W, 3) that start with `video` and go on as `prompt` says.
+
+    `video` is a file path or uint8 (n, H, W, 3) frames, fitted to the clip's size by `resize`;
+    `frames` counts the whole output, source included (default: the source plus the model's trained
+    length). Windows of `context_length` latent frames move on by `context_stride`, each knowing the
+    last frames made; the output is decoded from latents throughout, the source's part included.
+    """
+    from .pipelines.long_video import extend_video
+
+    check_prompt(prompt)
+    loaded, info = _model_and_info(model, device, dtype, attention)
+    source, settings = extend_inputs(info, video, frames, resize, height=height, width=width, steps=steps,
+                                     guidance=guidance, seed=seed, negative_prompt=negative_prompt,
+                                     scheduler=scheduler, shift=shift)
+    opts = long_options(info, settings, source_frames=len(source), mode="continue", context_length=context_length,
+                        context_stride=context_stride, prompt_schedule=prompt_schedule,
+                        prompt_transition=prompt_transition, adain=adain)
+    m = loaded() if callable(loaded) else loaded
+    result = extend_video(m, source, prompt, settings, opts, progress=progress)
+    return result if return_result else result.frames
+
+
+def extend_inputs(info: dict, video, frames: int | None = None, resize: str = "crop", fps: float | None = None, **overrides):
+    """Read and fit the clip to extend, and the settings (its fps unless given), before any weights load."""
+    import numpy as np
+
+    from . import video_io
+
+    if isinstance(video, np.ndarray):
+        require(video.dtype == np.uint8 and video.ndim == 4 and video.shape[-1] == 3 and len(video) >= 1,
+                f"the clip to extend must be uint8 (F, H, W, 3) frames, got {video.dtype} {tuple(video.shape)}")
+        source, source_fps = video, None
+    else:
+        source, source_fps = video_io.read_video(video)
+    total = frames if frames is not None else len(source) + int(info["defaults"]["frames"])
+    settings = settings_for(info, frames=total, fps=fps if fps is not None else source_fps, **overrides)
+    if source.shape[1:3] != (settings.height, settings.width):
+        source = video_io.resize_frames(source, settings.height, settings.width, policy=resize)
+    return source, settings
 
 
 def animate(
@@ -190,7 +287,8 @@ def animate(
     return result if return_result else result.frames
 
 
-def animate_inputs(info: dict, settings, image, last_image=None, resize: str = "crop", image_noise: float | None = None):
+def animate_inputs(info: dict, settings, image, last_image=None, resize: str = "crop",
+                   image_noise: float | None = None):
     """Check and read animate's inputs before any weights load: (image, last image, noise std, warning or None)."""
     from .pipelines import image_to_video as i2v
 
@@ -198,7 +296,9 @@ def animate_inputs(info: dict, settings, image, last_image=None, resize: str = "
     require(last_image is None or settings.frames >= 2, "--last-image needs --frames >= 2")
     std = i2v.check_image_noise(info["defaults"]["image_noise"] if image_noise is None else image_noise)
     first = i2v.prepare_image(image, settings.height, settings.width, resize)
-    last = None if last_image is None else i2v.prepare_image(last_image, settings.height, settings.width, resize, "last image")
+    last = None
+    if last_image is not None:
+        last = i2v.prepare_image(last_image, settings.height, settings.width, resize, name="last image")
     return first, last, std, warning
 
 

@@ -2,6 +2,9 @@
 
     kinema generate "a red circle moving right on a blue background" -o clip.mp4
     kinema generate "a yellow square moving up on a black background" -o clip.gif --seed 3 --steps 30
+    kinema generate "a yellow square moving right on a purple background" --frames 256 -o long.mp4
+    kinema generate "a red circle" --frames 192 -o turn.mp4 --prompt-schedule "0:a red circle moving right|96:a red circle moving left"
+    kinema extend clip.mp4 "a red circle moving right on a blue background" --frames 128 -o longer.mp4
     kinema animate photo.png "a red circle moving right on a blue background" -o clip.mp4
     kinema animate start.png "a red circle moving right" -o clip.gif --last-image end.png --resize pad
     kinema info                      # the default model: components, parameters, memory estimate
@@ -40,13 +43,48 @@ def cmd_generate(args) -> None:
         seed=args.seed, negative_prompt=args.negative_prompt, scheduler=args.scheduler, shift=args.shift, fps=args.fps,
         decode_chunk_size=args.decode_chunk_size,
     )
+    long = api.long_options(info, settings, **long_options_from_args(args))
     t0 = time.perf_counter()
     model = api.load(info["path"], args.device, args.dtype, args.attention)
     load_s = time.perf_counter() - t0
-    from .pipelines.text_to_video import text_to_video
+    if long is None:
+        from .pipelines.text_to_video import text_to_video
 
-    result = text_to_video(model, args.prompt, settings, progress=not args.quiet)
-    write_outputs(args, out, result, settings, model, dict(load=round(load_s, 3)))
+        result = text_to_video(model, args.prompt, settings, progress=not args.quiet)
+    else:
+        from .pipelines.long_video import long_video
+
+        result = long_video(model, args.prompt, settings, long, progress=not args.quiet)
+    write_outputs(args, out, result, settings, model, dict(load=round(load_s, 3)), result.info)
+
+
+def long_options_from_args(args) -> dict:
+    """LongOptions fields from `add_long_options` (extend has no --mode or --window-weights)."""
+    return dict(context_length=args.context_length, context_stride=args.context_stride,
+                window_weights=getattr(args, "window_weights", "pyramid"), mode=getattr(args, "mode", "continue"),
+                prompt_schedule=args.prompt_schedule, prompt_transition=args.prompt_transition, adain=args.adain)
+
+
+def cmd_extend(args) -> None:
+    from . import api, video_io
+
+    api.check_prompt(args.prompt)
+    out = video_io.check_output_path(args.output, overwrite=args.overwrite)
+    info = api.peek(args.model)
+    source, settings = api.extend_inputs(
+        info, args.video, args.frames, args.resize, fps=args.fps, height=args.height, width=args.width,
+        steps=args.steps, guidance=args.guidance, seed=args.seed, negative_prompt=args.negative_prompt,
+        scheduler=args.scheduler, shift=args.shift, decode_chunk_size=args.decode_chunk_size,
+    )
+    long = api.long_options(info, settings, source_frames=len(source), **long_options_from_args(args))
+    t0 = time.perf_counter()
+    model = api.load(info["path"], args.device, args.dtype, args.attention)
+    load_s = time.perf_counter() - t0
+    from .pipelines.long_video import extend_video
+
+    result = extend_video(model, source, args.prompt, settings, long, progress=not args.quiet)
+    inputs = dict(video=str(args.video), resize=args.resize, **result.info)
+    write_outputs(args, out, result, settings, model, dict(load=round(load_s, 3)), inputs)
 
 
 def write_outputs(args, out, result, settings, model, extra_timings: dict, inputs: dict | None = None) -> None:
@@ -93,7 +131,9 @@ def cmd_animate(args) -> None:
     out = video_io.check_output_path(args.output, overwrite=args.overwrite)
     info = api.peek(args.model)
     settings = settings_from_args(info, args)
-    first, last, std, warning = api.animate_inputs(info, settings, args.image, args.last_image, args.resize, args.image_noise)
+    first, last, std, warning = api.animate_inputs(
+        info, settings, args.image, args.last_image, args.resize, args.image_noise
+    )
     if warning:
         print(f"kinema: warning: {warning}", file=sys.stderr)
     t0 = time.perf_counter()
@@ -102,7 +142,8 @@ def cmd_animate(args) -> None:
     from .pipelines.image_to_video import image_to_video
 
     result = image_to_video(model, args.prompt, first, settings, last, std, progress=not args.quiet)
-    inputs = dict(image=str(args.image), last_image=args.last_image and str(args.last_image), resize=args.resize, image_noise=std)
+    inputs = dict(image=str(args.image), last_image=args.last_image and str(args.last_image), resize=args.resize,
+                  image_noise=std)
     write_outputs(args, out, result, settings, model, dict(load=round(load_s, 3)), inputs)
 
 
@@ -242,6 +283,26 @@ def add_sampling_options(s) -> None:
     add_model_options(s)
 
 
+def add_long_options(s, windows: bool = True) -> None:
+    """Options of long clips: context windows, continuation and prompt schedules."""
+    s.add_argument("--context-length", type=positive_int, default=None,
+                   help="latent frames per window (default: the model's trained frames; at most 4x that)")
+    s.add_argument("--context-stride", type=positive_int, default=None,
+                   help="latent frames between window starts (default: a quarter of the context length in window "
+                        "mode; three quarters in continuation, so windows overlap by a quarter)")
+    if windows:
+        s.add_argument("--mode", default="window", choices=["window", "continue"],
+                       help="window: fuse overlapping windows every step; continue: window after window")
+        s.add_argument("--window-weights", default="pyramid", choices=["pyramid", "flat"],
+                       help="per-frame weights when fusing windows")
+    s.add_argument("--prompt-schedule", default=None,
+                   help='change the prompt along the clip, replacing PROMPT: "0:first prompt|96:second prompt" '
+                        "(keys are output frames, increasing, the first 0)")
+    s.add_argument("--prompt-transition", type=nonneg_int, default=0, help="frames of cross-fade at each schedule key")
+    s.add_argument("--adain", action="store_true",
+                   help="pin each continuation window's latent colour statistics to the first window's (AdaIN)")
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit status 2) instead of a usage block."""
 
@@ -260,7 +321,20 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("generate", help="text-to-video", formatter_class=fmt)
     s.add_argument("prompt", help="what the clip shows")
     add_sampling_options(s)
+    add_long_options(s)
     s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("extend", help="continue a clip window by window", formatter_class=fmt,
+                       description="Continue VIDEO as PROMPT says. --frames counts the whole output, the source "
+                                   "included (default: the source plus the model's trained frames); --fps "
+                                   "defaults to the source's.")
+    s.add_argument("video", help="the clip to continue: mp4, gif, webp, or a folder of frames")
+    s.add_argument("prompt", help="what happens next")
+    s.add_argument("--resize", default="crop", choices=["crop", "pad", "stretch"],
+                   help="fit the clip to --height/--width: centre-crop to aspect, black bars, or stretch")
+    add_sampling_options(s)
+    add_long_options(s, windows=False)
+    s.set_defaults(func=cmd_extend)
 
     s = sub.add_parser("animate", help="image-to-video: a clip that starts on an image", formatter_class=fmt)
     s.add_argument("image", help="anchor image: PNG, JPEG, WebP, GIF (first frame), BMP or TIFF")

@@ -219,8 +219,10 @@ def _coverage(shape: str, cx: float, cy: float, size: float, h: int, w: int) -> 
     return inside.reshape(h, s, w, s).mean(axis=(1, 3))
 
 
-def render(spec: ClipSpec, frames: int = 16, height: int = 64, width: int = 64, seed: int = 0) -> np.ndarray:
-    """Render a spec to uint8 (F, H, W, 3). Coordinates are given for a square frame of side `width`."""
+def render(
+    spec: ClipSpec, frames: int = 16, height: int = 64, width: int = 64, seed: int = 0, times: list[int] | None = None
+) -> np.ndarray:
+    """Render a spec to uint8 (F, H, W, 3), or only the frames at `times`. Coordinates are for a square of side `width`."""
     rng = np.random.default_rng(seed)
     bg = np.array(COLOURS[spec.background], dtype=np.float32)
     fg = np.array(COLOURS[spec.colour], dtype=np.float32)
@@ -229,12 +231,13 @@ def render(spec: ClipSpec, frames: int = 16, height: int = 64, width: int = 64, 
         coarse = rng.standard_normal((height // 8 + 1, width // 8 + 1, 1)).astype(np.float32)
         tex = np.kron(coarse, np.ones((8, 8, 1), np.float32))[:height, :width]
         base += 255.0 * spec.texture * tex
-    out = np.empty((frames, height, width, 3), np.uint8)
+    times = list(range(frames)) if times is None else list(times)
+    out = np.empty((len(times), height, width, 3), np.uint8)
     scale_y = height / width
-    for t in range(frames):
+    for i, t in enumerate(times):
         cx, cy = spec.centre(t)
         cov = _coverage(spec.shape, cx, cy * scale_y, spec.size, height, width)[..., None]
-        out[t] = np.clip(base * (1 - cov) + fg * cov, 0, 255).round().astype(np.uint8)
+        out[i] = np.clip(base * (1 - cov) + fg * cov, 0, 255).round().astype(np.uint8)
     return out
 
 

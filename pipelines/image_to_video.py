@@ -69,7 +69,7 @@ def as_rgb(image, name: str = "image") -> np.ndarray:
 def _check_size(width: int, height: int, name: str) -> None:
     require(width > 0 and height > 0, f"{name} has zero size ({width}x{height})")
     limit = video_io.MAX_PIXELS
-    require(width * height <= limit, f"{name} is {width}x{height}, over the limit of {limit} pixels; downscale it first")
+    require(width * height <= limit, f"{name} is {width}x{height}, over the limit of {limit} pixels; downscale it")
 
 
 def prepare_image(image, height: int, width: int, policy: str = "crop", name: str = "image") -> np.ndarray:
@@ -88,7 +88,8 @@ def check_frame_conditions(trained: list[str], last_image: bool) -> str | None:
     """Refuse first-and-last conditioning a model was not trained for; a warning line when "first" is missing."""
     if last_image:
         require("first_last" in trained, "--last-image needs a model trained for first-and-last-frame conditioning "
-                f"(this model's frame conditions: {', '.join(trained) or 'none'}); drop --last-image or use another --model")
+                f"(this model's frame conditions: {', '.join(trained) or 'none'}); "
+                "drop --last-image or use another --model")
     if "first" not in trained:
         return ("this model was not trained with a first-frame condition; frame 0 will be the image "
                 "but the motion may ignore it (train with configs/default.yaml for image-to-video)")

@@ -87,7 +87,7 @@ def test_loss_goes_down_on_a_fixed_batch(fresh_model):
         loss.backward()
         opt.step()
         opt.zero_grad()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3])
 
 

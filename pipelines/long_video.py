@@ -1,0 +1,331 @@
+"""Long clips: windowed denoising and continuation, with memory set by the window, not by the clip.
+
+Two drivers on the pure helpers of `windows.py`, both through the one loop (`common.sample`):
+
+- `windowed_video` (`--mode window`): FreeNoise initial noise for all latent frames; every step, a
+  `predict` wrapper runs the guided denoiser on each window of `window_plan` and fuses the velocities
+  with `window_weights` before the one scheduler step. The loop is not copied: fusion is the predict.
+- `continued_video` (`--mode continue`, `kinema extend`): windows generated one after another
+  (`extension_plan`), each conditioned through the frame condition on the last `context_length -
+  context_stride` latent frames already made (KnownFrames re-injects them exactly), optionally pinned
+  to the first window's latent statistics with AdaIN (off by default).
+
+Lengths (`context_length`, `context_stride`) are in latent frames; the default context is the model's
+trained length and the default stride a quarter of it (window mode) or three quarters of it, i.e. an
+overlap of a quarter window (continue mode, where the stride is how far each new window moves on).
+
+Decisions:
+- Prompt schedules: the denoiser's cross-attention takes one text per sample, so a text per frame
+  would need a model change. Each window gets its own text instead: the prompts' token states mixed
+  with the schedule's weights averaged over the window's frames (`mix_text`). Overlapping windows,
+  fused per frame, then blend neighbouring mixes, so even a hard switch becomes a fade about one window
+  wide; `--prompt-transition` widens it.
+- Bounded memory: latents of every frame stay in memory (tiny), denoiser activations are those of one
+  window (`batch_windows` windows at once, default 1), and frames are decoded `decode_chunk_size`
+  latent frames at a time as they become final (continuation: after each window; window mode: after
+  the last step) into one preallocated uint8 (F, H, W, 3) array. That array is what `write_video`
+  takes; it is small (256 frames of 64x64 are 3 MB), so the writer is not streamed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from kinema.errors import require
+from kinema.models.seams import FrameCondition, TextEmbeds
+
+from .common import Result, Settings, encode_prompts, latent_shape, sample, to_uint8
+from .loop import Predict, Stopwatch, Timings, guided
+from .windows import (
+    Span, adain, freenoise_noise, fuse_batched, parse_prompt_schedule, peak_window_frames, plan_cost,
+    schedule_weights, window_plan, window_weights,
+)
+
+MODES = ("window", "continue")
+MAX_CONTEXT_FACTOR = 4  # the longest window: 4x the model's trained length (its temporal attention is
+# untrained beyond that; the sinusoidal frame positions would accept more)
+
+
+#################################################################################
+#                                   Options                                     #
+#################################################################################
+
+@dataclass
+class LongOptions:
+    """How a clip longer than the model's trained length is made (lengths in latent frames)."""
+
+    mode: str = "window"
+    context_length: int | None = None  # default: the model's trained latent frames
+    context_stride: int | None = None  # default: length // 4 (window), length - length // 4 (continue)
+    window_weights: str = "pyramid"
+    prompt_schedule: str | None = None  # "0:first prompt|96:second prompt", keys in output frames
+    prompt_transition: int = 0  # output frames of cross-fade at each schedule key
+    adain: bool = False  # pin each continuation window's latent statistics to the first window's
+    batch_windows: int = 1  # windows per denoiser call (more is faster on a GPU, costs memory)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def latent_count(frames: int, temporal_compression: int = 1) -> int:
+    """Latent frames of `frames` output frames: the same for frame-wise VAEs, 1 + (F - 1) / t for causal ones."""
+    return frames if temporal_compression == 1 else (frames - 1) // temporal_compression + 1
+
+
+def is_plain(options: LongOptions, frames: int, trained_frames: int) -> bool:
+    """True when nothing asks for windows: plain text-to-video makes the clip."""
+    o = options
+    return (o.mode == "window" and o.context_length is None and o.context_stride is None
+            and o.prompt_schedule is None and frames <= trained_frames)
+
+
+def resolve_options(
+    options: LongOptions, frames: int, trained_frames: int, temporal_compression: int = 1, source_frames: int = 0
+) -> LongOptions:
+    """Fill in defaults and check every option (one-line KinemaErrors) before any model loads.
+
+    `frames` is the output length and `source_frames` the given beginning (extend), in output frames.
+    """
+    o = replace(options)
+    require(o.mode in MODES, f"unknown --mode {o.mode!r}; use one of {', '.join(MODES)}")
+    window_weights(1, o.window_weights)  # checks the kind
+    require(o.batch_windows >= 1, f"batch_windows must be >= 1, got {o.batch_windows}")
+    f = latent_count(frames, temporal_compression)
+    trained = latent_count(trained_frames, temporal_compression)
+    most = trained * MAX_CONTEXT_FACTOR
+    length = trained if o.context_length is None else o.context_length
+    require(length >= 1, f"--context-length must be >= 1, got {length}")
+    require(length <= most, f"--context-length {length} is longer than this model supports: at most {most} latent "
+                            f"frames ({MAX_CONTEXT_FACTOR}x the {trained} it was trained on); lower --context-length")
+    quarter = max(1, length // 4)
+    stride = o.context_stride
+    if stride is None:
+        stride = quarter if o.mode == "window" else max(1, length - quarter)
+    window_plan(max(f, 1), length, stride)  # stride in 1..length, else a one-line error naming the flag
+    if o.mode == "continue":
+        require(stride < length, f"in --mode continue, --context-stride ({stride}) must be < --context-length "
+                                 f"({length}) so each window knows the last frames of the one before")
+        require(source_frames < frames, f"--frames {frames} must be more than the {source_frames} frames of the "
+                                        "clip being extended (it counts the whole output, source included)")
+        require(f >= length, f"--frames {frames} makes {f} latent frames, fewer than --context-length {length}; "
+                             "continuation windows have the full context length: raise --frames or lower --context-length")
+    if o.prompt_schedule is not None:
+        parse_prompt_schedule(o.prompt_schedule, frames)
+    require(o.prompt_transition >= 0, f"--prompt-transition must be >= 0 frames, got {o.prompt_transition}")
+    o.context_length, o.context_stride = length, stride
+    return o
+
+
+def _resolve_for(model, settings: Settings, options: LongOptions, source_frames: int = 0) -> LongOptions:
+    tc = getattr(model.vae, "temporal_compression", 1)
+    return resolve_options(options, settings.frames, int(model.defaults["frames"]), tc, source_frames)
+
+
+#################################################################################
+#                              Continuation plan                                #
+#################################################################################
+
+def extension_plan(num_frames: int, known: int, window: int, overlap: int) -> list[tuple[int, int, int]]:
+    """(start, end, known) windows that extend a clip whose first `known` frames are given.
+
+    Each window starts `overlap` frames before what is made so far and knows those frames; the last is
+    aligned to end at `num_frames` (knowing the more it overlaps). `known = 0` gives `continuation_plan`.
+    """
+    require(window >= 1, f"the continuation window must be >= 1 latent frame, got {window}")
+    require(1 <= overlap < window, f"the continuation overlap must be between 1 and window - 1 = {window - 1}, "
+                                   f"got {overlap}; pick an overlap smaller than the window")
+    require(0 <= known < num_frames, f"the clip to extend has {known} latent frames; ask for more than that")
+    plan, end = [], known
+    while end < num_frames:
+        start = max(0, min(end - overlap, num_frames - window))
+        stop = min(start + window, num_frames)
+        plan.append((start, stop, end - start))
+        end = stop
+    return plan
+
+
+#################################################################################
+#                                Prompt texts                                   #
+#################################################################################
+
+def mix_text(texts: list[TextEmbeds], weights: torch.Tensor) -> TextEmbeds:
+    """One text from several: token states averaged with `weights` (summing to 1), mask = their union.
+
+    A prompt with all the weight is returned as it is (no padding), so a schedule's plain stretches
+    see exactly that prompt. Shorter prompts count as zero states past their end.
+    """
+    nonzero = [j for j, w in enumerate(weights.tolist()) if w > 0]
+    if len(nonzero) == 1:
+        return texts[nonzero[0]]
+    both = TextEmbeds.cat(texts)  # (P, L, D), padded to the longest
+    w = weights.to(both.hidden)
+    hidden = (both.hidden * w[:, None, None]).sum(0, keepdim=True)  # (1, L, D)
+    mask = (both.mask & (w[:, None] > 0)).any(0, keepdim=True)  # (1, L)
+    return TextEmbeds(hidden, mask)
+
+
+def window_texts(
+    model, prompt: str, settings: Settings, options: LongOptions, spans: list[Span], timings: Timings
+) -> tuple[list[TextEmbeds], TextEmbeds | None]:
+    """The text of each window (the prompt, or the schedule's mix over its frames) and the negative."""
+    if options.prompt_schedule is None:
+        text, uncond = encode_prompts(model, prompt, settings, timings)
+        return [text] * len(spans), uncond
+    schedule = parse_prompt_schedule(options.prompt_schedule, settings.frames)
+    encoded = [encode_prompts(model, p, settings, timings) for _, p in schedule]
+    texts, uncond = [t for t, _ in encoded], encoded[0][1]
+    weights = schedule_weights(schedule, settings.frames, options.prompt_transition)  # (P, frames)
+    tc = getattr(model.vae, "temporal_compression", 1)
+    f = latent_count(settings.frames, tc)
+    weights = weights[:, (torch.arange(f) * tc).clamp(max=settings.frames - 1)]  # (P, f) at latent frames
+    return [mix_text(texts, weights[:, s:e].mean(1)) for s, e in spans], uncond
+
+
+#################################################################################
+#                          Window fusion and decoding                           #
+#################################################################################
+
+def fused_predict(
+    denoiser, texts: list[TextEmbeds], uncond: TextEmbeds | None, guidance: float, plan: list[Span],
+    weights: str = "pyramid", batch_windows: int = 1, watch: Stopwatch | None = None, bar=None,
+) -> Predict:
+    """A `predict` for the loop: the guided denoiser on each window of `plan`, fused per frame."""
+    index = {span: k for k, span in enumerate(plan)}
+    cache: dict[tuple[int, ...], Predict] = {}
+
+    def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def run(x: torch.Tensor, spans: list[Span]) -> torch.Tensor:
+            ks = tuple(index[s] for s in spans)
+            if ks not in cache:  # one guided predictor per group of windows (their texts batched)
+                n = len(ks)
+                text = texts[ks[0]] if n == 1 else TextEmbeds.cat([texts[k] for k in ks])
+                neg = uncond if uncond is None or n == 1 else uncond.repeat(n)
+                cache[ks] = guided(denoiser, text, neg, guidance, None, watch)
+            v = cache[ks](x, t)
+            if bar is not None:
+                bar.update(len(ks))
+            return v
+
+        return fuse_batched(run, latents, plan, weights, batch_windows)
+
+    return predict
+
+
+class FrameSink:
+    """Decodes latent frames once they are final into one preallocated uint8 (F, H, W, 3) array."""
+
+    def __init__(self, model, settings: Settings, timings: Timings):
+        self.model, self.settings, self.timings = model, settings, timings
+        self.frames = np.zeros((settings.frames, settings.height, settings.width, 3), np.uint8)
+        self.decoded = 0  # latent frames decoded so far
+        self.filled = 0  # output frames filled so far
+
+    def decode_until(self, latents: torch.Tensor, end: int) -> None:
+        """Decode latent frames [decoded, end), `decode_chunk_size` at a time (frame-wise VAE: any range)."""
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for video in self.model.vae.decode_chunks(latents[:, :, self.decoded:end], self.settings.decode_chunk_size):
+                x = to_uint8(video)[: len(self.frames) - self.filled]
+                self.frames[self.filled:self.filled + len(x)] = x
+                self.filled += len(x)
+        self.decoded = end
+        self.timings.add("vae_decode", time.perf_counter() - t0)
+
+
+def _info(o: LongOptions, plan: list, **extra) -> dict:
+    return dict(long=dict(o.as_dict(), windows=len(plan), peak_window_frames=peak_window_frames(plan),
+                          plan_cost=plan_cost(plan), **extra))
+
+
+#################################################################################
+#                                   Drivers                                     #
+#################################################################################
+
+def windowed_video(model, prompt: str, settings: Settings, options: LongOptions, progress: bool = True) -> Result:
+    """Context windows fused every step: one loop over all latent frames, the denoiser on one window at a time."""
+    timings, t0 = Timings(), time.perf_counter()
+    o = _resolve_for(model, settings, options)
+    shape = latent_shape(model, settings)
+    plan = window_plan(shape[2], o.context_length, o.context_stride)  # 1. window plan
+    texts, uncond = window_texts(model, prompt, settings, o, plan, timings)  # 2. a text per window
+    g = torch.Generator("cpu").manual_seed(int(settings.seed))
+    noise = freenoise_noise(shape, o.context_length, o.context_stride, generator=g)  # 3. FreeNoise noise
+    bar = tqdm(total=settings.steps * len(plan), desc=f"denoise {len(plan)} windows x {settings.steps} steps",
+               unit="window", disable=not progress, leave=False)
+    predict = fused_predict(model.denoiser, texts, uncond, settings.guidance, plan, o.window_weights,
+                            o.batch_windows, timings.denoiser, bar)  # 4. windows fused before each step
+    with bar:
+        latents = sample(model, texts[0], uncond, settings, timings, noise=noise, predict=predict, progress=False)
+    sink = FrameSink(model, settings, timings)  # 5. decode in chunks
+    sink.decode_until(latents, shape[2])
+    timings.add("total", time.perf_counter() - t0)
+    return Result(sink.frames, latents, timings, _info(o, plan))
+
+
+def continued_video(
+    model, prompt: str, settings: Settings, options: LongOptions, source: torch.Tensor | None = None,
+    progress: bool = True,
+) -> Result:
+    """Windows one after another, each knowing the last frames made; `source` latents are a given beginning."""
+    timings, t0 = Timings(), time.perf_counter()
+    n = 0 if source is None else source.shape[2]
+    o = _resolve_for(model, settings, replace(options, mode="continue"), source_frames=n)
+    shape = latent_shape(model, settings)
+    B, C, F, h, w = shape
+    plan = extension_plan(F, n, o.context_length, o.context_length - o.context_stride)  # 1. window plan
+    texts, uncond = window_texts(model, prompt, settings, o, [p[:2] for p in plan], timings)  # 2. texts
+    latents = torch.zeros(shape, device=model.device)
+    noise = torch.zeros(shape)
+    g = torch.Generator("cpu").manual_seed(int(settings.seed))
+    if n:
+        latents[:, :, :n] = source.to(latents)
+        noise[:, :, :n] = torch.randn((B, C, n, h, w), generator=g)
+    ref = source if o.adain else None
+    sink = FrameSink(model, settings, timings)
+    for k, (s, e, known) in enumerate(tqdm(plan, desc="windows", disable=not progress, leave=False)):
+        noise[:, :, s + known:e] = torch.randn((B, C, e - s - known, h, w), generator=g)  # 3. fresh noise for new frames
+        mask = torch.zeros(B, e - s, device=model.device)
+        mask[:, :known] = 1
+        cond = FrameCondition(latents[:, :, s:e].clone(), mask) if known else None  # 4. the known tail
+        out = sample(model, texts[k], uncond, settings, timings, cond=cond, noise=noise[:, :, s:e],
+                     progress=progress, desc=f"window {k + 1}/{len(plan)}")  # 5. denoise the window
+        new = out[:, :, known:]
+        if ref is not None:
+            new = adain(new, ref)  # 6. optional anchoring to the first window's statistics
+        elif o.adain:
+            ref = out
+        latents[:, :, s + known:e] = new
+        sink.decode_until(latents, e)  # 7. frames up to e are final: decode them now
+    timings.add("total", time.perf_counter() - t0)
+    return Result(sink.frames, latents, timings, _info(o, plan, source_frames=n))
+
+
+def long_video(model, prompt: str, settings: Settings, options: LongOptions, progress: bool = True) -> Result:
+    """Text-to-video past the trained length, by context windows or by continuation (`options.mode`)."""
+    driver = continued_video if options.mode == "continue" else windowed_video
+    return driver(model, prompt, settings, options, progress=progress)
+
+
+def extend_video(
+    model, video: np.ndarray, prompt: str, settings: Settings, options: LongOptions, progress: bool = True
+) -> Result:
+    """Continue uint8 frames (n, H, W, 3) at the settings' size to `settings.frames` frames in all.
+
+    The output is decoded from latents throughout, the source's part included, so the join has no
+    VAE-reconstruction seam.
+    """
+    require(video.shape[1:] == (settings.height, settings.width, 3),
+            f"the clip to extend is {video.shape[2]}x{video.shape[1]}, not {settings.width}x{settings.height}; resize it first")
+    x = torch.from_numpy(np.ascontiguousarray(video)).to(model.device).permute(3, 0, 1, 2)[None]  # (1, 3, n, H, W)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        source = model.vae.encode(x.to(model.dtype) / 127.5 - 1)  # (1, C, n, h, w)
+    encode_s = time.perf_counter() - t0
+    result = continued_video(model, prompt, settings, options, source=source, progress=progress)
+    result.timings.add("vae_encode", encode_s)
+    return result

@@ -1,0 +1,130 @@
+"""Long-clip benchmark: peak memory of a long vs a short clip, and time per frame vs the plan's cost.
+
+    python scripts/bench_long.py                                   # default model: 16 vs 256 frames
+    python scripts/bench_long.py --model runs/tiny --short 4 --long 16 --height 16 --width 16 --steps 2
+    python scripts/bench_long.py --json-out bench_long.json
+
+Each length runs `kinema generate` end to end (model load, windowed denoising, chunked decoding,
+writing the mp4) in a fresh subprocess with the same settings, one after the other in this one run;
+each child reports its own peak resident memory (ru_maxrss) and its sidecar's timings.
+
+- memory ratio = peak RSS (long) / peak RSS (short); target <= 1.25 (issue 6);
+- time ratio = measured denoise time (long) / predicted, where predicted = denoise time (short) x
+  plan_cost(long) / plan_cost(short), the latent frames the denoiser sees (per step in window mode, in
+  all in continue mode, where every window runs all steps); target <= 1.3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+PROMPT = "a yellow square moving right on a purple background"
+
+
+def child(args) -> None:
+    """One generate call in this fresh process; print its peak memory and timings as JSON."""
+    from kinema.cli import main
+
+    out = Path(args.child_out)
+    argv = ["generate", args.prompt, "-o", str(out), "--frames", str(args.child), "--steps", str(args.steps),
+            "--seed", str(args.seed), "--device", args.device, "--quiet"]
+    for flag in ("model", "height", "width", "guidance", "context_length", "context_stride", "mode"):
+        value = getattr(args, flag)
+        if value is not None:
+            argv += [f"--{flag.replace('_', '-')}", str(value)]
+    code = main(argv)
+    if code != 0:
+        sys.exit(code)
+    side = json.loads(out.with_name(out.name + ".json").read_text())
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_mib = rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+    report = dict(frames=args.child, peak_rss_mib=round(rss_mib, 1), timings=side["timings"],
+                  settings=side["settings"], long=side.get("long"))
+    try:
+        import torch
+
+        if torch.cuda.is_available() and args.device != "cpu":
+            report["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    except ImportError:
+        pass
+    print("BENCH " + json.dumps(report))
+
+
+def run_child(args, frames: int, tmp: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child", str(frames), "--child-out", str(tmp / f"clip{frames}.mp4")]
+    for flag in ("prompt", "model", "height", "width", "steps", "guidance", "seed", "device", "context_length",
+                 "context_stride", "mode"):
+        value = getattr(args, flag)
+        if value is not None:
+            cmd += [f"--{flag.replace('_', '-')}", str(value)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"bench_long: the {frames}-frame run failed (exit {r.returncode}):\n{r.stderr.strip()}")
+    line = next(x for x in r.stdout.splitlines() if x.startswith("BENCH "))
+    return json.loads(line[len("BENCH "):])
+
+
+def plan_of(report: dict, trained: int) -> tuple[int, int]:
+    """(windows, latent frames per step) of a run: its sidecar's plan, or one window for a plain run."""
+    if report["long"]:
+        return report["long"]["windows"], report["long"]["plan_cost"]
+    return 1, report["settings"]["frames"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="model folder (default: the shipped weights)")
+    p.add_argument("--short", type=int, default=16, help="frames of the short clip")
+    p.add_argument("--long", type=int, default=256, help="frames of the long clip")
+    p.add_argument("--height", type=int, default=None, help="frame height (default: the model's)")
+    p.add_argument("--width", type=int, default=None, help="frame width (default: the model's)")
+    p.add_argument("--steps", type=int, default=25, help="denoising steps")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    p.add_argument("--seed", type=int, default=0, help="seed")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to run")
+    p.add_argument("--context-length", type=int, default=None, help="latent frames per window (default: the model's)")
+    p.add_argument("--context-stride", type=int, default=None, help="window stride (default: a quarter window)")
+    p.add_argument("--mode", default=None, choices=["window", "continue"], help="long-clip mode (default: window)")
+    p.add_argument("--prompt", default=PROMPT, help="prompt of both clips")
+    p.add_argument("--json-out", default=None, help="also write the figures here as JSON")
+    p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child is not None:
+        return child(args)
+
+    with tempfile.TemporaryDirectory(prefix="bench_long_") as tmp:
+        short = run_child(args, args.short, Path(tmp))
+        long = run_child(args, args.long, Path(tmp))
+    (ws, cost_s), (wl, cost_l) = plan_of(short, args.short), plan_of(long, args.long)
+    t_s, t_l = short["timings"]["denoise"], long["timings"]["denoise"]
+    predicted = t_s * cost_l / cost_s
+    figures = dict(
+        short=dict(frames=args.short, windows=ws, plan_cost=cost_s, peak_rss_mib=short["peak_rss_mib"],
+                   denoise_s=round(t_s, 3), total_s=short["timings"].get("total"), s_per_frame=round(t_s / args.short, 4)),
+        long=dict(frames=args.long, windows=wl, plan_cost=cost_l, peak_rss_mib=long["peak_rss_mib"],
+                  denoise_s=round(t_l, 3), total_s=long["timings"].get("total"), s_per_frame=round(t_l / args.long, 4),
+                  predicted_denoise_s=round(predicted, 3)),
+        memory_ratio=round(long["peak_rss_mib"] / short["peak_rss_mib"], 3),
+        time_ratio=round(t_l / predicted, 3),
+        settings=long["settings"],
+    )
+    if "cuda_peak_mib" in long:
+        figures["cuda_memory_ratio"] = round(long["cuda_peak_mib"] / short["cuda_peak_mib"], 3)
+    print(f"peak RSS   {args.short:>4} frames {short['peak_rss_mib']:8.1f} MiB | {args.long:>4} frames "
+          f"{long['peak_rss_mib']:8.1f} MiB | ratio {figures['memory_ratio']:.3f} (target <= 1.25)")
+    print(f"denoise    {args.short:>4} frames {t_s:8.2f} s ({cost_s} latent frames/step) | {args.long:>4} frames "
+          f"{t_l:8.2f} s ({cost_l}/step, predicted {predicted:.2f} s) | ratio {figures['time_ratio']:.3f} (target <= 1.3)")
+    print(f"per frame  {t_s / args.short:.4f} s | {t_l / args.long:.4f} s measured, {predicted / args.long:.4f} s predicted")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""Long clips on tiny random components: windowed and continued generation, extend, errors, the benchmark."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import kinema
+from kinema import api
+from kinema.cli import main
+from kinema.models import TextEmbeds
+from kinema.pipelines import long_video as lv
+from kinema.pipelines.common import Settings
+from kinema.pipelines.loop import Timings
+from kinema.pipelines.text_to_video import text_to_video
+from kinema.pipelines.windows import continuation_plan, window_plan
+from kinema.video_io import read_video, write_video
+
+PROMPT = "a red circle moving right on a blue background"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small(frames: int, **kw) -> Settings:
+    return Settings(**{**dict(frames=frames, height=16, width=16, steps=2, guidance=3.0, seed=3), **kw})
+
+
+#################################################################################
+#                                Pure helpers                                   #
+#################################################################################
+
+@pytest.mark.parametrize("frames,window,overlap", [(16, 16, 4), (17, 16, 4), (40, 16, 12), (9, 4, 1), (100, 7, 3)])
+def test_extension_plan_without_source_is_the_continuation_plan(frames, window, overlap):
+    assert lv.extension_plan(frames, 0, window, overlap) == continuation_plan(frames, window, overlap)
+
+
+@pytest.mark.parametrize("frames,known,window,overlap", [(40, 4, 16, 4), (40, 30, 16, 4), (40, 38, 16, 4),
+                                                         (20, 1, 6, 5), (33, 16, 16, 12)])
+def test_extension_plan_covers_every_new_frame_knowing_the_last_ones(frames, known, window, overlap):
+    plan = lv.extension_plan(frames, known, window, overlap)
+    end = known
+    for s, e, k in plan:
+        assert e - s == window and s + k == end and min(overlap, known) <= k < window  # full, contiguous, knowing
+        end = e
+    assert end == frames
+
+
+def test_resolve_options_defaults():
+    o = lv.resolve_options(lv.LongOptions(), 256, 16)
+    assert (o.context_length, o.context_stride) == (16, 4)
+    o = lv.resolve_options(lv.LongOptions(mode="continue"), 256, 16)
+    assert (o.context_length, o.context_stride) == (16, 12)
+    assert lv.is_plain(lv.LongOptions(), 16, 16) and not lv.is_plain(lv.LongOptions(), 17, 16)
+    assert not lv.is_plain(lv.LongOptions(context_length=8), 16, 16)
+    assert lv.latent_count(81, 4) == 21 and lv.latent_count(17, 1) == 17
+
+
+@pytest.mark.parametrize("options,frames,source,match", [
+    (dict(context_length=8, context_stride=9), 64, 0, "--context-stride"),
+    (dict(context_length=65), 128, 0, "--context-length 65 is longer than this model supports"),
+    (dict(mode="continue"), 8, 0, "fewer than --context-length"),
+    (dict(mode="continue", context_length=8, context_stride=8), 32, 0, "must be < --context-length"),
+    (dict(mode="continue", context_length=8), 32, 32, "more than the 32 frames"),
+    (dict(prompt_schedule="a red circle"), 32, 0, "not <frame>:<prompt>"),
+    (dict(prompt_schedule="0:a|20:b|10:c"), 32, 0, "strictly increase"),
+    (dict(prompt_schedule="0:a|40:b"), 32, 0, "outside the clip"),
+    (dict(mode="sideways"), 32, 0, "--mode"),
+    (dict(window_weights="gauss"), 32, 0, "weighting"),
+])
+def test_resolve_options_errors(options, frames, source, match):
+    with pytest.raises(kinema.KinemaError, match=match):
+        lv.resolve_options(lv.LongOptions(**options), frames, 16, source_frames=source)
+
+
+def test_mix_text():
+    a = TextEmbeds(torch.ones(1, 2, 3), torch.ones(1, 2, dtype=torch.bool))
+    b = TextEmbeds(torch.full((1, 4, 3), 3.0), torch.ones(1, 4, dtype=torch.bool))
+    assert lv.mix_text([a, b], torch.tensor([1.0, 0.0])) is a
+    m = lv.mix_text([a, b], torch.tensor([0.5, 0.5]))
+    assert m.hidden.shape == (1, 4, 3) and m.mask.all()
+    assert torch.allclose(m.hidden[0, :2], torch.full((2, 3), 2.0)) and torch.allclose(m.hidden[0, 2:], torch.full((2, 3), 1.5))
+
+
+class Doubler:
+    """A denoiser whose velocity is twice its input: fused windows must give exactly that on every frame."""
+
+    def __init__(self):
+        self.frames_seen = []
+
+    def predict(self, x, t, text, cond):
+        assert len(text) == x.shape[0]  # texts line up with the (guided, batched) windows
+        self.frames_seen.append(x.shape[2])
+        return 2 * x
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_fused_predict_covers_every_frame_and_stays_in_the_window(batch):
+    plan = window_plan(11, 4, 3)
+    texts = [TextEmbeds(torch.randn(1, 2, 5), torch.ones(1, 2, dtype=torch.bool)) for _ in plan]
+    uncond = TextEmbeds(torch.randn(1, 3, 5), torch.ones(1, 3, dtype=torch.bool))
+    den = Doubler()
+    predict = lv.fused_predict(den, texts, uncond, 4.0, plan, "pyramid", batch)
+    x = torch.randn(1, 2, 11, 3, 3)
+    torch.testing.assert_close(predict(x, torch.tensor(500.0)), 2 * x)
+    assert set(den.frames_seen) == {4}  # the denoiser never sees more than one window's frames
+
+
+#################################################################################
+#                                  Drivers                                      #
+#################################################################################
+
+@pytest.mark.parametrize("mode", ["window", "continue"])
+def test_one_window_equals_plain_generation(trained_like_model, mode):
+    s = small(6)
+    plain = text_to_video(trained_like_model, PROMPT, s, progress=False)
+    long = lv.long_video(trained_like_model, PROMPT, s, lv.LongOptions(mode=mode, context_length=6), progress=False)
+    assert torch.equal(plain.latents, long.latents) and np.array_equal(plain.frames, long.frames)
+    assert long.info["long"]["windows"] == 1
+
+
+def test_windowed_generation_bounded_by_the_window(trained_like_model, monkeypatch):
+    m = trained_like_model
+    seen = []
+    original = m.denoiser.predict
+    monkeypatch.setattr(m.denoiser, "predict", lambda x, *a: seen.append(x.shape[2]) or original(x, *a))
+    r = lv.long_video(m, PROMPT, small(13), lv.LongOptions(context_length=4, context_stride=3), progress=False)
+    plan = window_plan(13, 4, 3)
+    assert r.frames.shape == (13, 16, 16, 3) and r.info["long"]["windows"] == len(plan)
+    assert seen == [4] * (2 * len(plan))  # 2 steps, one (CFG-batched) call per window, 4 frames each
+    assert r.frames[-1].std() > 0 and torch.isfinite(r.latents).all()
+
+
+def test_continuation_reinjects_the_known_frames(trained_like_model, monkeypatch):
+    m = trained_like_model
+    calls = []
+    original = lv.sample
+
+    def spy(*a, **kw):
+        out = original(*a, **kw)
+        calls.append((kw.get("cond"), out))
+        return out
+
+    monkeypatch.setattr(lv, "sample", spy)
+    source = (np.random.default_rng(0).random((3, 16, 16, 3)) * 255).astype(np.uint8)
+    r = lv.extend_video(m, source, PROMPT, small(10), lv.LongOptions(context_length=4), progress=False)
+    with torch.no_grad():
+        z = m.vae.encode(torch.from_numpy(source).permute(3, 0, 1, 2)[None].float() / 127.5 - 1)
+    assert r.frames.shape == (10, 16, 16, 3) and torch.equal(r.latents[:, :, :3], z)
+    plan = lv.extension_plan(10, 3, 4, 1)
+    assert [c.mask.sum().item() for c, _ in calls] == [k for _, _, k in plan]
+    k0 = plan[0][2]
+    assert torch.equal(calls[0][0].latents[:, :, :k0], z[:, :, 3 - k0:])  # the first window knows the source's last frames
+    for cond, out in calls:
+        k = int(cond.mask.sum())
+        assert torch.equal(out[:, :, :k], cond.latents[:, :, :k])
+
+
+def test_continue_with_adain_and_prompt_schedule(trained_like_model):
+    o = lv.LongOptions(mode="continue", context_length=4, adain=True, prompt_schedule="0:a red circle|6:a blue square",
+                       prompt_transition=2)
+    r = lv.long_video(trained_like_model, PROMPT, small(12), o, progress=False)
+    assert r.frames.shape == (12, 16, 16, 3) and torch.isfinite(r.latents).all()
+    s, e, k = lv.extension_plan(12, 0, 4, 1)[-1]
+    first, last = r.latents[:, :, :4], r.latents[:, :, s + k:e]
+    torch.testing.assert_close(last.mean((2, 3, 4)), first.mean((2, 3, 4)), atol=1e-4, rtol=0)  # anchored
+
+
+def test_window_texts_follow_the_schedule(trained_like_model):
+    m = trained_like_model
+    plan = window_plan(12, 4, 2)
+    o = lv.LongOptions(prompt_schedule="0:a red circle|6:a blue square")
+    texts, _ = lv.window_texts(m, "ignored", small(12), o, plan, Timings())
+    red, blue = (m.text_encoder.encode([p]) for p in ("a red circle", "a blue square"))
+    assert torch.equal(texts[0].hidden, red.hidden) and torch.equal(texts[-1].hidden, blue.hidden)
+    mid = texts[2]  # frames 4..8 straddle the switch: half and half
+    assert not torch.equal(mid.hidden[:, : red.hidden.shape[1]], red.hidden)
+
+
+#################################################################################
+#                                  Front door                                   #
+#################################################################################
+
+def test_api_generate_long_and_extend(trained_like_model):
+    frames = kinema.generate(PROMPT, frames=10, height=16, width=16, steps=2, model=trained_like_model,
+                             context_length=4, mode="window", progress=False)
+    assert frames.shape == (10, 16, 16, 3)
+    longer = kinema.extend(frames[:5], PROMPT, frames=9, height=16, width=16, steps=2, model=trained_like_model,
+                           context_length=4, progress=False)
+    assert longer.shape == (9, 16, 16, 3)
+
+
+def test_cli_generate_long_writes_all_frames_and_the_plan(tiny_model_dir, tmp_path):
+    out = tmp_path / "long.gif"
+    assert main(["generate", PROMPT, "--model", str(tiny_model_dir), "-o", str(out), "--frames", "12", "--height", "16",
+                 "--width", "16", "--steps", "1", "--context-length", "4", "--context-stride", "2", "--quiet"]) == 0
+    assert read_video(out)[0].shape == (12, 16, 16, 3)
+    side = json.loads((tmp_path / "long.gif.json").read_text())
+    assert side["long"]["windows"] == len(window_plan(12, 4, 2)) and side["long"]["mode"] == "window"
+
+
+def test_cli_extend_writes_n_frames(tiny_model_dir, tmp_path):
+    src = tmp_path / "src.gif"
+    write_video(src, (np.random.default_rng(1).random((4, 16, 16, 3)) * 255).astype(np.uint8), fps=10)
+    out = tmp_path / "longer.mp4"
+    assert main(["extend", str(src), PROMPT, "--frames", "11", "-o", str(out), "--model", str(tiny_model_dir),
+                 "--steps", "1", "--height", "16", "--width", "16", "--context-length", "4", "--quiet"]) == 0
+    frames, fps = read_video(out)
+    assert frames.shape == (11, 16, 16, 3) and fps == pytest.approx(10)
+    side = json.loads((tmp_path / "longer.mp4.json").read_text())
+    assert side["command"] == "extend" and side["long"]["source_frames"] == 4 and side["video"] == str(src)
+
+
+BAD = [
+    (["--frames", "64", "--context-length", "8", "--context-stride", "9"], "--context-stride"),
+    (["--frames", "128", "--context-length", "65"], "longer than this model supports"),
+    (["--frames", "8", "--mode", "continue"], "fewer than --context-length"),
+    (["--frames", "32", "--prompt-schedule", "a red circle"], "<frame>:<prompt>"),
+    (["--frames", "32", "--prompt-schedule", "0:a red circle|20:a|10:b"], "strictly increase"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD)
+def test_bad_long_input_exits_2_before_loading(tiny_model_dir, tmp_path, monkeypatch, capsys, extra, message):
+    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert main(["generate", PROMPT, "--model", str(tiny_model_dir), "-o", str(tmp_path / "x.mp4"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_extend_input_exits_2_before_loading(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    src = tmp_path / "src.gif"
+    write_video(src, (np.random.default_rng(2).random((6, 16, 16, 3)) * 255).astype(np.uint8), fps=8)
+    for extra, message in [(["--frames", "6"], "more than the 6 frames"), (["--frames", "10"], "fewer than --context-length"),
+                           (["--frames", "40", "--context-length", "8", "--context-stride", "8"], "must be < --context-length")]:
+        code = main(["extend", str(src), PROMPT, "-o", str(tmp_path / "x.mp4"), "--model", str(tiny_model_dir), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (extra, err)
+    assert main(["extend", str(tmp_path / "missing.mp4"), PROMPT, "-o", str(tmp_path / "x.mp4"),
+                 "--model", str(tiny_model_dir)]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.gif"]
+
+
+def test_benchmark_smoke(tiny_model_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_long.py"), "--model", str(tiny_model_dir),
+                        "--short", "4", "--long", "12", "--height", "16", "--width", "16", "--steps", "1",
+                        "--context-length", "4", "--json-out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    figures = json.loads(out.read_text())
+    assert figures["memory_ratio"] > 0 and figures["time_ratio"] > 0
+    assert figures["long"]["windows"] == len(window_plan(12, 4, 1)) and figures["short"]["windows"] == 1
+    assert "ratio" in r.stdout
