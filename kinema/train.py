@@ -72,6 +72,7 @@ class TrainConfig:
     log_every: int = 25
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
+    sample_steps: int = 25  # denoising steps of the sample grid written at the end
     vae: VAEStage = field(default_factory=VAEStage)
     denoiser: DenoiserStage = field(default_factory=DenoiserStage)
     sample_prompts: tuple[str, ...] = (
@@ -396,6 +397,24 @@ def train_denoiser(cfg: TrainConfig, model: loading.Model, run: Path, accelerato
     log.close()
     if accelerator.is_main_process:
         plot_curve(history, run / "denoiser_loss.png", "denoiser loss (flow matching MSE)")
+        sample_grid(loading.load(model.path), cfg.sample_prompts, run / "samples.gif", steps=cfg.sample_steps)
+
+
+def sample_grid(model: loading.Model, prompts, path: Path, seeds=(0, 1), steps: int | None = None) -> Path:
+    """A GIF grid of samples: one row per prompt, one column per seed."""
+    from .pipelines.common import Settings
+    from .pipelines.text_to_video import text_to_video
+    from .video_io import write_video
+
+    d = model.defaults
+    rows = []
+    for prompt in prompts:
+        clips = [text_to_video(model, prompt, Settings(frames=d["frames"], height=d["height"], width=d["width"],
+                                                       steps=steps or d["steps"], guidance=d["guidance"], seed=s),
+                               progress=False).frames for s in seeds]
+        rows.append(np.concatenate(clips, axis=2))  # (F, H, W * seeds, 3)
+    grid = np.concatenate(rows, axis=1)  # (F, H * prompts, W * seeds, 3)
+    return write_video(path, grid, fps=d["fps"], overwrite=True)
 
 
 def _copy(net):
@@ -417,6 +436,7 @@ def export(cfg: TrainConfig, model: loading.Model, ema, step: int) -> None:
     out = loading.Model(None, model.vae, ema, model.scheduler_config, dict(model.index), model.path)
     out.index["frame_conditions"] = ["first", "first_k", "first_last"] if sum(cfg.denoiser.cond_probs[1:]) > 0 else []
     out.index["training"] = dict(step=step, config=asdict(cfg))
+    out.index["defaults"] = {**out.index.get("defaults", {}), "frames": cfg.frames, "height": cfg.size, "width": cfg.size}
     loading.save(out, model.path, overwrite=True)
 
 

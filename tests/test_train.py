@@ -54,6 +54,8 @@ def test_run_writes_model_log_and_curves(full_run):
     log = (run / "train.log").read_text()
     assert "steps/s=" in log and "eta=" in log and "psnr_median" in log
     assert (run / "vae_loss.png").stat().st_size > 1000 and (run / "denoiser_loss.png").stat().st_size > 1000
+    assert (run / "samples.gif").stat().st_size > 1000
+    assert index["defaults"]["frames"] == 4 and index["defaults"]["height"] == 16
     ckpt = latest_checkpoint(run)
     assert ckpt.name == "2-denoiser-0000008"
     meta = json.loads((ckpt / "meta.json").read_text())
