@@ -48,6 +48,10 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
 def peek(model: str | Path | None) -> dict:
     """A model folder's index and component configs, read without loading any weights."""
     path = loading.resolve_model_path(model)
+    if loading.is_wan(path):  # a Wan diffusers folder: defaults from the checkpoint family, 4k+1 frames
+        from .models import wan
+
+        return wan.peek(path)
     index = loading.read_index(path)
     den = json.loads((path / "denoiser" / "config.json").read_text())
     vae = json.loads((path / "vae" / "config.json").read_text())
@@ -65,9 +69,16 @@ def settings_for(info: dict, **overrides):
     d = info["defaults"]
     keys = ("frames", "height", "width", "steps", "guidance", "fps")
     values = {k: d[k] for k in keys}
+    if overrides.get("scheduler") is None and "scheduler" in d:
+        values["scheduler"] = d["scheduler"]  # the checkpoint's own solver (UniPC for Wan)
     values.update({k: v for k, v in overrides.items() if v is not None})
     s = Settings(**values)
     m = info["multiple"]
+    tc = int(info.get("temporal_compression", 1))
+    lo = max(1, (s.frames - 1) // tc * tc + 1) if isinstance(s.frames, int) else 1
+    require(not isinstance(s.frames, int) or tc == 1 or (s.frames - 1) % tc == 0,
+            f"--frames {s.frames} does not fit this model's VAE, which compresses time by {tc}: use {tc}k+1 "
+            f"frames, such as {lo} or {lo + tc}")
     require(isinstance(s.frames, int) and s.frames >= 1, f"--frames must be a whole number >= 1 (got {s.frames})")
     require(isinstance(s.steps, int) and s.steps >= 1, f"--steps must be a whole number >= 1 (got {s.steps})")
     for name in ("height", "width"):
@@ -86,7 +97,8 @@ def settings_for(info: dict, **overrides):
 _CACHE: dict = {}
 
 
-def load(model: str | Path | None = None, device: str = "auto", dtype: str | torch.dtype | None = "auto", attention: str = "sdpa"):
+def load(model: str | Path | None = None, device: str = "auto", dtype: str | torch.dtype | None = "auto", attention: str = "sdpa",
+         offload: str | None = None):
     """Load a model folder (default: the shipped weights); repeated calls with the same arguments reuse it."""
     from .models.attention import BACKENDS, xformers_available
 
@@ -96,10 +108,10 @@ def load(model: str | Path | None = None, device: str = "auto", dtype: str | tor
     if attention == "xformers" and not xformers_available():
         raise KinemaError("--attention xformers needs the xformers package: pip install 'kinema[xformers]', or use --attention sdpa")
     path = loading.resolve_model_path(model)
-    key = (str(path.resolve()), str(dev), str(dt), attention)
+    key = (str(path.resolve()), str(dev), str(dt), attention, offload)
     if key not in _CACHE:
         _CACHE.clear()
-        _CACHE[key] = loading.load(path, dev, dt, attention)
+        _CACHE[key] = loading.load(path, dev, dt, attention, offload)
     return _CACHE[key]
 
 
@@ -111,7 +123,8 @@ def _model_and_info(model, device, dtype, attention):
 
 
 def _info_of(m: loading.Model) -> dict:
-    return dict(path=m.path, index=m.index, defaults=m.defaults, multiple=m.size_multiple)
+    extra = getattr(m, "info", None) or {}  # a WanModel keeps its peek (tasks, temporal compression)
+    return dict(extra, path=m.path, index=m.index, defaults=m.defaults, multiple=m.size_multiple)
 
 
 def generate(
@@ -127,7 +140,7 @@ def generate(
     device: str = "auto",
     dtype: str | torch.dtype | None = "auto",
     attention: str = "sdpa",
-    scheduler: str = "euler",
+    scheduler: str | None = None,
     shift: float | None = None,
     progress: bool = True,
     return_result: bool = False,
@@ -149,6 +162,7 @@ def generate(
 
     check_prompt(prompt)
     loaded, info = _model_and_info(model, device, dtype, attention)
+    check_task(info, "generate")
     settings = settings_for(info, frames=frames, height=height, width=width, steps=steps, guidance=guidance,
                             seed=seed, negative_prompt=negative_prompt, scheduler=scheduler, shift=shift)
     long = long_options(info, settings, context_length=context_length, context_stride=context_stride,
@@ -190,7 +204,7 @@ def extend(
     device: str = "auto",
     dtype: str | torch.dtype | None = "auto",
     attention: str = "sdpa",
-    scheduler: str = "euler",
+    scheduler: str | None = None,
     shift: float | None = None,
     context_length: int | None = None,
     context_stride: int | None = None,
@@ -211,6 +225,7 @@ def extend(
 
     check_prompt(prompt)
     loaded, info = _model_and_info(model, device, dtype, attention)
+    check_task(info, "extend")
     source, settings = extend_inputs(info, video, frames, resize, height=height, width=width, steps=steps,
                                      guidance=guidance, seed=seed, negative_prompt=negative_prompt,
                                      scheduler=scheduler, shift=shift)
@@ -259,7 +274,7 @@ def animate(
     device: str = "auto",
     dtype: str | torch.dtype | None = "auto",
     attention: str = "sdpa",
-    scheduler: str = "euler",
+    scheduler: str | None = None,
     shift: float | None = None,
     progress: bool = True,
     return_result: bool = False,
@@ -283,7 +298,10 @@ def animate(
     if warning:
         warnings.warn(warning, stacklevel=2)
     m = loaded() if callable(loaded) else loaded
-    result = image_to_video(m, prompt, first, settings, last, std, progress=progress)
+    if hasattr(m, "image_to_video"):  # a Wan model builds its own image condition (kinema.models.wan)
+        result = m.image_to_video(prompt, first, settings, last, std, progress=progress)
+    else:
+        result = image_to_video(m, prompt, first, settings, last, std, progress=progress)
     return result if return_result else result.frames
 
 
@@ -300,6 +318,169 @@ def animate_inputs(info: dict, settings, image, last_image=None, resize: str = "
     if last_image is not None:
         last = i2v.prepare_image(last_image, settings.height, settings.width, resize, name="last image")
     return first, last, std, warning
+
+
+def restyle(
+    video,
+    prompt: str,
+    *,
+    strength: float = 0.6,
+    flow: bool = True,
+    flow_steps: float = 0.5,
+    flow_strength: float = 0.8,
+    pixel_fusion: bool = False,
+    max_frames: int | None = None,
+    stride: int = 1,
+    start: int = 0,
+    fps: float | None = None,
+    resize: str = "crop",
+    height: int | None = None,
+    width: int | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    seed: int = 0,
+    negative_prompt: str = "",
+    model=None,
+    device: str = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    attention: str = "sdpa",
+    scheduler: str | None = None,
+    shift: float | None = None,
+    context_length: int | None = None,
+    context_stride: int | None = None,
+    window_weights: str = "pyramid",
+    progress: bool = True,
+    return_result: bool = False,
+):
+    """Video-to-video: `video` restyled as `prompt` says, its motion kept: uint8 frames (F, H, W, 3).
+
+    `video` is a file (mp4, webm, mov, mkv, avi, gif, webp), a folder of frames or uint8 (F, H, W, 3)
+    frames; frames `start`, `start + stride`, ... (at most `max_frames`) are fitted to the clip's size by
+    `resize`, and the output has as many. `strength` (default 0.6) is how far the source is noised: 0
+    returns the fitted source unchanged without loading the model, 1 ignores it but for its motion.
+    With `flow`, the predicted clean latents are fused along the source's optical flow during the first
+    `flow_steps` of the steps that run, with weight `flow_strength`; `pixel_fusion` fuses the decoded
+    frames once more. The fps (`result.info["restyle"]["fps"]`) is the source's unless `fps` is given.
+    Sources longer than the model's trained length run in context windows (`context_length`,
+    `context_stride`). See kinema.pipelines.video_to_video.
+    """
+    from .pipelines.video_to_video import RestyleOptions, restyle_video
+
+    check_prompt(prompt)
+    loaded, info = _model_and_info(model, device, dtype, attention)
+    check_task(info, "restyle")
+    options = RestyleOptions(strength, flow, flow_steps, flow_strength, pixel_fusion)
+    placed = dict(device=device, dtype=dtype) if callable(loaded) else dict(device=loaded.device, dtype=loaded.dtype)
+    source, settings, long = restyle_inputs(
+        info, video, options, max_frames=max_frames, stride=stride, start=start, resize=resize, fps=fps,
+        context_length=context_length, context_stride=context_stride, window_weights=window_weights, **placed,
+        height=height, width=width, steps=steps, guidance=guidance, seed=seed, negative_prompt=negative_prompt,
+        scheduler=scheduler, shift=shift,
+    )
+    m = None if options.strength == 0 else (loaded() if callable(loaded) else loaded)  # 0: no model needed
+    result = restyle_video(m, prompt, source, settings, options, long, progress=progress)
+    return result if return_result else result.frames
+
+
+def restyle_inputs(
+    info: dict, video, options, *, max_frames: int | None = None, stride: int = 1, start: int = 0,
+    resize: str = "crop", fps: float | None = None, device="auto", dtype="auto", context_length: int | None = None,
+    context_stride: int | None = None, window_weights: str = "pyramid", **overrides,
+):
+    """Check restyle's options, source and memory, then read and fit the source, before any weights load.
+
+    Returns (uint8 frames (F, height, width, 3), Settings of the source's length and fps unless `fps`,
+    resolved window-mode LongOptions when the clip needs context windows, else None). Memory is
+    estimated from the file's header before anything is read (files that do not state their length
+    are read up to the frames that fit).
+    """
+    from . import video_io
+    from .pipelines import video_to_video as v2v
+
+    require(resize in video_io.RESIZE_POLICIES, f"unknown --resize {resize!r}; use one of {', '.join(video_io.RESIZE_POLICIES)}")
+    require(max_frames is None or (isinstance(max_frames, int) and max_frames >= 1), f"--max-frames must be >= 1 (got {max_frames})")
+    require(isinstance(stride, int) and stride >= 1, f"--stride must be a whole number >= 1 (got {stride})")
+    require(isinstance(start, int) and start >= 0, f"--start must be a whole number >= 0 (got {start})")
+    v2v.check_options(options)
+    base = settings_for(info, frames=1, fps=fps, **overrides)  # the caller's settings, checked
+    v2v.check_options(options, base.steps)
+    run = options.strength > 0
+    if run and (options.flow or options.pixel_fusion):
+        require(min(base.height, base.width) >= v2v.MIN_FLOW_SIDE,
+                f"optical flow needs frames of at least {v2v.MIN_FLOW_SIDE}x{v2v.MIN_FLOW_SIDE} (got "
+                f"{base.width}x{base.height}); raise --height/--width or pass --no-flow")
+    dev = device if isinstance(device, torch.device) else pick_device(device)
+    dtype_bytes = torch.empty(0, dtype=pick_dtype(dtype, dev)).element_size()
+    sized = _with_parameter_counts(info) if run else None
+    host_free = v2v.available_memory("cpu")
+    tc = int(info.get("temporal_compression", 1))
+
+    def plan(frames: int, source_fps: float | None, source_hw: tuple[int, int]):
+        require((frames - 1) % tc == 0, f"this model's VAE compresses time by {tc}: restyle {tc}k+1 frames (the source "
+                                        f"gives {frames}); pass --max-frames {max(1, (frames - 1) // tc * tc + 1)}")
+        settings = settings_for(info, frames=frames, fps=fps if fps is not None else source_fps, **overrides)
+        long = None
+        if run:
+            long = long_options(info, settings, mode="window", context_length=context_length,
+                                context_stride=context_stride, window_weights=window_weights)
+        need = v2v.host_bytes(frames, source_hw, settings.height, settings.width)
+        window = frames if long is None else min(frames, (long.context_length - 1) * tc + 1)
+        model_bytes = _model_memory(sized, window, settings, dtype_bytes)
+        what = f"restyling {frames} frames at {settings.width}x{settings.height}"
+        if dev.type == "cuda":
+            v2v.check_memory(model_bytes, v2v.available_memory(dev), what + " on the GPU")
+            model_bytes = 0
+        v2v.check_memory(need + model_bytes, host_free, what)
+        return settings, long
+
+    size = v2v.source_size(video, start, stride, max_frames)
+    cap = None
+    if size is not None:
+        count, src_h, src_w = size
+        if count:  # known length: the whole plan is checked before reading
+            plan(count, base.fps, (src_h, src_w))
+        elif count is None:
+            cap = v2v.frames_that_fit(host_free, (src_h, src_w), base.height, base.width)
+    read_max = max_frames if cap is None else min(max_frames or cap + 1, cap + 1)
+    source, source_fps = v2v.read_source(video, start, stride, read_max)
+    require(cap is None or len(source) <= cap, f"the source has more than the {cap} frames that fit in memory at "
+                                               f"{base.width}x{base.height}; pass --max-frames, a larger --stride or a smaller size")
+    settings, long = plan(len(source), source_fps, source.shape[1:3])
+    if source.shape[1:3] != (settings.height, settings.width):
+        source = video_io.resize_frames(source, settings.height, settings.width, policy=resize)
+    return source, settings, long
+
+
+def _with_parameter_counts(info: dict) -> dict | None:
+    """`info` with the parameter counts the memory estimates need (None for a model without a folder)."""
+    if info.get("family") == "wan":
+        from .models import wan
+
+        return dict(info, params=wan.parameter_counts(info["path"], info["index"]["components"]))
+    full = info if "denoiser" in info else (peek(info["path"]) if info.get("path") else None)
+    if full is None:
+        return None
+    sizes = {n: sum(f.stat().st_size for f in (full["path"] / n).glob("*.safetensors")) for n in ("denoiser", "vae")}
+    return dict(full, denoiser_params=sizes["denoiser"] // 4, vae_params=sizes["vae"] // 4)  # saved as float32
+
+
+def _model_memory(info: dict | None, frames: int, settings, dtype_bytes: int) -> int:
+    """Rough peak bytes of the model on `frames` frames (kinema's or Wan's estimate), 0 when unknown."""
+    if info is None:
+        return 0
+    cfg = settings.guidance != 1
+    if info.get("family") == "wan":
+        from .models import wan
+
+        return wan.estimate_memory(info, frames, settings.height, settings.width, dtype_bytes, cfg)["total"]
+    return estimate_memory(info, frames, settings.height, settings.width, dtype_bytes, cfg, settings.decode_chunk_size)["total"]
+
+
+def check_task(info: dict, task: str) -> None:
+    """Refuse a command the checkpoint cannot run (a Wan image-to-video checkpoint only animates)."""
+    tasks = info.get("tasks")
+    require(tasks is None or task in tasks, f"this checkpoint ({info['index'].get('pipeline', 'model')}) cannot "
+            f"{task}; it supports: {', '.join(tasks or [])}")
 
 
 def check_prompt(prompt) -> None:

@@ -7,6 +7,8 @@
     kinema extend clip.mp4 "a red circle moving right on a blue background" --frames 128 -o longer.mp4
     kinema animate photo.png "a red circle moving right on a blue background" -o clip.mp4
     kinema animate start.png "a red circle moving right" -o clip.gif --last-image end.png --resize pad
+    kinema restyle clip.mp4 "a green circle moving right on a black background" -o out.mp4
+    kinema restyle clip.mp4 "a yellow square moving up on a blue background" -o out.gif --strength 0.8 --no-flow
     kinema info                      # the default model: components, parameters, memory estimate
     kinema info runs/default/model --frames 64 --height 128 --width 128
     kinema init runs/default/model --preset small
@@ -38,6 +40,7 @@ def cmd_generate(args) -> None:
     api.check_prompt(args.prompt)
     out = video_io.check_output_path(args.output, overwrite=args.overwrite)
     info = api.peek(args.model)
+    api.check_task(info, "generate")
     settings = api.settings_for(
         info, frames=args.frames, height=args.height, width=args.width, steps=args.steps, guidance=args.guidance,
         seed=args.seed, negative_prompt=args.negative_prompt, scheduler=args.scheduler, shift=args.shift, fps=args.fps,
@@ -45,7 +48,7 @@ def cmd_generate(args) -> None:
     )
     long = api.long_options(info, settings, **long_options_from_args(args))
     t0 = time.perf_counter()
-    model = api.load(info["path"], args.device, args.dtype, args.attention)
+    model = api.load(info["path"], args.device, args.dtype, args.attention, args.offload)
     load_s = time.perf_counter() - t0
     if long is None:
         from .pipelines.text_to_video import text_to_video
@@ -71,6 +74,7 @@ def cmd_extend(args) -> None:
     api.check_prompt(args.prompt)
     out = video_io.check_output_path(args.output, overwrite=args.overwrite)
     info = api.peek(args.model)
+    api.check_task(info, "extend")
     source, settings = api.extend_inputs(
         info, args.video, args.frames, args.resize, fps=args.fps, height=args.height, width=args.width,
         steps=args.steps, guidance=args.guidance, seed=args.seed, negative_prompt=args.negative_prompt,
@@ -78,7 +82,7 @@ def cmd_extend(args) -> None:
     )
     long = api.long_options(info, settings, source_frames=len(source), **long_options_from_args(args))
     t0 = time.perf_counter()
-    model = api.load(info["path"], args.device, args.dtype, args.attention)
+    model = api.load(info["path"], args.device, args.dtype, args.attention, args.offload)
     load_s = time.perf_counter() - t0
     from .pipelines.long_video import extend_video
 
@@ -130,6 +134,7 @@ def cmd_animate(args) -> None:
     api.check_prompt(args.prompt)
     out = video_io.check_output_path(args.output, overwrite=args.overwrite)
     info = api.peek(args.model)
+    api.check_task(info, "animate")
     settings = settings_from_args(info, args)
     first, last, std, warning = api.animate_inputs(
         info, settings, args.image, args.last_image, args.resize, args.image_noise
@@ -137,13 +142,48 @@ def cmd_animate(args) -> None:
     if warning:
         print(f"kinema: warning: {warning}", file=sys.stderr)
     t0 = time.perf_counter()
-    model = api.load(info["path"], args.device, args.dtype, args.attention)
+    model = api.load(info["path"], args.device, args.dtype, args.attention, args.offload)
     load_s = time.perf_counter() - t0
     from .pipelines.image_to_video import image_to_video
 
-    result = image_to_video(model, args.prompt, first, settings, last, std, progress=not args.quiet)
+    if hasattr(model, "image_to_video"):  # a Wan model builds its own image condition (kinema.models.wan)
+        result = model.image_to_video(args.prompt, first, settings, last, std, progress=not args.quiet)
+    else:
+        result = image_to_video(model, args.prompt, first, settings, last, std, progress=not args.quiet)
     inputs = dict(image=str(args.image), last_image=args.last_image and str(args.last_image), resize=args.resize,
                   image_noise=std)
+    write_outputs(args, out, result, settings, model, dict(load=round(load_s, 3)), inputs)
+
+
+def cmd_restyle(args) -> None:
+    from types import SimpleNamespace
+
+    from . import api, video_io
+    from .pipelines.video_to_video import RestyleOptions, restyle_video
+
+    api.check_prompt(args.prompt)
+    if args.frames is not None:
+        raise KinemaError("restyle takes its length from the source; choose frames with --max-frames, --stride and --start")
+    out = video_io.check_output_path(args.output, overwrite=args.overwrite)
+    info = api.peek(args.model)
+    api.check_task(info, "restyle")
+    options = RestyleOptions(args.strength, args.flow, args.flow_steps, args.flow_strength, args.pixel_fusion)
+    source, settings, long = api.restyle_inputs(
+        info, args.video, options, max_frames=args.max_frames, stride=args.stride, start=args.start, resize=args.resize,
+        fps=args.fps, device=args.device, dtype=args.dtype, context_length=args.context_length,
+        context_stride=args.context_stride, window_weights=args.window_weights, height=args.height, width=args.width,
+        steps=args.steps, guidance=args.guidance, seed=args.seed, negative_prompt=args.negative_prompt,
+        scheduler=args.scheduler, shift=args.shift, decode_chunk_size=args.decode_chunk_size,
+    )
+    t0 = time.perf_counter()
+    if options.strength == 0:  # the source comes back unchanged: no model is loaded; the sidecar says so
+        model = SimpleNamespace(path=info["path"], device="none", dtype="none")
+    else:
+        model = api.load(info["path"], args.device, args.dtype, args.attention, args.offload)
+    load_s = time.perf_counter() - t0
+    result = restyle_video(model, args.prompt, source, settings, options, long, progress=not args.quiet)
+    inputs = dict(video=str(args.video), resize=args.resize, start=args.start, stride=args.stride,
+                  max_frames=args.max_frames, **result.info)
     write_outputs(args, out, result, settings, model, dict(load=round(load_s, 3)), inputs)
 
 
@@ -153,6 +193,8 @@ def cmd_info(args) -> None:
     info = api.peek(args.model)
     d = info["defaults"]
     frames, height, width = args.frames or d["frames"], args.height or d["height"], args.width or d["width"]
+    if info.get("family") == "wan":
+        return wan_info(args, info, frames, height, width)
     from safetensors import safe_open
 
     counts = {}
@@ -191,6 +233,30 @@ def cmd_info(args) -> None:
     m = report["memory_estimate"]
     print(f"memory    ~{m['total']} peak for {frames} frames {width}x{height} in float32 "
           f"(weights {m['weights']}, denoiser activations {m['denoiser_activations']}, VAE decode {m['vae_decode']})")
+
+
+def wan_info(args, info: dict, frames: int, height: int, width: int) -> None:
+    """`kinema info` for a Wan diffusers folder: components, parameters, memory with and without offload."""
+    from .models import wan
+
+    dtype = "float32" if getattr(args, "dtype", None) == "float32" else "bfloat16"  # bfloat16: the CUDA default
+    report = wan.report(info, frames, height, width, dtype)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    d, p = report["defaults"], report["params"]
+    experts = f", two experts switched at t = {report['boundary_ratio']} x 1000" if report["boundary_ratio"] else ""
+    print(f"model     {report['model']} ({report['pipeline']}, Wan family {report['family']}{experts})")
+    print("params    " + ", ".join(f"{k} {v / 1e9:.2f}B" if v >= 1e8 else f"{k} {v / 1e6:.2f}M" for k, v in p.items()))
+    print(f"vae       AutoencoderKLWan, {report['vae']['latent_channels']} latent channels, "
+          f"{report['vae']['spatial_compression']}x spatial, {report['vae']['temporal_compression']}x temporal "
+          f"(frames must be 4k+1)")
+    print(f"defaults  {d['frames']} frames {d['width']}x{d['height']} @ {d['fps']} fps, {d['steps']} steps, "
+          f"guidance {d['guidance']}, {d['scheduler']} shift {d['shift']}; sizes must be multiples of {report['size_multiple']}")
+    print(f"tasks     {', '.join(report['tasks'])}; frame conditions: {', '.join(report['frame_conditions']) or 'none'}")
+    for mode, m in report["memory_estimate"]["offload"].items():
+        print(f"memory    --offload {mode:<10} ~{m['total']} GPU peak for {frames} frames {width}x{height} in {dtype} "
+              f"(weights {m['weights']}, transformer activations {m['denoiser_activations']}, VAE decode {m['vae_decode']})")
 
 
 def _numel(shape) -> int:
@@ -262,6 +328,9 @@ def add_model_options(s) -> None:
     s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="weights and activations dtype (auto: bfloat16 on CUDA, float32 on CPU)")
     s.add_argument("--attention", default="sdpa", choices=["sdpa", "xformers", "chunked"], help="attention backend")
+    s.add_argument("--offload", default="none", choices=["none", "model", "sequential"],
+                   help="Wan checkpoints on CUDA: keep weights on the CPU and move each component (model) or each "
+                        "layer (sequential) to the GPU while it runs")
 
 
 def add_sampling_options(s) -> None:
@@ -275,7 +344,8 @@ def add_sampling_options(s) -> None:
     s.add_argument("--negative-prompt", default="", help="what to steer away from (the unconditional prompt)")
     s.add_argument("--seed", type=nonneg_int, default=0, help="random seed; the same seed gives the same clip")
     s.add_argument("--fps", type=finite_float, default=None, help="frames per second of the written file")
-    s.add_argument("--scheduler", default="euler", choices=["euler", "unipc"], help="flow-matching solver")
+    s.add_argument("--scheduler", default=None, choices=["euler", "unipc"],
+                   help="flow-matching solver (default: the model's; euler for kinema models, UniPC for Wan)")
     s.add_argument("--shift", type=finite_float, default=None, help="timestep shift of the schedule (default: the model's)")
     s.add_argument("--decode-chunk-size", type=positive_int, default=16, help="latent frames decoded at once")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -346,6 +416,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="std of the anchor's noise augmentation in latent space (default: the model's, 0.02)")
     add_sampling_options(s)
     s.set_defaults(func=cmd_animate)
+
+    s = sub.add_parser("restyle", help="video-to-video: restyle a clip, keeping its motion", formatter_class=fmt,
+                       description="Restyle VIDEO as PROMPT says: its frames are encoded, noised to --strength and "
+                                   "denoised with PROMPT, the predicted clean frames fused along the source's optical "
+                                   "flow during the first --flow-steps. The output has the chosen frames' count and "
+                                   "the source's fps (unless --fps); --frames does not apply.")
+    s.add_argument("video", help="the source: mp4, webm, mov, mkv, avi, gif, webp, or a folder of frames")
+    s.add_argument("prompt", help="what the restyled clip shows")
+    s.add_argument("--strength", type=finite_float, default=0.6,
+                   help="how far the source is noised: 0 returns it unchanged (no model run), 1 ignores it")
+    s.add_argument("--flow", action=argparse.BooleanOptionalAction, default=True,
+                   help="fuse the predicted clean latents along the source's optical flow")
+    s.add_argument("--flow-steps", type=finite_float, default=0.5,
+                   help="fraction of the denoising steps that run, from the first, during which to fuse")
+    s.add_argument("--flow-strength", type=finite_float, default=0.8,
+                   help="blend weight toward the flow-warped previous frame where the flow is reliable")
+    s.add_argument("--pixel-fusion", action="store_true", help="also fuse the decoded frames along the flow")
+    s.add_argument("--max-frames", type=positive_int, default=None, help="restyle at most this many frames")
+    s.add_argument("--stride", type=positive_int, default=1, help="take every k-th frame of the source")
+    s.add_argument("--start", type=nonneg_int, default=0, help="first source frame to take")
+    s.add_argument("--resize", default="crop", choices=["crop", "pad", "stretch"],
+                   help="fit frames to --height/--width: centre-crop to aspect, black bars, or stretch")
+    s.add_argument("--context-length", type=positive_int, default=None,
+                   help="latent frames per window for sources longer than the model's trained length (default: that length)")
+    s.add_argument("--context-stride", type=positive_int, default=None,
+                   help="latent frames between window starts (default: a quarter of the context length)")
+    s.add_argument("--window-weights", default="pyramid", choices=["pyramid", "flat"],
+                   help="per-frame weights when fusing windows")
+    add_sampling_options(s)
+    s.set_defaults(func=cmd_restyle)
 
     s = sub.add_parser("info", help="a model's components, parameters and a memory estimate", formatter_class=fmt)
     s.add_argument("model", nargs="?", default=None, help="model folder (default: the shipped weights)")

@@ -23,6 +23,7 @@ import torch
 from .errors import KinemaError
 
 INDEX = "kinema.json"
+WAN_INDEX = "model_index.json"  # diffusers pipeline folders (Wan 2.1 / 2.2), loaded by kinema.models.wan
 FORMAT = "kinema-model"
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "default"
 COMPONENTS = ("denoiser", "vae", "scheduler")
@@ -69,9 +70,15 @@ def resolve_model_path(model: str | Path | None) -> Path:
     path = Path(model).expanduser()
     if not path.is_dir():
         raise KinemaError(f"model folder {path} does not exist; pass a folder made by `kinema init` or a diffusers folder")
-    if not (path / INDEX).is_file():
-        raise KinemaError(f"model folder {path} has no {INDEX}; it is not a kinema model folder (make one with `kinema init`)")
+    if not (path / INDEX).is_file() and not (path / WAN_INDEX).is_file():
+        raise KinemaError(f"model folder {path} has no {INDEX} (nor a diffusers {WAN_INDEX}); it is not a kinema "
+                          "model folder (make one with `kinema init`) or a Wan diffusers folder")
     return path
+
+
+def is_wan(path: Path) -> bool:
+    """A diffusers Wan folder (model_index.json) rather than a kinema one; see kinema.models.wan."""
+    return not (Path(path) / INDEX).is_file() and (Path(path) / WAN_INDEX).is_file()
 
 
 def read_index(path: Path) -> dict:
@@ -97,15 +104,23 @@ def read_index(path: Path) -> dict:
 
 
 def load(
-    model: str | Path | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, attention: str = "sdpa"
+    model: str | Path | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, attention: str = "sdpa",
+    offload: str | None = None,
 ) -> Model:
-    """Load a kinema model folder (default: the shipped weights) onto a device."""
+    """Load a kinema model folder (default: the shipped weights), or a Wan diffusers folder, onto a device."""
     from diffusers import AutoencoderKL
 
     from .models import FrameVAE, HFTextEncoder, SpaceTimeUNet
     from .models.text import resolve_text_encoder
 
     path = resolve_model_path(model)
+    if is_wan(path):  # a WanModel: the same attributes as Model, so the drivers run it unchanged
+        from .models import wan
+
+        quiet_libraries()
+        return wan.load(path, device, dtype, attention, offload)
+    if offload not in (None, "none"):
+        raise KinemaError("--offload applies to Wan checkpoints; kinema's own models fit in memory as they are")
     index = read_index(path)
     quiet_libraries()
     device = torch.device(device)

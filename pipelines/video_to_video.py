@@ -1,0 +1,341 @@
+"""Video-to-video: restyle a clip with a new prompt, keeping its motion along the source's optical flow.
+
+    source, fps = read_video("clip.mp4", max_frames=16)
+    source = video_io.resize_frames(source, 64, 64, "crop")                 # uint8 (F, 64, 64, 3)
+    result = restyle_video(model, "a green circle moving right on a black background", source,
+                           settings, RestyleOptions(strength=0.6))
+    result.frames                                                           # uint8 (F, 64, 64, 3)
+
+The steps (SDEdit for the appearance, flow-guided fusion of the clean estimate for the motion, in the
+spirit of Rerender-A-Video and FRESCO):
+
+1. the chosen, resized source frames are encoded by the VAE;
+2. the latents are noised to `strength` by cutting the scheduler's timesteps (diffusers' get_timesteps,
+   `loop.set_timesteps`): round(steps x strength) steps run. 1 starts from pure noise (the source then
+   acts only through its flow); 0 runs nothing and returns the source frames as they are, without the
+   model and without a VAE round trip;
+3. DIS optical flow of the source, forward and backward, gives a `FlowGuide`: the flows that carry each
+   frame into the next, resized to the latent grid, and a mask of where they hold (forward-backward
+   consistency and a photometric check, see `flow.py`);
+4. during the first `flow_steps` fraction of the steps that run, the `FlowFusion` hook turns the velocity
+   into the predicted clean latents x0 = x_t - s v, pulls each frame t+1 of x0 toward the warp of the
+   already-fused frame t (weight `flow_strength` x mask) and turns the result back into a velocity, so
+   the solver steps toward a temporally consistent clip; the later steps run free;
+5. decode in chunks; with `pixel_fusion`, the same propagation once more on the decoded frames at full
+   resolution (weight `flow_strength`), against residual flicker.
+
+Defaults (`RestyleOptions`), to be re-tuned with `scripts/bench_restyle.py` on the default model:
+- strength 0.6: at s = 0.6 the noised latents still hold 0.4 of the source, so the layout and the
+  object's path survive, while a flat colour can follow the prompt (img2img's usual 0.8 keeps only
+  0.2 of the source, which risks the position of a small object on the world's 16x16 latent grid);
+- flow_steps 0.5: where things are and what colour they are is largely settled in the first half of
+  the run; fusing later mostly blurs, since every fusion resamples the latents bilinearly on a coarse grid;
+- flow_strength 0.8, not 1: each frame keeps a fifth of its own estimate, so a flow error the mask
+  missed is copied only in part and does not run on along the chain of frames.
+
+Long sources: beyond the model's trained length, the denoiser runs on context windows fused every step
+(`long_video.fused_predict`, FreeNoise noise; `context_length`, `context_stride`); the flow fusion sees
+the fused estimate of the whole clip, so consistency holds across window borders. Peak denoiser memory
+is set by the window; the source, its flows and the output are held whole (`BYTES_PER_PIXEL`), and
+`check_memory` refuses a clip that would not fit before anything is read.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from kinema import video_io
+from kinema.errors import require
+
+from .common import Result, Settings, decode, encode_prompts, latent_shape, sample
+from .flow import FlowGuide, pixel_fusion, source_flow
+from .loop import Hook, Timings, x0_from_velocity
+
+# Host bytes per output pixel per frame besides the model: source and output (uint8, 6), DIS flows both
+# ways (16), the guide at source size (12), consistency/warp temporaries (float64, ~40), pixel fusion (24).
+BYTES_PER_PIXEL = 96
+HEADROOM = 0.8  # use at most this share of the free memory
+MIN_FLOW_SIDE = 16  # DIS needs frames of at least 16x16 (flow._check_frames)
+
+
+#################################################################################
+#                                   Options                                     #
+#################################################################################
+
+
+@dataclass
+class RestyleOptions:
+    """How far the source is left behind, and how its flow guides the denoising."""
+
+    strength: float = 0.6  # 0 keeps the source, 1 ignores it (but for its flow)
+    flow: bool = True  # fuse the predicted clean latents along the source flow
+    flow_steps: float = 0.5  # fraction of the steps that run, from the first, during which to fuse
+    flow_strength: float = 0.8  # blend weight toward the warped previous frame where the flow holds
+    pixel_fusion: bool = False  # a last fusion of the decoded frames
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def denoise_steps(steps: int, strength: float) -> int:
+    """Steps that run at `strength`: the rule of `loop.set_timesteps` (diffusers' get_timesteps)."""
+    return min(steps, int(round(steps * strength)))
+
+
+def fusion_steps(run_steps: int, flow_steps: float) -> int:
+    """Loop steps (from the first that runs) during which the flow fusion acts: ceil(flow_steps x run_steps)."""
+    return min(run_steps, math.ceil(flow_steps * run_steps - 1e-9))
+
+
+def check_options(options: RestyleOptions, steps: int | None = None) -> RestyleOptions:
+    """One-line errors for weights outside [0, 1], and for a strength that runs no step at `steps`."""
+    for name, hint in (("strength", "0 keeps the source, 1 ignores it"),
+                       ("flow_steps", "the fraction of the denoising steps that fuse along the flow"),
+                       ("flow_strength", "the blend weight toward the flow-warped previous frame")):
+        v = getattr(options, name)
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 1
+        require(ok, f"--{name.replace('_', '-')} must be a number in [0, 1] ({hint}); got {v}")
+    if steps is not None and options.strength > 0:
+        require(denoise_steps(steps, options.strength) >= 1,
+                f"--strength {options.strength} runs no denoising step at --steps {steps} (round(steps x strength) = 0); "
+                "raise --strength or --steps, or pass --strength 0 to keep the source unchanged")
+    return options
+
+
+#################################################################################
+#                              Source and memory                                #
+#################################################################################
+
+
+def select_frames(video: np.ndarray, start: int = 0, stride: int = 1, max_frames: int | None = None) -> np.ndarray:
+    """Frames start, start + stride, ... (at most `max_frames`) of uint8 (F, H, W, 3), as `read_video` picks them."""
+    ok = isinstance(video, np.ndarray) and video.dtype == np.uint8 and video.ndim == 4 and video.shape[-1] == 3
+    require(ok, f"the source must be a video file, a folder of frames or uint8 (F, H, W, 3) frames; got "
+                f"{getattr(video, 'dtype', type(video).__name__)} {getattr(video, 'shape', '')}")
+    require(stride >= 1 and start >= 0, f"--stride must be >= 1 and --start >= 0 (got {stride}, {start})")
+    require(len(video) > start, f"--start {start} is beyond the end of the source ({len(video)} frames)")
+    return video[start::stride][:max_frames]
+
+
+def read_source(video, start: int, stride: int, max_frames: int | None) -> tuple[np.ndarray, float | None]:
+    """The chosen frames of a file, folder or array, and their fps (None for an array)."""
+    if isinstance(video, np.ndarray):
+        return select_frames(video, start, stride, max_frames), None
+    require(isinstance(video, (str, os.PathLike)), f"the source must be a path or uint8 frames, got {type(video).__name__}")
+    return video_io.read_video(video, max_frames=max_frames, stride=stride, start=start)
+
+
+def source_size(video, start: int = 0, stride: int = 1, max_frames: int | None = None) -> tuple[int | None, int, int] | None:
+    """(frames that will be read, or None when the file does not say; height; width) from headers only.
+
+    None when the source cannot be probed: `read_video` then reads it and reports what is wrong.
+    """
+    if isinstance(video, np.ndarray):
+        return len(select_frames(video, start, stride, max_frames)), video.shape[1], video.shape[2]
+    try:
+        count, height, width = _probe(Path(video).expanduser())
+    except Exception:  # a damaged file: read_video gives the one-line reason
+        return None
+    if count is not None:
+        count = len(range(start, count, stride))
+        count = count if max_frames is None else min(count, max_frames)
+    return count, height, width
+
+
+def _probe(src: Path) -> tuple[int | None, int, int]:
+    """(frame count or None, height, width) of a folder, animation, container or image, without decoding."""
+    from PIL import Image
+
+    if src.is_dir():
+        files = sorted(p for p in src.iterdir() if p.suffix.lower() in video_io.IMAGE_EXTS and not p.name.startswith("."))
+        with Image.open(files[0]) as im:
+            return len(files), im.height, im.width
+    suffix = src.suffix.lower()
+    if suffix in video_io.CONTAINER_EXTS:
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # quiet as read_video: its error is the one to show
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        capture = cv2.VideoCapture(str(src), cv2.CAP_FFMPEG)
+        try:
+            count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+            height, width = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        finally:
+            capture.release()
+            cv2.utils.logging.setLogLevel(level)
+        if height <= 0 or width <= 0:
+            raise ValueError("no size in the header")
+        return (count if count > 0 else None), height, width
+    with Image.open(src) as im:
+        return getattr(im, "n_frames", 1), im.height, im.width
+
+
+def available_memory(device: torch.device | str = "cpu") -> int | None:
+    """Free bytes on `device` (CUDA: the driver's count; CPU: MemAvailable), None when unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+        return kib * 1024
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def check_memory(need: int, available: int | None, what: str) -> None:
+    """A one-line error when `need` bytes exceed HEADROOM of `available` (no check when that is unknown)."""
+    if available is None:
+        return
+    require(need <= HEADROOM * available,
+            f"{what} needs ~{_gib(need)} but only {_gib(available)} is free; pass --max-frames, a larger --stride "
+            "or a smaller --height/--width")
+
+
+def host_bytes(frames: int, source_hw: tuple[int, int], height: int, width: int) -> int:
+    """Host memory of the source as read (and its stacked copy) plus `BYTES_PER_PIXEL` at the output size."""
+    return frames * (2 * 3 * source_hw[0] * source_hw[1] + BYTES_PER_PIXEL * height * width)
+
+
+def frames_that_fit(available: int | None, source_hw: tuple[int, int], height: int, width: int) -> int | None:
+    """The most frames whose host memory fits (None when memory is unknown): the read cap for unsized files."""
+    if available is None:
+        return None
+    return max(1, int(HEADROOM * available) // host_bytes(1, source_hw, height, width))
+
+
+#################################################################################
+#                                 Flow fusion                                   #
+#################################################################################
+
+
+@dataclass
+class FlowFusion(Hook):
+    """Pull each frame's predicted clean latents toward the previous frame's, carried along the source flow."""
+
+    guide: FlowGuide
+    strength: float
+    steps: int  # fuse at loop steps i < steps, counted from the first step that runs
+
+    def on_prediction(self, i, sigma, latents, velocity):
+        if i >= self.steps or self.strength == 0:
+            return velocity
+        x0 = x0_from_velocity(latents, velocity, sigma)  # 1. predicted clean latents
+        fused = self.guide.propagate(x0, self.strength)  # 2. carried frame to frame where the flow holds
+        # 3. back to a velocity: velocity_from_x0(latents, fused, sigma), written as a correction so that
+        #    where fusion changes nothing (frame 0, unreliable pixels, a static scene) v stays bit-exact
+        return velocity - (fused - x0) / max(sigma, 1e-6)
+
+
+def flow_guide(model, source: np.ndarray, timings: Timings, every_frame: bool = False) -> FlowGuide:
+    """The source's FlowGuide on the model's latent grid: one entry per latent frame, or per frame."""
+    t0 = time.perf_counter()
+    s = model.vae.spatial_compression
+    tc = 1 if every_frame else getattr(model.vae, "temporal_compression", 1)
+    require((len(source) - 1) % tc == 0, f"this model's VAE compresses time by {tc}: restyle {tc}k+1 frames "
+                                         f"(got {len(source)}); adjust --max-frames")
+    guide = source_flow(source, (source.shape[1] // s, source.shape[2] // s), frame_stride=tc)
+    timings.add("optical_flow", time.perf_counter() - t0)
+    return guide
+
+
+def fuse_pixels(frames: np.ndarray, guide: FlowGuide, strength: float) -> np.ndarray:
+    """`flow.pixel_fusion` on uint8 (F, H, W, 3) frames, back to uint8."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].float()  # (1, 3, F, H, W) 0..255
+    out = pixel_fusion(x, guide, strength)
+    return out[0].permute(1, 2, 3, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+#################################################################################
+#                                    Driver                                     #
+#################################################################################
+
+
+def encode_video(model, frames: np.ndarray, timings: Timings) -> torch.Tensor:
+    """uint8 (F, H, W, 3) -> latents (1, C, f, h, w), float32; a frame-wise VAE sees bounded chunks."""
+    t0 = time.perf_counter()
+    tc = getattr(model.vae, "temporal_compression", 1)
+    chunk = getattr(model.vae, "encode_chunk_size", 64) if tc == 1 else len(frames)  # a causal VAE needs it whole
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(frames), chunk):
+            x = torch.from_numpy(np.ascontiguousarray(frames[i : i + chunk])).to(model.device)
+            x = x.permute(3, 0, 1, 2)[None].to(model.dtype) / 127.5 - 1  # (1, 3, n, H, W) in [-1, 1]
+            out.append(model.vae.encode(x).float())
+    timings.add("vae_encode", time.perf_counter() - t0)
+    return torch.cat(out, dim=2)
+
+
+def _windows(model, prompt: str, settings: Settings, long, timings: Timings):
+    """(text, uncond, noise, predict, info) for context windows fused every step (long_video's pieces)."""
+    from .long_video import fused_predict, window_texts
+    from .windows import freenoise_noise, window_plan
+
+    shape = latent_shape(model, settings)
+    plan = window_plan(shape[2], long.context_length, long.context_stride)
+    texts, uncond = window_texts(model, prompt, settings, long, plan, timings)
+    g = torch.Generator("cpu").manual_seed(int(settings.seed))
+    noise = freenoise_noise(shape, long.context_length, long.context_stride, generator=g)
+    predict = fused_predict(model.denoiser, texts, uncond, settings.guidance, plan, long.window_weights,
+                            long.batch_windows, timings.denoiser)
+    return texts[0], uncond, noise, predict, dict(long.as_dict(), windows=len(plan))
+
+
+def restyle_video(
+    model, prompt: str, source: np.ndarray, settings: Settings, options: RestyleOptions, long=None,
+    progress: bool = True,
+) -> Result:
+    """Restyle uint8 frames (F, H, W, 3) at the settings' size as `prompt` says, keeping their motion.
+
+    `long` (resolved `LongOptions`, window mode) runs the denoiser on context windows; None runs all
+    frames at once. With strength 0 the source comes back unchanged and `model` is not used.
+    """
+    shape = (settings.frames, settings.height, settings.width, 3)
+    require(source.shape == shape, f"the source is {source.shape}, not {shape}; choose and resize frames first")
+    check_options(options, settings.steps)
+    timings, t0 = Timings(), time.perf_counter()
+    run = denoise_steps(settings.steps, options.strength)
+    fused = fusion_steps(run, options.flow_steps) if options.flow else 0
+    info = dict(restyle=dict(options.as_dict(), denoise_steps=run, fused_steps=fused, fps=settings.fps))
+    if options.strength == 0:  # 0. nothing to change: the source as it is, no VAE round trip
+        timings.add("total", time.perf_counter() - t0)
+        return Result(source.copy(), torch.empty(0), timings, info)
+    if long is None:
+        text, uncond = encode_prompts(model, prompt, settings, timings)  # 1. encode prompt (and negative)
+        noise = predict = None
+    else:  # 1. a text per window, FreeNoise noise, windows fused before each step
+        text, uncond, noise, predict, info["long"] = _windows(model, prompt, settings, long, timings)
+    init = encode_video(model, source, timings)  # 2. encode the source
+    guide = flow_guide(model, source, timings) if options.flow or options.pixel_fusion else None  # 3. source flow
+    if guide is not None:
+        info["restyle"]["reliable_fraction"] = round(float(guide.mask.mean()), 4) if guide.frames > 1 else None
+    hooks = [FlowFusion(guide, options.flow_strength, fused)] if options.flow else []  # 4. flow fusion
+    latents = sample(model, text, uncond, settings, timings, init=init, strength=options.strength, hooks=hooks,
+                     progress=progress, noise=noise, predict=predict)  # 5. noise to strength, denoise
+    frames = decode(model, latents, settings, timings)  # 6. decode in chunks
+    if options.pixel_fusion:
+        t1 = time.perf_counter()
+        if guide.frames != len(frames):  # a VAE that compresses time: the latent guide skips frames
+            guide = flow_guide(model, source, timings, every_frame=True)
+        frames = fuse_pixels(frames, guide, options.flow_strength)  # 7. last fusion at full resolution
+        timings.add("pixel_fusion", time.perf_counter() - t1)
+    timings.add("total", time.perf_counter() - t0)
+    return Result(frames, latents, timings, info)
+

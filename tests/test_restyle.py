@@ -1,0 +1,337 @@
+"""Video-to-video restyling on tiny random components: strength, the flow hook, formats, errors, the benchmark.
+
+A random model says nothing about colours or motion; these tests check properties that hold for any
+model: how many steps a strength runs, that the flow hook is exactly a no-op when it should be and
+moves the estimate along the flow otherwise, that --no-flow is plain img2img, and the front door.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio
+import numpy as np
+import pytest
+import torch
+
+import kinema
+from kinema import api, world
+from kinema.cli import main
+from kinema.errors import KinemaError
+from kinema.pipelines import video_to_video as v2v
+from kinema.pipelines.common import Settings, decode, encode_prompts, sample
+from kinema.pipelines.flow import FlowGuide, source_flow
+from kinema.pipelines.loop import Timings, make_scheduler, set_timesteps
+from kinema.pipelines.video_to_video import FlowFusion, RestyleOptions, restyle_video
+from kinema.pipelines.windows import window_plan
+from kinema.video_io import read_video, resize_frames, write_video
+
+PROMPT = "a green circle moving right on a black background"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def moving(frames: int = 4, size: int = 16, seed: int = 3) -> np.ndarray:
+    """A world clip with a moving object: uint8 (F, size, size, 3)."""
+    w = world.World(split="all", frames=frames, size=size, canonical=True)
+    return next(c.video for s in range(seed, seed + 50) if (c := w.clip(s)).spec.direction != "still")
+
+
+def small(frames: int = 4, **kw) -> Settings:
+    return Settings(**{**dict(frames=frames, height=16, width=16, steps=4, guidance=3.0, seed=1), **kw})
+
+
+def variation(frames: np.ndarray) -> float:
+    """Mean |frame t+1 - frame t| in grey levels."""
+    return float(np.abs(np.diff(frames.astype(np.int16), axis=0)).mean())
+
+
+#################################################################################
+#                                Pure helpers                                   #
+#################################################################################
+
+@pytest.mark.parametrize("steps", [1, 4, 7, 25])
+@pytest.mark.parametrize("strength", [0.05, 0.25, 0.5, 0.6, 0.99, 1.0])
+def test_denoise_steps_is_the_scheduler_cut(steps, strength):
+    n = v2v.denoise_steps(steps, strength)
+    sched = make_scheduler("euler", {})
+    if n == 0:
+        with pytest.raises(KinemaError, match="no denoising steps"):
+            set_timesteps(sched, steps, strength)
+        return
+    start = set_timesteps(sched, steps, strength)
+    assert len(sched.timesteps[start:]) == n and start == steps - n
+
+
+@pytest.mark.parametrize("run,fraction,expected", [(10, 0.5, 5), (15, 0.5, 8), (10, 0.0, 0), (10, 1.0, 10), (1, 0.5, 1),
+                                                   (3, 0.34, 2), (25, 0.2, 5)])
+def test_fusion_steps(run, fraction, expected):
+    assert v2v.fusion_steps(run, fraction) == expected
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("strength", 1.5, "--strength must be a number in [0, 1]"), ("strength", -0.1, "--strength"),
+    ("strength", float("nan"), "--strength"), ("flow_steps", 2.0, "--flow-steps"), ("flow_strength", -1, "--flow-strength"),
+    ("strength", True, "--strength"),
+])
+def test_check_options_errors(field, value, message):
+    with pytest.raises(KinemaError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        v2v.check_options(RestyleOptions(**{field: value}))
+    with pytest.raises(KinemaError, match="runs no denoising step"):
+        v2v.check_options(RestyleOptions(strength=0.1), steps=4)
+    assert v2v.check_options(RestyleOptions(strength=0.0), steps=4).strength == 0  # 0 runs nothing, on purpose
+
+
+#################################################################################
+#                                 The flow hook                                 #
+#################################################################################
+
+def _guide(flow: torch.Tensor, mask: torch.Tensor) -> FlowGuide:
+    return FlowGuide(flow, mask, flow, mask)
+
+
+def _state(frames: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, 3, frames, 8, 8, generator=g), torch.randn(1, 3, frames, 8, 8, generator=g)
+
+
+def test_hook_is_a_no_op_at_zero_strength_and_after_its_steps():
+    shift = torch.zeros(3, 2, 8, 8)
+    shift[:, 0] = -1.0  # content moves one cell right per frame
+    guide = _guide(shift, torch.ones(3, 1, 8, 8))
+    latents, v = _state()
+    assert FlowFusion(guide, 0.0, steps=10).on_prediction(0, 0.7, latents, v) is v
+    assert FlowFusion(guide, 0.8, steps=2).on_prediction(2, 0.7, latents, v) is v
+    changed = FlowFusion(guide, 0.8, steps=2).on_prediction(1, 0.7, latents, v)
+    assert not torch.equal(changed, v) and torch.equal(changed[:, :, 0], v[:, :, 0])  # frame 0 is the anchor
+
+
+def test_hook_leaves_unreliable_pixels_exactly_alone():
+    shift = torch.full((3, 2, 8, 8), 1.5)
+    guide = _guide(shift, torch.zeros(3, 1, 8, 8))  # the flow holds nowhere
+    latents, v = _state(seed=1)
+    assert torch.equal(FlowFusion(guide, 1.0, steps=5).on_prediction(0, 0.5, latents, v), v)
+
+
+def test_hook_is_the_identity_on_a_static_source():
+    guide = _guide(torch.zeros(3, 2, 8, 8), torch.ones(3, 1, 8, 8))  # a static source: zero flow, reliable
+    latents, _ = _state(seed=2)
+    x0 = torch.randn(1, 3, 1, 8, 8).expand(1, 3, 4, 8, 8)  # an estimate that does not change over time
+    sigma = 0.5
+    v = (latents - x0) / sigma
+    out = FlowFusion(guide, 0.8, steps=5).on_prediction(0, sigma, latents, v)
+    torch.testing.assert_close(out, v, atol=1e-5, rtol=0)
+    # a source that DIS sees as static gives (almost) zero flow and a reliable mask
+    frames = np.repeat(moving()[:1], 4, axis=0)
+    dis = source_flow(frames, (8, 8))
+    assert dis.flow.abs().max() < 1e-2 and dis.mask.mean() > 0.95
+
+
+def test_hook_velocity_leads_to_the_propagated_estimate():
+    g = torch.Generator().manual_seed(3)
+    guide = _guide(torch.randn(3, 2, 8, 8, generator=g), (torch.rand(3, 1, 8, 8, generator=g) > 0.3).float())
+    latents, v = _state(seed=4)
+    sigma = 0.6
+    out = FlowFusion(guide, 0.7, steps=5).on_prediction(0, sigma, latents, v)
+    torch.testing.assert_close(latents - sigma * out, guide.propagate(latents - sigma * v, 0.7), atol=1e-5, rtol=0)
+
+
+#################################################################################
+#                                    Driver                                     #
+#################################################################################
+
+@pytest.mark.parametrize("strength,calls", [(1.0, 4), (0.5, 2), (0.25, 1)])
+def test_strength_sets_the_denoiser_calls(trained_like_model, strength, calls):
+    r = restyle_video(trained_like_model, PROMPT, moving(), small(), RestyleOptions(strength=strength), progress=False)
+    assert r.timings.as_dict()["denoiser_calls"] == calls  # CFG batched: one call per step
+    assert r.info["restyle"]["denoise_steps"] == calls and r.info["restyle"]["fused_steps"] == -(-calls // 2)
+    assert r.frames.shape == (4, 16, 16, 3)
+
+
+def test_strength_zero_returns_the_resized_source_without_the_model(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    src = moving(frames=5, size=32)[:, :, 4:28]  # 32 high, 24 wide
+    out = kinema.restyle(src, PROMPT, strength=0.0, model=tiny_model_dir, height=16, width=16)
+    assert np.array_equal(out, resize_frames(src, 16, 16, "crop"))
+
+
+def test_no_flow_is_plain_img2img(trained_like_model):
+    m, s, src = trained_like_model, small(), moving()
+    timings = Timings()
+    text, uncond = encode_prompts(m, PROMPT, s, timings)
+    with torch.no_grad():
+        init = m.vae.encode(torch.from_numpy(src).permute(3, 0, 1, 2)[None].float() / 127.5 - 1)
+    latents = sample(m, text, uncond, s, timings, init=init, strength=0.5, progress=False)
+    r = restyle_video(m, PROMPT, src, s, RestyleOptions(strength=0.5, flow=False), progress=False)
+    assert torch.equal(r.latents, latents) and np.array_equal(r.frames, decode(m, latents, s, timings))
+
+
+def test_flow_strength_zero_is_no_flow_and_flow_changes_the_clip(trained_like_model):
+    m, s, src = trained_like_model, small(), moving()
+    off = restyle_video(m, PROMPT, src, s, RestyleOptions(flow=False), progress=False)
+    zero = restyle_video(m, PROMPT, src, s, RestyleOptions(flow_strength=0.0), progress=False)
+    on = restyle_video(m, PROMPT, src, s, RestyleOptions(), progress=False)
+    assert torch.equal(zero.latents, off.latents)
+    assert not torch.equal(on.latents, off.latents)
+    assert torch.equal(on.latents[:, :, 0], restyle_video(m, PROMPT, src, s, RestyleOptions(), progress=False).latents[:, :, 0])
+
+
+def test_flow_steadies_a_static_source(trained_like_model):
+    m, s = trained_like_model, small(steps=6)
+    src = np.repeat(moving()[:1], 4, axis=0)
+    off = restyle_video(m, PROMPT, src, s, RestyleOptions(strength=0.8, flow=False), progress=False)
+    on = restyle_video(m, PROMPT, src, s, RestyleOptions(strength=0.8), progress=False)
+    full = restyle_video(m, PROMPT, src, s, RestyleOptions(strength=0.8, flow_steps=1.0, flow_strength=1.0), progress=False)
+    assert variation(off.frames) > 0
+    assert variation(on.frames) < variation(off.frames)
+    assert variation(full.frames) < 0.05 * variation(off.frames)  # every step pulled to frame 0: a still clip
+
+
+def test_pixel_fusion_keeps_frame_0_and_fuses_the_rest(trained_like_model):
+    m, s, src = trained_like_model, small(), moving()
+    plain = restyle_video(m, PROMPT, src, s, RestyleOptions(), progress=False)
+    fused = restyle_video(m, PROMPT, src, s, RestyleOptions(pixel_fusion=True), progress=False)
+    assert np.array_equal(fused.frames[0], plain.frames[0]) and not np.array_equal(fused.frames, plain.frames)
+    assert "pixel_fusion" in fused.timings.phases
+
+
+def test_long_source_runs_in_windows(trained_like_model, monkeypatch):
+    m = trained_like_model
+    seen = []
+    original = m.denoiser.predict
+    monkeypatch.setattr(m.denoiser, "predict", lambda x, *a: seen.append(x.shape[2]) or original(x, *a))
+    r = kinema.restyle(moving(frames=10), PROMPT, model=m, steps=2, strength=0.5, height=16, width=16,
+                       context_length=4, context_stride=2, progress=False, return_result=True)
+    assert r.frames.shape == (10, 16, 16, 3) and r.info["long"]["windows"] == len(window_plan(10, 4, 2))
+    assert seen and set(seen) == {4}  # the denoiser never sees more than one window
+
+
+#################################################################################
+#                                  Front door                                   #
+#################################################################################
+
+def _write_source(path: Path, frames: np.ndarray, fps: float) -> Path:
+    if path.suffix in (".webm", ".mov"):
+        codec = "libvpx-vp9" if path.suffix == ".webm" else "libx264"
+        w = imageio.v2.get_writer(path, format="FFMPEG", fps=fps, codec=codec, macro_block_size=1, ffmpeg_log_level="error")
+        for f in frames:
+            w.append_data(f)
+        w.close()
+        return path
+    return write_video(path, frames, fps)
+
+
+@pytest.mark.parametrize("name,fps", [("src.mp4", 12), ("src.webm", 12), ("src.mov", 12), ("src.gif", 12),
+                                      ("src.webp", 12), ("frames", 8)])  # a PNG folder has no fps: the default 8
+def test_cli_restyle_keeps_count_and_fps_of_every_format(tiny_model_dir, tmp_path, name, fps):
+    src = _write_source(tmp_path / name, moving(frames=6), 12)
+    out = tmp_path / "out.mp4"
+    assert main(["restyle", str(src), PROMPT, "-o", str(out), "--model", str(tiny_model_dir), "--steps", "2",
+                 "--height", "16", "--width", "16", "--quiet"]) == 0
+    frames, got_fps = read_video(out)
+    assert frames.shape == (6, 16, 16, 3) and got_fps == pytest.approx(fps, rel=0.02)
+
+
+def test_cli_restyle_frame_choice_fps_and_sidecar(tiny_model_dir, tmp_path):
+    src = write_video(tmp_path / "src.mp4", moving(frames=9, size=32), fps=24)
+    out = tmp_path / "out.gif"
+    assert main(["restyle", str(src), PROMPT, "-o", str(out), "--model", str(tiny_model_dir), "--steps", "2",
+                 "--height", "16", "--width", "16", "--start", "1", "--stride", "2", "--max-frames", "3",
+                 "--no-flow", "--quiet"]) == 0
+    frames, fps = read_video(out)
+    assert frames.shape == (3, 16, 16, 3) and fps == pytest.approx(12, rel=0.05)  # 24 fps / stride 2
+    side = json.loads((tmp_path / "out.gif.json").read_text())
+    assert side["command"] == "restyle" and side["settings"]["frames"] == 3 and side["restyle"]["flow"] is False
+    assert side["restyle"]["strength"] == 0.6 and side["stride"] == 2 and side["timings"]["denoiser_calls"] == 1
+    out2 = tmp_path / "same.mp4"
+    assert main(["restyle", str(src), PROMPT, "-o", str(out2), "--model", str(tiny_model_dir), "--strength", "0",
+                 "--height", "32", "--width", "32", "--fps", "5", "--quiet"]) == 0
+    frames, fps = read_video(out2)
+    assert frames.shape == (9, 32, 32, 3) and fps == pytest.approx(5)
+    assert json.loads((tmp_path / "same.mp4.json").read_text())["device"] == "none"  # no model ran
+
+
+BAD = [
+    ("empty.mp4", [], "empty (0 bytes)"),
+    ("text.mp4", [], "truncated or not a video"),
+    ("cut.mp4", [], "truncated or not a video"),
+    ("empty_dir", [], "no image files"),
+    ("src.gif", ["--strength", "1.5"], "--strength must be a number in [0, 1]"),
+    ("src.gif", ["--strength", "-0.1"], "--strength must be a number in [0, 1]"),
+    ("src.gif", ["--strength", "nan"], "finite"),
+    ("src.gif", ["--flow-strength", "2"], "--flow-strength"),
+    ("src.gif", ["--flow-steps", "-0.5"], "--flow-steps"),
+    ("src.gif", ["--strength", "0.1", "--steps", "4"], "runs no denoising step"),
+    ("src.gif", ["--frames", "4"], "--max-frames"),
+    ("src.gif", ["--start", "50"], "beyond the end"),
+    ("src.gif", ["--height", "8", "--width", "8"], "at least 16x16"),
+    ("src.gif", ["--height", "8192", "--width", "8192"], "--max-frames"),
+    ("src.gif", ["--context-length", "2", "--context-stride", "3"], "--context-stride"),
+]
+
+
+@pytest.mark.parametrize("name,extra,message", BAD)
+def test_bad_input_exits_2_before_loading_and_writes_nothing(tiny_model_dir, tmp_path, monkeypatch, capsys, name,
+                                                             extra, message):
+    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    srcs = tmp_path / "src"
+    srcs.mkdir()
+    (srcs / "empty.mp4").write_bytes(b"")
+    (srcs / "text.mp4").write_text("not a video")
+    (srcs / "empty_dir").mkdir()
+    data = write_video(srcs / "src.mp4", moving(frames=6), fps=8).read_bytes()
+    (srcs / "cut.mp4").write_bytes(data[:200])
+    write_video(srcs / "src.gif", moving(frames=6), fps=8)
+    outs = tmp_path / "out"
+    outs.mkdir()
+    try:
+        code = main(["restyle", str(srcs / name), PROMPT, "-o", str(outs / "x.mp4"), "--model", str(tiny_model_dir), *extra])
+    except SystemExit as e:  # argparse's own errors (a non-number) exit from the parser
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert list(outs.iterdir()) == []
+
+
+def test_memory_is_checked_before_reading(tiny_model_dir, tmp_path, monkeypatch):
+    src = write_video(tmp_path / "src.gif", moving(frames=4), fps=8)
+    monkeypatch.setattr(v2v, "read_source", lambda *a: pytest.fail("the source was read"))
+    monkeypatch.setattr(v2v, "available_memory", lambda device="cpu": 50_000)
+    with pytest.raises(KinemaError, match=r"restyling 4 frames at 16x16 needs ~.* pass --max-frames"):
+        kinema.restyle(src, PROMPT, model=tiny_model_dir, height=16, width=16)
+
+
+def test_a_source_of_unknown_length_is_read_only_up_to_what_fits(tiny_model_dir, tmp_path, monkeypatch):
+    src = write_video(tmp_path / "src.gif", moving(frames=6), fps=8)
+    one = v2v.host_bytes(1, (16, 16), 16, 16)
+    monkeypatch.setattr(v2v, "available_memory", lambda device="cpu": int(2.5 * one / v2v.HEADROOM))
+    monkeypatch.setattr(v2v, "source_size", lambda *a: (None, 16, 16))  # a container that does not state its length
+    read = []
+    original = v2v.read_source
+    monkeypatch.setattr(v2v, "read_source", lambda video, start, stride, n: read.append(n) or original(video, start, stride, n))
+    with pytest.raises(KinemaError, match="more than the 2 frames that fit"):
+        kinema.restyle(src, PROMPT, model=tiny_model_dir, height=16, width=16, strength=0.0)
+    assert read == [3]
+
+
+def test_a_vae_that_compresses_time_takes_4k_plus_1_frames(tiny_model_dir):
+    info = dict(api.peek(tiny_model_dir), temporal_compression=4)  # as a Wan folder's peek says
+    with pytest.raises(KinemaError, match="restyle 4k\\+1 frames .* pass --max-frames 5"):
+        api.restyle_inputs(info, moving(frames=6), RestyleOptions(), height=16, width=16)
+    frames, settings, _ = api.restyle_inputs(info, moving(frames=6), RestyleOptions(strength=0.0), max_frames=5,
+                                             height=16, width=16)
+    assert frames.shape == (5, 16, 16, 3) and settings.frames == 5
+
+
+def test_benchmark_smoke(tiny_model_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_restyle.py"), "--model", str(tiny_model_dir),
+                        "--clips", "2", "--frames", "4", "--size", "16", "--steps", "2", "--json-out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    figures = json.loads(out.read_text())
+    assert len(figures["rows"]) == 2 and figures["warp_ratio"] > 0 and figures["source_warp_error"] >= 0
+    assert {"warp_error", "motion_px", "colour", "background"} <= set(figures["flow"])
+    assert "ratio" in r.stdout and "motion" in r.stdout
