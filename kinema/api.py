@@ -29,6 +29,7 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+MAX_STEPS = 1000  # the training schedule's timesteps; more only costs time (and the schedule's memory)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -65,6 +66,7 @@ def settings_for(info: dict, **overrides):
     """Settings from the model's defaults and the caller's overrides, validated before any weights load."""
     from .pipelines.common import Settings
     from .pipelines.loop import SCHEDULERS
+    from .video_io import MIN_FPS
 
     d = info["defaults"]
     keys = ("frames", "height", "width", "steps", "guidance", "fps")
@@ -74,20 +76,20 @@ def settings_for(info: dict, **overrides):
     values.update({k: v for k, v in overrides.items() if v is not None})
     s = Settings(**values)
     m = info["multiple"]
-    tc = int(info.get("temporal_compression", 1))
-    lo = max(1, (s.frames - 1) // tc * tc + 1) if isinstance(s.frames, int) else 1
-    require(not isinstance(s.frames, int) or tc == 1 or (s.frames - 1) % tc == 0,
-            f"--frames {s.frames} does not fit this model's VAE, which compresses time by {tc}: use {tc}k+1 "
-            f"frames, such as {lo} or {lo + tc}")
     require(isinstance(s.frames, int) and s.frames >= 1, f"--frames must be a whole number >= 1 (got {s.frames})")
-    require(isinstance(s.steps, int) and s.steps >= 1, f"--steps must be a whole number >= 1 (got {s.steps})")
+    tc = int(info.get("temporal_compression", 1))
+    require(tc == 1 or (s.frames - 1) % tc == 0, f"--frames {s.frames} does not fit this model's VAE, which "
+            f"compresses time by {tc}: use {tc}k+1 frames, such as {(s.frames - 1) // tc * tc + 1} or "
+            f"{(s.frames - 1) // tc * tc + 1 + tc}")
+    require(isinstance(s.steps, int) and 1 <= s.steps <= MAX_STEPS, f"--steps must be a whole number in [1, {MAX_STEPS}] (got {s.steps})")
     for name in ("height", "width"):
         v = getattr(s, name)
         require(isinstance(v, int) and v >= m and v % m == 0,
                 f"--{name} {v} must be a positive multiple of {m} for this model; try {max(m, round(v / m) * m) if isinstance(v, int) else m}")
     require(math.isfinite(s.guidance) and 0 <= s.guidance <= 50, f"--guidance must be a number in [0, 50] (got {s.guidance})")
-    require(math.isfinite(s.fps) and 0 < s.fps <= 240, f"--fps must be in (0, 240] (got {s.fps})")
-    require(s.seed >= 0, f"--seed must be >= 0 (got {s.seed})")
+    require(math.isfinite(s.fps) and MIN_FPS <= s.fps <= 240, f"--fps must be in [{MIN_FPS}, 240] (got {s.fps})")
+    require(0 <= s.seed < 2**63, f"--seed must be in [0, 2**63) (got {s.seed})")
+    check_text(s.negative_prompt, "--negative-prompt")
     require(s.scheduler in SCHEDULERS, f"unknown --scheduler {s.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
     require(s.shift is None or (math.isfinite(s.shift) and s.shift > 0), f"--shift must be > 0 (got {s.shift})")
     require(s.decode_chunk_size >= 1, "--decode-chunk-size must be >= 1")
@@ -165,6 +167,7 @@ def generate(
     check_task(info, "generate")
     settings = settings_for(info, frames=frames, height=height, width=width, steps=steps, guidance=guidance,
                             seed=seed, negative_prompt=negative_prompt, scheduler=scheduler, shift=shift)
+    check_memory(info, settings, context_length, True, **_placed(loaded, device, dtype))
     long = long_options(info, settings, context_length=context_length, context_stride=context_stride,
                         window_weights=window_weights, mode=mode, prompt_schedule=prompt_schedule,
                         prompt_transition=prompt_transition, adain=adain)
@@ -183,6 +186,8 @@ def long_options(info: dict, settings, source_frames: int = 0, **options):
     from .pipelines.long_video import LongOptions, is_plain, resolve_options
 
     opts = LongOptions(**options)
+    if opts.prompt_schedule is not None:
+        check_text(opts.prompt_schedule, "--prompt-schedule")
     trained = int(info["defaults"]["frames"])
     resolved = resolve_options(opts, settings.frames, trained, int(info.get("temporal_compression", 1)), source_frames)
     return None if source_frames == 0 and is_plain(opts, settings.frames, trained) else resolved
@@ -229,6 +234,7 @@ def extend(
     source, settings = extend_inputs(info, video, frames, resize, height=height, width=width, steps=steps,
                                      guidance=guidance, seed=seed, negative_prompt=negative_prompt,
                                      scheduler=scheduler, shift=shift)
+    check_memory(info, settings, context_length, True, **_placed(loaded, device, dtype))
     opts = long_options(info, settings, source_frames=len(source), mode="continue", context_length=context_length,
                         context_stride=context_stride, prompt_schedule=prompt_schedule,
                         prompt_transition=prompt_transition, adain=adain)
@@ -294,6 +300,7 @@ def animate(
     loaded, info = _model_and_info(model, device, dtype, attention)
     settings = settings_for(info, frames=frames, height=height, width=width, steps=steps, guidance=guidance,
                             seed=seed, negative_prompt=negative_prompt, scheduler=scheduler, shift=shift)
+    check_memory(info, settings, **_placed(loaded, device, dtype))
     first, last, std, warning = animate_inputs(info, settings, image, last_image, resize, image_noise)
     if warning:
         warnings.warn(warning, stacklevel=2)
@@ -476,6 +483,77 @@ def _model_memory(info: dict | None, frames: int, settings, dtype_bytes: int) ->
     return estimate_memory(info, frames, settings.height, settings.width, dtype_bytes, cfg, settings.decode_chunk_size)["total"]
 
 
+HOST_BYTES_PER_PIXEL = 16  # per output pixel on the host: uint8 frames and their copy, the clip's latents, margin
+
+
+def check_memory(info: dict, settings, context_length: int | None = None, windows: bool = False, device="auto",
+                 dtype="auto", offload: str | None = None, available: int | None = None) -> None:
+    """Refuse, before any work, a clip whose estimated peak memory exceeds the free memory; name a setting that fits.
+
+    The model's peak (`estimate_memory`, as `kinema info` shows it) is taken on one context window of
+    `context_length` latent frames (None: the whole clip, or with `windows` the trained length when the
+    clip is longer), plus HOST_BYTES_PER_PIXEL per output pixel. `available` (bytes) replaces the
+    measured free memory; where that is unknown nothing is checked.
+    """
+    from dataclasses import replace
+
+    from .pipelines import video_to_video as v2v
+
+    dev = device if isinstance(device, torch.device) else pick_device(device)
+    dtype_bytes = torch.empty(0, dtype=pick_dtype(dtype, dev)).element_size()
+    sized = _with_parameter_counts(info)
+    tc = int(info.get("temporal_compression", 1))
+    trained = (int(info["defaults"]["frames"]) - 1) // tc + 1  # latent frames
+    if windows and context_length is None and settings.frames > int(info["defaults"]["frames"]):
+        context_length = trained  # what long_options will choose
+    host_free = v2v.available_memory("cpu") if available is None else available
+    gpu_free = (v2v.available_memory(dev) if available is None else available) if dev.type == "cuda" else None
+    if host_free is None:
+        return
+
+    def fits(frames: int, height: int, width: int, length: int | None = context_length) -> bool:
+        window = frames if length is None else min(frames, (length - 1) * tc + 1)
+        model = _model_memory(sized, window, replace(settings, frames=frames, height=height, width=width), dtype_bytes)
+        host = frames * height * width * HOST_BYTES_PER_PIXEL
+        if dev.type == "cuda":  # the model's share on the GPU (unless offloaded), the clip on the host
+            return (offload not in (None, "none") or model <= v2v.HEADROOM * gpu_free) and host <= v2v.HEADROOM * host_free
+        return model + host <= v2v.HEADROOM * host_free
+
+    f, h, w, m = settings.frames, settings.height, settings.width, int(info["multiple"])
+    if fits(f, h, w):
+        return
+    hints = []
+    frames = _largest(lambda n: fits(n, h, w), f - 1)
+    if frames:
+        hints.append(f"--frames {(frames - 1) // tc * tc + 1}")
+    q = _largest(lambda k: fits(f, k * m, max(m, round(w * k / h) * m)), h // m - 1)
+    if q:
+        hints.append(f"--height {q * m} --width {max(m, round(w * q / h) * m)}")
+    if windows:
+        length = _largest(lambda n: fits(f, h, w, n), min(context_length or (f - 1) // tc + 1, 4 * trained) - 1)
+        if length:
+            hints.append(f"--context-length {length}")
+    if dev.type == "cuda" and offload in (None, "none"):
+        hints.append("--offload model")
+    free = f"{host_free / 2**30:.1f} GiB on the host" + (f", {gpu_free / 2**30:.1f} GiB on the GPU" if gpu_free else "")
+    raise KinemaError(f"{f} frames at {w}x{h} need more memory than is free ({free}); try "
+                      + (" or ".join(hints) or "a smaller clip"))
+
+
+def _placed(loaded, device, dtype) -> dict:
+    """Where a clip will run: the loaded model's device and dtype, else the caller's choice."""
+    return dict(device=device, dtype=dtype) if callable(loaded) else dict(device=loaded.device, dtype=loaded.dtype)
+
+
+def _largest(ok, high: int) -> int:
+    """The largest n in [1, high] with ok(n), for ok true up to a point and false after (0 if none)."""
+    low = 0
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if ok(mid) else (low, mid - 1)
+    return low
+
+
 def check_task(info: dict, task: str) -> None:
     """Refuse a command the checkpoint cannot run (a Wan image-to-video checkpoint only animates)."""
     tasks = info.get("tasks")
@@ -483,8 +561,17 @@ def check_task(info: dict, task: str) -> None:
             f"{task}; it supports: {', '.join(tasks or [])}")
 
 
+def check_text(text: str, what: str) -> None:
+    """Refuse text that is not UTF-8: non-UTF-8 bytes in argv reach Python as surrogate escapes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise KinemaError(f"{what} holds bytes that are not UTF-8 text; retype it or set a UTF-8 locale") from None
+
+
 def check_prompt(prompt) -> None:
     require(isinstance(prompt, str), "the prompt must be text")
+    check_text(prompt, "the prompt")
     require(prompt.strip() != "", "the prompt is empty; give a description such as 'a red circle moving right on a blue background'")
     require(len(prompt) <= 10_000, f"the prompt is {len(prompt)} characters long; keep it under 10000")
 

@@ -10,6 +10,7 @@
     kinema restyle clip.mp4 "a green circle moving right on a black background" -o out.mp4
     kinema restyle clip.mp4 "a yellow square moving up on a blue background" -o out.gif --strength 0.8 --no-flow
     kinema info                      # the default model: components, parameters, memory estimate
+    kinema generate "a cat surfing a wave" --model Wan2.1-T2V-1.3B-Diffusers --offload model -o cat.mp4
     kinema info runs/default/model --frames 64 --height 128 --width 128
     kinema init runs/default/model --preset small
     kinema train configs/default.yaml --model runs/default/model
@@ -24,7 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 
 from .errors import KinemaError
@@ -46,6 +49,7 @@ def cmd_generate(args) -> None:
         seed=args.seed, negative_prompt=args.negative_prompt, scheduler=args.scheduler, shift=args.shift, fps=args.fps,
         decode_chunk_size=args.decode_chunk_size,
     )
+    api.check_memory(info, settings, args.context_length, True, args.device, args.dtype, args.offload)
     long = api.long_options(info, settings, **long_options_from_args(args))
     t0 = time.perf_counter()
     model = api.load(info["path"], args.device, args.dtype, args.attention, args.offload)
@@ -80,6 +84,7 @@ def cmd_extend(args) -> None:
         steps=args.steps, guidance=args.guidance, seed=args.seed, negative_prompt=args.negative_prompt,
         scheduler=args.scheduler, shift=args.shift, decode_chunk_size=args.decode_chunk_size,
     )
+    api.check_memory(info, settings, args.context_length, True, args.device, args.dtype, args.offload)
     long = api.long_options(info, settings, source_frames=len(source), **long_options_from_args(args))
     t0 = time.perf_counter()
     model = api.load(info["path"], args.device, args.dtype, args.attention, args.offload)
@@ -136,6 +141,7 @@ def cmd_animate(args) -> None:
     info = api.peek(args.model)
     api.check_task(info, "animate")
     settings = settings_from_args(info, args)
+    api.check_memory(info, settings, device=args.device, dtype=args.dtype, offload=args.offload)
     first, last, std, warning = api.animate_inputs(
         info, settings, args.image, args.last_image, args.resize, args.image_noise
     )
@@ -483,8 +489,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM cleans up as Ctrl-C does: temporaries removed, no output half-written
+
+
+def _on_sigterm(handler):
+    """Install `handler` for SIGTERM (main thread only); return the one it replaces."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = _on_sigterm(_interrupt)
     try:
         args.func(args)
     except KinemaError as e:
@@ -496,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print("kinema: error: out of memory; try fewer --frames, a smaller --height/--width or --attention chunked", file=sys.stderr)
         return 2
+    finally:
+        _on_sigterm(signal.SIG_DFL if previous is None else previous)
     return 0
 
 

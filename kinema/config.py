@@ -17,7 +17,7 @@ def from_dict(cls, data: dict, where: str = "config"):
     if not isinstance(data, dict):
         raise KinemaError(f"{where}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(str(k) for k in set(data) - set(fields))  # YAML keys may be numbers
     if unknown:
         raise KinemaError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
@@ -57,9 +57,11 @@ def load_yaml(cls, path: str | Path):
     if not path.is_file():
         raise KinemaError(f"config file {path} does not exist; pass a YAML file such as configs/default.yaml")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise KinemaError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise KinemaError(f"cannot read config file {path} as UTF-8 text ({type(e).__name__}); pass a YAML file") from None
     return from_dict(cls, data, where=path.name)
 
 

@@ -152,8 +152,14 @@ def save(model: Model, path: str | Path, overwrite: bool = False) -> Path:
     path = Path(path)
     if path.exists() and not overwrite:
         raise KinemaError(f"{path} already exists; choose another folder or pass --overwrite")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    empty = path.is_dir() and not any(path.iterdir())
+    if path.exists() and not empty and not (path / INDEX).is_file():  # --overwrite deletes only model folders
+        raise KinemaError(f"{path} exists and is not a kinema model folder; --overwrite replaces only those, choose another path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    except OSError as e:  # a read-only or special folder (/proc), a file where a parent folder should be
+        raise KinemaError(f"cannot create {path}: {e.strerror or e}; choose a writable folder") from e
     try:
         model.denoiser.save_pretrained(tmp / "denoiser", safe_serialization=True)
         model.vae.autoencoder.save_pretrained(tmp / "vae", safe_serialization=True)
@@ -164,10 +170,17 @@ def save(model: Model, path: str | Path, overwrite: bool = False) -> Path:
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)  # put the existing model back
+                raise
             shutil.rmtree(old)
         else:
             os.replace(tmp, path)
+    except OSError as e:  # disk full, permissions: the temporary goes, an existing model stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise KinemaError(f"could not write {path}: {e.strerror or e}; check free space and permissions") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -183,6 +196,8 @@ def init(path: str | Path, preset: str = "small", seed: int = 0, overwrite: bool
 
     if preset not in PRESETS:
         raise KinemaError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if not 0 <= seed < 2**63:
+        raise KinemaError(f"--seed must be in [0, 2**63) (got {seed})")
     quiet_libraries()
     text_dim = HFTextEncoder(resolve_text_encoder(text_encoder)).dim
     torch.manual_seed(seed)

@@ -49,6 +49,7 @@ CONTAINER_EXTS = (".mp4", ".webm", ".mov", ".mkv", ".avi")  # read with OpenCV's
 ANIMATION_EXTS = (".gif", ".webp")  # read with Pillow, every frame
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")  # frames in a folder
 DEFAULT_FPS = 8.0  # for PNG folders, single images and animations without durations
+MIN_FPS = 0.01  # slower rates overflow GIF durations and round to 0 in the FFmpeg writer
 MAX_PIXELS = 8192 * 8192  # read_image refuses larger images (Pillow's own bomb limit also applies)
 MP4_CRF = 18  # libx264 quality when `quality` is None: visually lossless
 FRAME_NAME = "frame_{:05d}.png"
@@ -112,13 +113,16 @@ def _atomic_target(out: Path, folder: bool) -> Iterator[Path]:
     suffix = "" if folder else out.suffix
     tmp = out.with_name(f".{out.name}.tmp-{secrets.token_hex(4)}{suffix}")
     # Created by hand, not by tempfile, so the result gets the umask's permissions rather than 0600.
-    if folder:
-        tmp.mkdir()
-    else:
-        tmp.open("xb").close()
+    try:
+        tmp.mkdir() if folder else tmp.open("xb").close()
+    except OSError as e:  # a folder that refuses new files (read-only, /proc), a full disk
+        raise KinemaError(f"could not write {out}: {_first_line(e)}; choose a writable folder") from e
     try:
         yield tmp
         _replace(tmp, out)
+    except OSError as e:  # disk full or permissions mid-write, or the rename refused
+        _remove(tmp)
+        raise KinemaError(f"could not write {out}: {_first_line(e)}; check free space and permissions") from e
     except BaseException:
         _remove(tmp)
         raise
@@ -150,6 +154,8 @@ def _remove(path: Path) -> None:
 def write_json_atomic(path: PathLike, obj: Any) -> Path:
     """Write `obj` as indented UTF-8 JSON through a temporary file and an atomic rename."""
     text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"  # serialise first: a TypeError leaves no file
+    if not _is_utf8(text):  # a file name with non-UTF-8 bytes (surrogate escapes): ASCII escapes keep it
+        text = json.dumps(obj, indent=2) + "\n"
     out = Path(path).expanduser().resolve()
     require(out.parent.is_dir(), f"output folder {out.parent} does not exist; create it first")
     with _atomic_target(out, folder=False) as tmp:
@@ -232,7 +238,7 @@ def write_video(
 ) -> Path:
     """Write uint8 (F, H, W, 3) frames atomically as mp4, gif, webp or a PNG folder, chosen by the name."""
     _check_frames(frames)
-    require(math.isfinite(fps) and fps > 0, f"fps must be a positive number, got {fps}")
+    require(math.isfinite(fps) and fps >= MIN_FPS, f"fps must be a number >= {MIN_FPS}, got {fps}")
     # quality 1..100, higher is better: libx264 CRF 51 * (100 - q) / 100 for mp4, lossy WebP quality for webp.
     require(quality is None or 1 <= quality <= 100, f"quality must be 1..100 or None, got {quality}")
     out = check_output_path(path, overwrite)
@@ -242,7 +248,17 @@ def write_video(
             _ENCODERS[fmt](tmp, frames, float(fps), quality)
         except OSError as e:  # disk full, permissions, the encoder process dying
             raise KinemaError(f"could not write {out}: {_first_line(e)}; check free space and permissions") from e
+        # imageio's FFmpeg writer can fail without raising (e.g. a rate it cannot parse): never keep an empty file
+        require(fmt == "png" or tmp.stat().st_size > 0, f"could not write {out}: the {fmt} encoder wrote nothing")
     return out
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 #################################################################################

@@ -24,6 +24,10 @@ def resolve_text_encoder(spec: str, root: Path | None = None) -> Path:
     path = Path(spec)
     if not path.is_absolute() and root is not None:
         path = root / path
+        inside = path.resolve().is_relative_to(root.resolve())  # symlinks followed: `../` and links out refused
+        if not inside:
+            raise KinemaError(f"the model index names text encoder {spec!r}, which is outside the model folder "
+                              f"{root}; a relative path must stay inside the folder")
     if not (path / "config.json").is_file():
         raise KinemaError(f"text encoder folder {path} has no config.json; name a Hugging Face encoder folder on disk")
     return path

@@ -1,11 +1,24 @@
 """Wan 2.1 / 2.2 diffusers folders behind kinema's three seams, in exact parity with diffusers' Wan pipelines.
 
+    # Wan2.1-T2V-1.3B-Diffusers / -14B: text-to-video (and extend, restyle, long clips), 480x832, 81 frames
     kinema generate "a cat surfing a wave" --model Wan2.1-T2V-1.3B-Diffusers -o cat.mp4
-    kinema generate "a cat surfing a wave" --model Wan2.2-T2V-A14B-Diffusers --offload model -o cat.mp4
-    kinema generate "a cat surfing a wave" --model Wan2.2-TI2V-5B-Diffusers -o cat.mp4
-    kinema animate cat.png "the cat turns its head" --model Wan2.1-I2V-14B-480P-Diffusers -o cat.mp4
     kinema restyle clip.mp4 "a watercolour painting" --model Wan2.1-T2V-1.3B-Diffusers -o paint.mp4
+    # Wan2.1-I2V-14B-480P-Diffusers (CLIP + channel condition): animate only
+    kinema animate cat.png "the cat turns its head" --model Wan2.1-I2V-14B-480P-Diffusers --offload model -o cat.mp4
+    # Wan2.2-TI2V-5B-Diffusers: text- and image-to-video, 704x1280, 121 frames at 24 fps
+    kinema generate "a cat surfing a wave" --model Wan2.2-TI2V-5B-Diffusers -o cat.mp4
+    kinema animate cat.png "the cat turns its head" --model Wan2.2-TI2V-5B-Diffusers -o cat.mp4
+    # Wan2.2-T2V-A14B-Diffusers: two 14B experts (high noise, then low noise), 40 steps, guidance 4
+    kinema generate "a cat surfing a wave" --model Wan2.2-T2V-A14B-Diffusers --offload model -o cat.mp4
+    # memory: the estimate for this size, resident and with each offload mode
     kinema info Wan2.1-T2V-1.3B-Diffusers --frames 81 --height 480 --width 832
+
+On CUDA the transformer(s) and UMT5 run in bfloat16 (`--dtype auto`), the VAE and CLIP in float32, as
+diffusers' examples load them. `--offload model` keeps every component on the CPU and moves the one that
+runs to the GPU (text encoder, CLIP, transformer, transformer_2, VAE in turn: diffusers'
+enable_model_cpu_offload); `--offload sequential` moves one layer at a time (enable_sequential_cpu_offload:
+least memory, slowest). `--attention sdpa` (PyTorch's flash / memory-efficient kernels) or `xformers`.
+Clips have 4k+1 frames; sizes are multiples of 16 (Wan 2.1) or 32 (Wan 2.2 TI2V).
 
 A Wan folder (`model_index.json`, `transformer/`, optional `transformer_2/`, `vae/`, `text_encoder/`,
 `tokenizer/`, `scheduler/`, optional `image_encoder/` + `image_processor/`) is read with fixed classes
@@ -20,7 +33,7 @@ How each piece meets the seams:
 - denoiser: `WanTransformer3DModel`; Wan 2.2's two experts (`transformer` at t >= boundary_ratio x 1000,
   `transformer_2` below) are chosen inside `predict` from the timestep, so the one loop runs them;
 - frame condition: Wan 2.1 image-to-video concatenates a 4-channel pixel-frame mask and the latents of
-  the condition video (the image followed by black frames) to the input; `image_to_video` here builds
+  the condition video (the image followed by zero, mid-grey, frames) to the input; `image_to_video` here builds
   that condition, and the CLIP image states when the folder has an image encoder. Wan 2.2 TI2V-5B
   (`expand_timesteps`) puts the known latent frames into the input and gives their tokens timestep 0,
   so kinema's known-frame mechanism (first frame, continuation) maps onto it directly.
@@ -447,7 +460,7 @@ def pixel_mask(frames: int, last: bool, temporal: int = 4) -> torch.Tensor:
 
 
 def condition_video(model, image: np.ndarray, last_image: np.ndarray | None, frames: int) -> FrameCondition:
-    """The VAE latents of [image, black frames ..., (last image)] and the known latent frames, as Wan's I2V."""
+    """The VAE latents of [image, zero frames ..., (last image)] and the known latent frames, as Wan's I2V."""
     from kinema.pipelines.image_to_video import to_video
 
     first = to_video(image)  # (1, 3, 1, H, W)
@@ -578,18 +591,40 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtyp
     text = UMT5TextEncoder(tokenizer, UMT5EncoderModel.from_pretrained(path / "text_encoder", **_hf_kwargs(dtype)).to(place))
     image_encoder = image_processor = None
     if "image_encoder" in wan["components"]:
-        from transformers import CLIPImageProcessor, CLIPVisionModel
+        import importlib.util
 
-        image_encoder = CLIPVisionModel.from_pretrained(path / "image_encoder", **_hf_kwargs(torch.float32)).to(place).eval()
-        image_processor = CLIPImageProcessor.from_pretrained(path / "image_processor", local_files_only=True)
+        import transformers as tf
+
+        image_encoder = tf.CLIPVisionModel.from_pretrained(path / "image_encoder", **_hf_kwargs(torch.float32))
+        image_encoder = image_encoder.to(place).eval()
+        processor = tf.CLIPImageProcessor  # without torchvision transformers 5 falls back to the PIL one: ask for it
+        if importlib.util.find_spec("torchvision") is None:
+            processor = getattr(tf, "CLIPImageProcessorPil", processor)
+        image_processor = processor.from_pretrained(path / "image_processor", local_files_only=True)
     require(text.dim == denoiser.config.text_dim,
             f"the transformer expects text dim {denoiser.config.text_dim} but text_encoder/ gives {text.dim}")
     scheduler_config = dict(sched, shift=info["defaults"]["shift"])  # kinema's make_scheduler reads `shift`
+    check_scheduler(scheduler_config)
     model = WanModel(text, vae, denoiser, scheduler_config, wan, path, device, dtype,
                      image_encoder=image_encoder, image_processor=image_processor, offload=offload or "none", info=info)
     if offload in ("model", "sequential"):
         enable_offload(model, offload, device)
     return model
+
+
+def check_scheduler(config: dict) -> None:
+    """Warn when kinema's solver (`loop.make_scheduler`: flow shift and step count only) is not the folder's."""
+    import warnings
+
+    from kinema.pipelines.loop import make_scheduler
+
+    kind = "unipc" if config.get("_class_name") == "UniPCMultistepScheduler" else "euler"
+    ours = make_scheduler(kind, config).config
+    differ = sorted(k for k, v in config.items() if not k.startswith("_") and k in ours and ours[k] != v
+                    and not (isinstance(v, list) and list(ours[k] or []) == v))
+    if differ:
+        warnings.warn(f"the folder's scheduler sets {', '.join(differ)} differently from kinema's {kind} solver; "
+                      "clips will differ from diffusers' (kinema keeps only the flow shift)", stacklevel=3)
 
 
 def enable_offload(model: WanModel, mode: str, device: torch.device) -> None:

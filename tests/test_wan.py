@@ -12,7 +12,6 @@ diffusers modules so the comparison does not depend on ftfy being installed.
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -407,6 +406,23 @@ def test_peek_defaults_from_the_checkpoint(folders):
         api.settings_for(info, frames=80)
     with pytest.raises(KinemaError, match="multiple of 16"):
         api.settings_for(info, height=100)
+
+
+def test_scheduler_is_the_folders(folders):
+    """kinema's UniPC from the folder's config has the folder's sigmas; a setting it drops is warned about."""
+    from diffusers import UniPCMultistepScheduler
+
+    from kinema.models.wan import check_scheduler
+    from kinema.pipelines.loop import make_scheduler
+
+    model = load(folders["t2v"])
+    ours = make_scheduler("unipc", model.scheduler_config)
+    theirs = UniPCMultistepScheduler.from_pretrained(folders["t2v"] / "scheduler", local_files_only=True)
+    for s in (ours, theirs):
+        s.set_timesteps(STEPS)
+    assert torch.equal(ours.timesteps, theirs.timesteps) and torch.equal(ours.sigmas, theirs.sigmas)
+    with pytest.warns(UserWarning, match="solver_order differently"):
+        check_scheduler(dict(model.scheduler_config, solver_order=3))
 
 
 def test_text_seam(folders):
