@@ -45,6 +45,7 @@ class VAEStage:
     lr: float = 1e-3
     kl_weight: float = 1e-6
     warmup: int = 100
+    object_weight: float = 10.0  # loss weight of object pixels vs background (objects are ~3% of a frame)
 
 
 @dataclass
@@ -221,6 +222,14 @@ class VAEObjective(torch.nn.Module):
         return rec.float(), dist.kl().mean() / x[0].numel()
 
 
+def object_weights(x: torch.Tensor, weight: float) -> torch.Tensor:
+    """Per-pixel loss weights (n, 1, H, W): `weight` on and around pixels that differ from the frame's median colour."""
+    bg = x.flatten(2).median(dim=2).values[:, :, None, None]  # (n, 3, 1, 1)
+    obj = ((x - bg).abs().amax(1, keepdim=True) > 0.1).float()  # faint texture stays below 0.1
+    obj = F.max_pool2d(obj, 3, stride=1, padding=1)  # include the anti-aliased edge
+    return 1 + (weight - 1) * obj
+
+
 def train_vae(cfg: TrainConfig, model: loading.Model, run: Path, accelerator, start: int, state: dict | None) -> None:
     ae = model.vae.autoencoder.float().train()
     opt = torch.optim.AdamW(ae.parameters(), lr=cfg.vae.lr, weight_decay=0.0)
@@ -241,7 +250,9 @@ def train_vae(cfg: TrainConfig, model: loading.Model, run: Path, accelerator, st
         eps = torch.from_numpy(rng.standard_normal(shape)).float().to(accelerator.device)
         with accelerator.autocast():
             rec, kl = objective(x, eps)
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg.vae.kl_weight * kl
+        w = object_weights(x, cfg.vae.object_weight)
+        err = (rec - x).abs()
+        loss = (w * (err + err * err)).mean() / w.mean() + cfg.vae.kl_weight * kl
         accelerator.backward(loss)
         opt.step()
         opt.zero_grad(set_to_none=True)

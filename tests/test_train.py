@@ -130,3 +130,16 @@ def test_half_written_checkpoint_is_ignored(full_run, tmp_path):
     (run / "checkpoints" / ".tmp-crashed").mkdir()
     (run / "checkpoints" / ".tmp-crashed" / "state.safetensors").write_bytes(b"\0" * 10)
     assert latest_checkpoint(run) == good
+
+
+def test_object_weights_mark_the_object_not_the_texture():
+    from kinema import world
+    from kinema.train import object_weights
+
+    w = world.World(split="all")
+    clip = w.clip(4)
+    x = torch.from_numpy(clip.video[:1]).float().div(127.5).sub(1).permute(0, 3, 1, 2)
+    weights = object_weights(x, 10.0)[0, 0]
+    cx, cy = clip.spec.centre(0)
+    assert weights[int(cy), int(cx)] == 10.0  # the object's centre
+    assert (weights == 1.0).float().mean() > 0.8  # most of the frame is background, texture included
