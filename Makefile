@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PROMPT ?= a red circle moving right on a blue background
 SOURCES := pyproject.toml $(wildcard kinema/*.py models/*.py pipelines/*.py)
 
-.PHONY: setup demo test test-all clean
+.PHONY: setup demo test test-all bench clean
 
 # A virtual environment with kinema installed (editable) and the test tools. PyTorch's CPU
 # build is installed first where no torch is present: a bare `torch` requirement pulls a
@@ -28,6 +28,10 @@ test: setup
 
 test-all: setup
 	$(BIN)/pytest -q -p no:cacheprovider -m "slow or not slow"
+
+# Every benchmark at full size -> docs/bench/results.md, results.json, scaling.png (MODEL=DIR: not the shipped one)
+bench: setup
+	$(BIN)/python scripts/bench_all.py --size full $(if $(MODEL),--model $(MODEL))
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -54,8 +54,7 @@ def peek(model: str | Path | None) -> dict:
 
         return wan.peek(path)
     index = loading.read_index(path)
-    den = json.loads((path / "denoiser" / "config.json").read_text())
-    vae = json.loads((path / "vae" / "config.json").read_text())
+    den, vae = loading.read_configs(path)
     spatial = 2 ** (len(vae["block_out_channels"]) - 1)
     multiple = spatial * 2 ** (len(den["channels"]) - 1)
     return dict(path=path, index=index, denoiser=den, vae=vae, spatial=spatial, multiple=multiple,

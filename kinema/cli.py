@@ -201,17 +201,20 @@ def cmd_info(args) -> None:
     frames, height, width = args.frames or d["frames"], args.height or d["height"], args.width or d["width"]
     if info.get("family") == "wan":
         return wan_info(args, info, frames, height, width)
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     counts = {}
     for name in ("denoiser", "vae"):
         n, dtype = 0, None
         for f in sorted((info["path"] / name).glob("*.safetensors")):
-            with safe_open(f, "pt") as st:
-                for k in st.keys():
-                    sl = st.get_slice(k)
-                    n += _numel(sl.get_shape())
-                    dtype = sl.get_dtype()
+            try:
+                with safe_open(f, "pt") as st:
+                    for k in st.keys():
+                        sl = st.get_slice(k)
+                        n += _numel(sl.get_shape())
+                        dtype = sl.get_dtype()
+            except (SafetensorError, OSError) as e:
+                raise KinemaError(f"{f} is not a readable safetensors file ({e}); re-create or re-download the model") from None
         counts[name] = (n, dtype)
     info["denoiser_params"], info["vae_params"] = counts["denoiser"][0], counts["vae"][0]
     est = api.estimate_memory(info, frames, height, width, dtype_bytes=4)

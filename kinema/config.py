@@ -17,7 +17,7 @@ def from_dict(cls, data: dict, where: str = "config"):
     if not isinstance(data, dict):
         raise KinemaError(f"{where}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(str(k) for k in set(data) - set(fields))  # YAML keys may be numbers
+    unknown = sorted(str(k) if str(k).isidentifier() else repr(k) for k in set(data) - set(fields))  # or numbers, or odd
     if unknown:
         raise KinemaError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
@@ -43,9 +43,14 @@ def _coerce(value, kind, where):
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise KinemaError(f"{where}: expected a list, got {value!r}")
+        item = [a for a in typing.get_args(kind) if a is not Ellipsis]  # tuple[float, ...], list[str]: check items
+        if len(item) == 1:
+            value = [_coerce(v, item[0], f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(value) if origin is tuple else list(value)
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if kind is float:
+        raise KinemaError(f"{where}: expected a number, got {value!r}")
     if kind in (int, str, bool) and not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise KinemaError(f"{where}: expected {kind.__name__}, got {value!r}")
     return value

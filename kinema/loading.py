@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from .errors import KinemaError
 
@@ -86,8 +87,10 @@ def read_index(path: Path) -> dict:
         index = json.loads((path / INDEX).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise KinemaError(f"{path / INDEX} is not valid JSON ({e}); re-create the folder with `kinema init`") from None
-    if index.get("format") != FORMAT:
-        raise KinemaError(f"{path / INDEX} is not a kinema model index (format {index.get('format')!r})")
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        found = index.get("format") if isinstance(index, dict) else type(index).__name__
+        raise KinemaError(f"{path / INDEX} is not a kinema model index (format {found!r})")
+    _check_index(index, path / INDEX)
     for name in COMPONENTS:
         sub = path / name
         if not sub.is_dir() or sub.resolve().parent != path.resolve():
@@ -101,6 +104,42 @@ def read_index(path: Path) -> dict:
             why = " (only pickle weights found; kinema loads safetensors only)" if pickles else ""
             raise KinemaError(f"model folder {path} is incomplete: no {name}/*.safetensors{why}")
     return index
+
+
+def _check_index(index: dict, where: Path) -> None:
+    """The index entries kinema reads have the types it needs: a damaged or hostile index fails here, in one line."""
+    def number(key: str, v) -> bool:
+        whole = key in ("frames", "height", "width", "steps")
+        return isinstance(v, int if whole else (int, float)) and not isinstance(v, bool) and v == v and (
+            v >= 0 if key == "image_noise" else v > 0)
+
+    checks = {
+        "text_encoder": (lambda v: isinstance(v, str), "a string"),
+        "max_text_length": (lambda v: number("steps", v), "a whole number >= 1"),
+        "defaults": (lambda v: isinstance(v, dict) and all(number(k, v[k]) for k in DEFAULTS if k in v),
+                     "a mapping of positive numbers (frames, height, width, steps whole)"),
+        "frame_conditions": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of names"),
+    }
+    for key, (ok, want) in checks.items():
+        if key in index and not ok(index[key]):
+            raise KinemaError(f"{where}: {key} must be {want}, got {index[key]!r}; re-create the folder with `kinema init`")
+
+
+def read_configs(path: Path) -> tuple[dict, dict]:
+    """The denoiser's and the VAE's config.json, with the entries kinema reads before loading checked."""
+    try:
+        den = json.loads((path / "denoiser" / "config.json").read_text())
+        vae = json.loads((path / "vae" / "config.json").read_text())
+        sizes = [*den["channels"], den["head_dim"], *vae["block_out_channels"], vae["latent_channels"]]
+        ok = all(isinstance(v, int) and v >= 1 for v in sizes) and len(den["attention_levels"]) == len(den["channels"])
+        ok = ok and all(c % den["head_dim"] == 0 for c, a in zip(den["channels"], den["attention_levels"]) if a)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+        raise KinemaError(f"model folder {path} has a damaged denoiser/ or vae/ config.json ({type(e).__name__}: "
+                          f"{e}); re-create it with `kinema init`") from None
+    if not ok or not vae["block_out_channels"] or not den["channels"]:
+        raise KinemaError(f"model folder {path} has inconsistent channel sizes in denoiser/ or vae/ config.json; "
+                          "re-create it with `kinema init`")
+    return den, vae
 
 
 def load(
@@ -125,12 +164,18 @@ def load(
     quiet_libraries()
     device = torch.device(device)
     text_folder = resolve_text_encoder(index.get("text_encoder", "builtin:minilm"), root=path)
-    text = HFTextEncoder(text_folder, max_length=int(index.get("max_text_length", 32))).to(device)
     kw = dict(local_files_only=True, use_safetensors=True, torch_dtype=dtype)
-    denoiser = SpaceTimeUNet.from_pretrained(path / "denoiser", **kw).to(device).eval()
-    denoiser.set_attention_backend(attention)
-    vae = FrameVAE(AutoencoderKL.from_pretrained(path / "vae", **kw).to(device).eval())
-    scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+    try:  # damaged weights or configs: one line, not the loader's traceback
+        text = HFTextEncoder(text_folder, max_length=int(index.get("max_text_length", 32))).to(device)
+        denoiser = SpaceTimeUNet.from_pretrained(path / "denoiser", **kw).to(device).eval()
+        denoiser.set_attention_backend(attention)
+        vae = FrameVAE(AutoencoderKL.from_pretrained(path / "vae", **kw).to(device).eval())
+        scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+        float(scheduler_config.get("shift", 1.0)), int(scheduler_config.get("num_train_timesteps", 1000))
+    except (OSError, ValueError, RuntimeError, TypeError, AttributeError, KeyError, IndexError, SafetensorError) as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise KinemaError(f"could not load the model in {path} ({type(e).__name__}: {first}); the folder is damaged: "
+                          "re-create or re-download it") from e
     if denoiser.config.text_dim != text.dim:
         raise KinemaError(f"denoiser expects text dim {denoiser.config.text_dim} but the text encoder gives {text.dim}")
     return Model(text, vae, denoiser, scheduler_config, index, path, device, dtype)

@@ -2,6 +2,7 @@
 
     kinema init runs/default/model --preset small
     kinema train configs/default.yaml --model runs/default/model
+    kinema train configs/default.yaml --model FOLDER --stages denoiser   # continue a trained folder's denoiser
     accelerate launch -m kinema.cli train configs/default.yaml --model runs/default/model   # many GPUs
 
 Reads top to bottom: config, data, checkpoints, the VAE stage, the denoiser stage.
@@ -378,12 +379,13 @@ def train_denoiser(cfg: TrainConfig, model: loading.Model, run: Path, accelerato
         load_optimizer(opt, state["tensors"], state["meta"])
         history = state["meta"]["history"]
     net, opt = accelerator.prepare(net, opt)
+    warm_from = start if state is None else 0  # without optimizer state (a fresh run, or continuing from a folder) warm up again
     log = Logger(run, "denoiser", start, d.steps, accelerator.is_main_process)
     for step in range(start, d.steps):
         xt, t, text, cond, target = denoiser_batch(cfg, cache, caption_index, step, accelerator.process_index)
         dev = accelerator.device
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, d.lr, d.warmup, None)
+            g["lr"] = lr_at(step - warm_from, d.lr, d.warmup, None)
         with accelerator.autocast():
             pred = net(xt.to(dev), t.to(dev), text.to(dev), FrameCondition(cond.latents.to(dev), cond.mask.to(dev)))
         loss = F.mse_loss(pred.float(), target.to(dev))
@@ -507,6 +509,8 @@ def train(config: str | Path, model_dir: str | Path, run_dir: str | Path | None 
     if stages in ("all", "denoiser"):
         if stage != "denoiser":
             step, state = 0, None
+            if stages == "denoiser":  # continue from the folder's (EMA) weights, e.g. the shipped default model
+                step = int(model.index.get("training", {}).get("step", 0))
         if step < cfg.denoiser.steps:
             train_denoiser(cfg, model, run, accelerator, step, state)
     return model_path

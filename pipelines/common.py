@@ -10,7 +10,7 @@ import torch
 
 from kinema.models.seams import FrameCondition, TextEmbeds
 
-from .loop import Hook, KnownFrames, Predict, Timings, denoise, guided, make_scheduler, set_timesteps
+from .loop import Hook, KnownFrames, NumericalError, Predict, Timings, denoise, guided, make_scheduler, set_timesteps
 
 
 @dataclass
@@ -110,7 +110,9 @@ def sample(
 
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """(1, 3, F, H, W) in [-1, 1] -> uint8 (F, H, W, 3)."""
+    """(1, 3, F, H, W) in [-1, 1] -> uint8 (F, H, W, 3); non-finite pixels are an error, never black frames."""
+    if not torch.isfinite(video).all():
+        raise NumericalError("the VAE decoded non-finite pixels; try --dtype float32")
     x = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(1, 2, 3, 0).cpu().numpy()
 

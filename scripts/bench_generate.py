@@ -65,19 +65,24 @@ def main(argv=None) -> dict:
         overhead_ratio=med["total"] / med["denoiser"],
         loop_only_ratio=med["denoise_loop"] / med["denoiser"],
     )
-    rest = med["total"] - med["denoiser"]
-    print(f"| {f} frames {w}x{h}, {result['steps']} steps, {result['threads']} threads | seconds | share |")
-    print("|---|---|---|")
+    print(markdown(result))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def markdown(result: dict) -> str:
+    med, f, h, w = result["median"], result["frames"], result["height"], result["width"]
+    lines = [f"| {f} frames {w}x{h}, {result['steps']} steps, {result['threads']} threads | seconds | share |", "|---|---|---|"]
     for name, key in (("whole call + mp4 write", "total"), ("denoiser forwards", "denoiser"),
                       ("loop bookkeeping (scheduler, guidance mix)", None), ("text encoding", "text"),
                       ("VAE decode", "decode"), ("mp4 write", "write")):
         v = med["denoise_loop"] - med["denoiser"] if key is None else med[key]
-        print(f"| {name} | {v:.3f} | {100 * v / med['total']:.1f}% |")
-    print(f"\nloop overhead ratio (whole call / denoiser forwards): {result['overhead_ratio']:.3f}  (target <= 1.10)")
-    print(f"time not in the denoiser: {rest:.3f} s per clip; model load (once): {load_s:.2f} s")
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(result, indent=2))
-    return result
+        lines.append(f"| {name} | {v:.3f} | {100 * v / med['total']:.1f}% |")
+    lines.append(f"\nloop overhead ratio (whole call / denoiser forwards): {result['overhead_ratio']:.3f}  (target <= 1.10)")
+    lines.append(f"time not in the denoiser: {med['total'] - med['denoiser']:.3f} s per clip; "
+                 f"model load (once): {result['load_seconds']:.2f} s")
+    return "\n".join(lines)
 
 
 def res_steps(kw, model) -> int:

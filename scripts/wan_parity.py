@@ -39,16 +39,10 @@ def build_folders(tw, root: Path) -> dict:
 
 
 def parity(device: str, dtype: torch.dtype) -> dict:
-    import diffusers.pipelines.wan.pipeline_wan as t2v
-    import diffusers.pipelines.wan.pipeline_wan_i2v as i2v
-    import diffusers.pipelines.wan.pipeline_wan_video2video as v2v
+    from kinema.models.wan_testing import without_ftfy
 
-    from kinema.models.wan import clean_prompt
-
-    for m in (t2v, i2v, v2v):  # as the tests: no ftfy on either side
-        m.prompt_clean = clean_prompt
     tw = test_module()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, without_ftfy():  # as the tests: no ftfy on either side
         root = Path(tmp)
         (root / "wan").mkdir()
         f = build_folders(tw, root)
@@ -60,17 +54,19 @@ def parity(device: str, dtype: torch.dtype) -> dict:
     return {k: {m: v for m, v in r.items() if m in keep} for k, r in out.items()}
 
 
-def bench(device: str, dtype: torch.dtype, steps: int = 3) -> dict:
-    """Seconds per guided step of a random Wan-1.3B-shaped transformer at 480x832x81, per backend."""
-    from diffusers import WanTransformer3DModel
-
+def bench(device: str, dtype: torch.dtype, steps: int = 3, model=None, latent_shape=(21, 60, 104)) -> dict:
+    """Seconds per guided step of a Wan transformer (default: a random 1.3B-shaped one) at 480x832x81, per backend."""
     from kinema.models.attention import xformers_available
     from kinema.models.wan import ATTENTION
 
-    model = WanTransformer3DModel(num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
-                                  text_dim=4096, ffn_dim=8960, num_layers=30).to(device, dtype).eval()
-    x = torch.randn(2, 16, 21, 60, 104, device=device, dtype=dtype)
-    text = torch.randn(2, 512, 4096, device=device, dtype=dtype)
+    if model is None:
+        from kinema.models.wan_testing import transformer
+
+        with torch.device(device):  # initialised where it runs: seconds on a GPU, not a minute on the CPU
+            model = transformer(shape="1.3b").to(dtype).eval()
+    cfg = model.config
+    x = torch.randn(2, cfg.in_channels, *latent_shape, device=device, dtype=dtype)
+    text = torch.randn(2, 512, cfg.text_dim, device=device, dtype=dtype)
     t = torch.full((2,), 500.0, device=device)
     out = {}
     for backend, name in ATTENTION.items():

@@ -143,3 +143,18 @@ def test_object_weights_mark_the_object_not_the_texture():
     cx, cy = clip.spec.centre(0)
     assert weights[int(cy), int(cx)] == 10.0  # the object's centre
     assert (weights == 1.0).float().mean() > 0.8  # most of the frame is background, texture included
+
+
+def test_continue_from_a_trained_folder(full_run, tmp_path):
+    """`--stages denoiser` on a trained folder with no checkpoints continues from its recorded step."""
+    model = tmp_path / "model"
+    shutil.copytree(full_run[0], model)
+    config = tmp_path / "more.yaml"
+    config.write_text(CONFIG.read_text().replace("  steps: 8\n", "  steps: 10\n"))
+    cmd = [sys.executable, "-m", "kinema.cli", "train", str(config), "--model", str(model), "--run",
+           str(tmp_path / "run"), "--stages", "denoiser"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((model / "kinema.json").read_text())["training"]["step"] == 10
+    assert latest_checkpoint(tmp_path / "run").name == "2-denoiser-0000010"
+    assert "vae step" not in (tmp_path / "run" / "train.log").read_text()

@@ -1,10 +1,11 @@
 """Wan 2.1 / 2.2 diffusers folders through kinema, in parity with diffusers' Wan pipelines.
 
-Tiny random components (diffusers / transformers classes with small configs, a WordLevel tokenizer
-written to tokenizer.json so nothing is downloaded) are saved with `save_pretrained` into folders of
-the real layout, loaded back by kinema and by diffusers, and run with the same seed, scheduler (the
-folder's UniPC flow config), steps and guidance. Noise: both draw it from a CPU generator seeded by the
-seed (`randn_tensor` = `pipelines.common.initial_noise`), so no latents are passed to either side.
+Tiny random components (`kinema.models.wan_testing`: diffusers / transformers classes with small
+configs, a WordLevel tokenizer written to tokenizer.json so nothing is downloaded) are saved with
+`save_pretrained` into folders of the real layout, loaded back by kinema and by diffusers, and run with
+the same seed, scheduler (the folder's UniPC flow config), steps and guidance. Noise: both draw it from
+a CPU generator seeded by the seed (`randn_tensor` = `pipelines.common.initial_noise`), so no latents
+are passed to either side.
 Prompts are already clean; diffusers' ftfy step is replaced by kinema's ftfy-free cleaner in the
 diffusers modules so the comparison does not depend on ftfy being installed.
 """
@@ -19,75 +20,17 @@ import torch
 
 import kinema
 from kinema.errors import KinemaError
+from kinema.models.wan_testing import (clip, pipeline, save, scheduler, text_encoder, tokenizer, transformer, vae,
+                                       without_ftfy)
 
 PROMPT = "a red circle moving right on a blue background"
 NEGATIVE = "the dog"
-WORDS = "a red circle moving right on blue background the cat dog green square up left".split()
 TOL = 1e-4
 FRAMES, SIZE, STEPS, GUIDANCE, SEED = 9, 32, 4, 5.0, 3
 
 #################################################################################
 #                              Tiny Wan components                              #
 #################################################################################
-
-
-def tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-
-
-def text_encoder():
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    return UMT5EncoderModel(UMT5Config(vocab_size=32, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
-                                       relative_attention_num_buckets=8, relative_attention_max_distance=16))
-
-
-def vae(wan22: bool = False):
-    from diffusers import AutoencoderKLWan
-
-    if wan22:  # Wan 2.2's VAE: residual, 2x2 patchified pixels, 16x spatial, 48 channels
-        return AutoencoderKLWan(base_dim=8, decoder_base_dim=8, z_dim=48, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                                temperal_downsample=[False, True, True], is_residual=True, in_channels=12,
-                                out_channels=12, patch_size=2, scale_factor_spatial=16,
-                                latents_mean=[0.1 * (i % 7) - 0.3 for i in range(48)],
-                                latents_std=[0.5 + 0.1 * (i % 5) for i in range(48)])
-    return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                            temperal_downsample=[False, True, True])
-
-
-def transformer(in_channels: int = 16, out_channels: int = 16, **kw):
-    from diffusers import WanTransformer3DModel
-
-    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
-                                 in_channels=in_channels, out_channels=out_channels, text_dim=16, freq_dim=32,
-                                 ffn_dim=32, num_layers=1, rope_max_seq_len=32, **kw)
-
-
-def scheduler(shift: float = 3.0):
-    from diffusers import UniPCMultistepScheduler
-
-    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift)
-
-
-def clip():
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
-
-    enc = CLIPVisionModel(CLIPVisionConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=2,
-                                           num_attention_heads=2, image_size=16, patch_size=8, projection_dim=8))
-    proc = CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
-    return enc, proc
-
-
-def save(pipe, path):
-    pipe.save_pretrained(path, safe_serialization=True)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -114,18 +57,8 @@ def folders(tmp_path_factory):
 @pytest.fixture(scope="module", autouse=True)
 def no_ftfy():
     """diffusers' Wan I2V module calls ftfy unconditionally; give every Wan module kinema's cleaner."""
-    import diffusers.pipelines.wan.pipeline_wan as t2v
-    import diffusers.pipelines.wan.pipeline_wan_i2v as i2v
-    import diffusers.pipelines.wan.pipeline_wan_video2video as v2v
-
-    from kinema.models.wan import clean_prompt
-
-    saved = [(m, m.prompt_clean) for m in (t2v, i2v, v2v)]
-    for m, _ in saved:
-        m.prompt_clean = clean_prompt
-    yield
-    for m, f in saved:
-        m.prompt_clean = f
+    with without_ftfy():
+        yield
 
 
 def settings(model, **kw):
@@ -152,17 +85,6 @@ def max_diff(a, b) -> float:
 #################################################################################
 # Each run_* returns {what: max abs diff}; the tests assert them on fp32 CPU and scripts/wan_parity.py
 # runs the same functions on CUDA in bf16.
-
-
-def pipeline(cls, folder, device="cpu", dtype=torch.float32):
-    """A diffusers Wan pipeline from the folder, placed as kinema places it (VAE and CLIP in float32)."""
-    kw = {} if dtype == torch.float32 else {"torch_dtype": dtype}
-    pipe = cls.from_pretrained(folder, local_files_only=True, **kw).to(device)
-    pipe.vae.to(torch.float32)
-    if getattr(pipe, "image_encoder", None) is not None:
-        pipe.image_encoder.to(torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def load(folder, device="cpu", dtype=torch.float32):

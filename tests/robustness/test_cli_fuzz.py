@@ -8,9 +8,9 @@ are refused before any work, so no example runs long; the memory probe is capped
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -36,94 +36,105 @@ DAMAGED = ["zero-byte .png", "text named .mp4", "truncated .mp4 (50%)", "header-
            "declared size huge.png", "empty folder", "missing file", "unknown extension"]
 
 
-def opt(flag: str, good: list, bad: list):
-    """An option left out, given a cheap valid value, or given a bad one."""
-    given = [st.sampled_from(values).map(lambda v: [flag, v]) for values in (good, bad) if values]
-    return st.one_of(st.just([]), *given)
+@dataclass(frozen=True)
+class Arg:
+    """One piece of a command line: a positional (`flag` None) or an option, with cheap valid and bad values."""
+
+    flag: str | None
+    good: tuple = ()
+    bad: tuple = ()
+    required: bool = False  # never left out (positionals; options whose default would make a run slow)
+
+    def pieces(self, values):
+        return st.sampled_from(values).map(lambda v: [v] if self.flag is None else [self.flag, v])
+
+    def valid(self):
+        if not self.good:
+            return st.just([])
+        given = self.pieces(self.good)
+        return given if self.required or self.flag is None else st.one_of(st.just([]), given)
+
+    def invalid(self):
+        return self.pieces(self.bad) if self.bad else self.valid()
 
 
-def must(flag: str, good: list, bad: list):
-    """An option always given (so no default makes the run slow), valid or bad."""
-    return st.sampled_from(good + bad).map(lambda v: [flag, v])
+def switch(flag: str) -> Arg:
+    return Arg(None, ("", flag), ())  # an empty piece is dropped from the command line
 
 
-def flag(name: str):
-    return st.sampled_from([[], [name]])
+@st.composite
+def command_line(draw, name: str, args: list[Arg]):
+    """`kinema NAME ...`: every piece valid or left out, except at most two drawn from their bad values."""
+    broken = draw(st.sets(st.sampled_from(range(len(args))), max_size=2))
+    argv = [name]
+    for i, arg in enumerate(args):
+        argv += [a for a in draw(arg.invalid() if i in broken else arg.valid()) if a != ""]
+    return argv
 
 
-def extras():
-    return st.one_of(st.just([]), st.just([]), st.sampled_from(UNKNOWN))
+def damaged(*good: str) -> tuple:
+    return good, tuple(f"{{in:{d}}}" for d in DAMAGED)
 
 
-def command(*parts):
-    """Concatenate the drawn pieces of a command line."""
-    return st.tuples(*parts).map(lambda pieces: list(itertools.chain.from_iterable(pieces)))
-
-
-def fixed(*args):
-    return st.just(list(args))
-
-
-def choice(values):
-    return st.sampled_from(values).map(lambda v: [v])
-
-
-PROMPTS = [PROMPT, PROMPT, "", "   ", "x" * 10_001, "a red circle \udcff"]
+BAD_CONFIGS = ("{W}/unknown.yaml", "{W}/python.yaml", "{W}/latin1.yaml", "{W}/list.yaml", "{W}/types.yaml",
+               "{W}/nested.yaml", "{W}/intkey.yaml", "{W}/tabs.yaml", "{W}/dir.mp4", "{W}/absent.yaml", "{W}/existing.mp4")
+UNKNOWN_FLAGS = Arg(None, ("",), ("--bogus", "-x", "extra-positional", "--frames", "--help", "--version", "--overwrite=yes"))
+PROMPTS = Arg(None, (PROMPT,), ("", "   ", "x" * 10_001, "a red circle \udcff", "--"))
+OUTPUT = Arg("-o", tuple(OUTPUTS[:5]), tuple(OUTPUTS[5:]), required=True)
+MODEL = Arg("--model", ("{MODEL}",), tuple(MODELS[3:]), required=True)
 SAMPLING = [
-    must("--height", ["16"], BAD_SIZE), must("--width", ["16", "32"], BAD_SIZE), must("--steps", ["1", "2"], BAD_STEPS),
-    opt("--guidance", ["1", "3.5"], BAD_FLOAT), opt("--fps", ["8", "0.5"], BAD_FLOAT), opt("--seed", ["0", "7"], BAD_INT),
-    opt("--shift", ["1", "3"], BAD_FLOAT), opt("--scheduler", ["unipc"], ["ddim", ""]),
-    opt("--decode-chunk-size", ["1"], BAD_INT), opt("--device", ["cpu"], ["tpu", "cuda:x"]),
-    opt("--dtype", ["float32"], ["float8", "float16"]), opt("--attention", ["chunked"], ["flash"]),
-    opt("--negative-prompt", ["blurry"], ["\udcff"]), flag("--overwrite"), fixed("--quiet"),
+    Arg("--height", ("16",), tuple(BAD_SIZE), True), Arg("--width", ("16", "32"), tuple(BAD_SIZE), True),
+    Arg("--steps", ("1", "2"), tuple(BAD_STEPS), True), Arg("--guidance", ("1", "3.5"), tuple(BAD_FLOAT)),
+    Arg("--fps", ("8", "0.5", "240"), tuple(BAD_FLOAT) + ("0.001", "241")), Arg("--seed", ("0", "7"), tuple(BAD_INT)),
+    Arg("--shift", ("1", "3"), tuple(BAD_FLOAT)), Arg("--scheduler", ("unipc",), ("ddim", "")),
+    Arg("--decode-chunk-size", ("1",), tuple(BAD_INT)), Arg("--device", ("cpu",), ("tpu", "cuda:x")),
+    Arg("--dtype", ("float32",), ("float8", "float16")), Arg("--attention", ("chunked",), ("flash",)),
+    Arg("--negative-prompt", ("blurry",), ("\udcff",)), switch("--overwrite"), Arg(None, ("--quiet",), (), True),
+    UNKNOWN_FLAGS,
 ]
-LONG = [opt("--context-length", ["2"], BAD_INT + ["65"]), opt("--context-stride", ["1"], BAD_INT),
-        opt("--prompt-schedule", ["0:a red circle|1:a blue square"], ["1:a", "0:a|0:b", "0:", "x", "0:a|99999:b"]),
-        opt("--prompt-transition", ["1"], BAD_INT), flag("--adain")]
+LONG = [Arg("--context-length", ("2",), tuple(BAD_INT) + ("65",)), Arg("--context-stride", ("1",), tuple(BAD_INT)),
+        Arg("--prompt-schedule", ("0:a red circle|1:a blue square",), ("1:a", "0:a|0:b", "0:", "x", "0:a|99999:b")),
+        Arg("--prompt-transition", ("1",), tuple(BAD_INT)), switch("--adain")]
 
 COMMANDS = {
-    "generate": command(fixed("generate"), choice(PROMPTS), must("-o", OUTPUTS[:5], OUTPUTS[5:]),
-                        must("--model", MODELS[:1], MODELS[3:]), opt("--frames", ["1", "2", "3"], BAD_FRAMES),
-                        opt("--mode", ["continue"], ["both"]), opt("--window-weights", ["flat"], ["cubic"]),
-                        *SAMPLING, *LONG, extras()),
-    "animate": command(fixed("animate"), choice(["{in:RGBA}", "{in:CMYK jpeg}"] + [f"{{in:{d}}}" for d in DAMAGED]),
-                       choice(PROMPTS), must("-o", OUTPUTS[:5], OUTPUTS[5:]), must("--model", MODELS[:1], MODELS[3:]),
-                       must("--frames", ["1", "2"], BAD_FRAMES), opt("--resize", ["pad", "stretch"], ["zoom"]),
-                       opt("--image-noise", ["0", "0.1"], BAD_FLOAT), opt("--last-image", ["{in:grey L}"], ["{W}"]),
-                       *SAMPLING, extras()),
-    "extend": command(fixed("extend"), choice(["{in:one-frame .mp4}", "{in:folder of 3 frames}"]
-                                              + [f"{{in:{d}}}" for d in DAMAGED]),
-                      choice(PROMPTS), must("-o", OUTPUTS[:5], OUTPUTS[5:]), must("--model", MODELS[:1], MODELS[3:]),
-                      must("--frames", ["6", "8"], BAD_FRAMES + ["1", "3"]), must("--context-length", ["2"], BAD_INT),
-                      opt("--resize", ["pad"], ["zoom"]), *SAMPLING, *LONG[1:], extras()),
-    "restyle": command(fixed("restyle"), choice(["{in:one-frame .gif}", "{in:odd-sized 17x13 .mp4}"]
-                                                + [f"{{in:{d}}}" for d in DAMAGED]),
-                       choice(PROMPTS), must("-o", OUTPUTS[:5], OUTPUTS[5:]), must("--model", MODELS[:1], MODELS[3:]),
-                       opt("--strength", ["0", "0.5", "1"], BAD_FLOAT), opt("--flow-steps", ["0", "1"], BAD_FLOAT),
-                       opt("--flow-strength", ["0.3"], BAD_FLOAT), flag("--no-flow"), flag("--pixel-fusion"),
-                       must("--max-frames", ["2", "3"], BAD_INT), opt("--stride", ["2"], BAD_INT),
-                       opt("--start", ["1"], BAD_INT + ["100"]), opt("--frames", [], ["3"]),
-                       opt("--context-length", ["2"], BAD_INT), *SAMPLING, extras()),
-    "info": command(fixed("info"), st.sampled_from([[], ["{MODEL}"], ["{MODEL}"], ["{W}"], ["{W}/file.txt"], ["{W}/no"]]),
-                    opt("--frames", ["8", "1000000"], BAD_FRAMES), opt("--height", ["64"], BAD_SIZE),
-                    opt("--width", ["64"], BAD_SIZE), flag("--json"), extras()),
-    "init": command(fixed("init"), choice(["{W}/newmodel", "{W}/deep/er/model", "{W}/emptydir", "{W}/copy", "{W}/dir.mp4",
-                                           "{W}/file.txt", "{W}/existing.mp4", "{W}", "/proc/kinema-model", "{W}/ro/m"]),
-                    must("--preset", ["tiny"], ["huge", ""]), opt("--seed", ["3"], BAD_INT), flag("--overwrite"), extras()),
+    "generate": command_line("generate", [
+        PROMPTS, OUTPUT, MODEL, Arg("--frames", ("1", "2", "3"), tuple(BAD_FRAMES)), Arg("--mode", ("continue",), ("both",)),
+        Arg("--window-weights", ("flat",), ("cubic",)), *SAMPLING, *LONG]),
+    "animate": command_line("animate", [
+        Arg(None, *damaged("{in:RGBA}", "{in:CMYK jpeg}", "{in:16-bit grey}")), PROMPTS, OUTPUT, MODEL,
+        Arg("--frames", ("1", "2"), tuple(BAD_FRAMES), True), Arg("--resize", ("pad", "stretch"), ("zoom",)),
+        Arg("--image-noise", ("0", "0.1"), tuple(BAD_FLOAT)), Arg("--last-image", (), ("{in:grey L}", "{W}")), *SAMPLING]),
+    "extend": command_line("extend", [
+        Arg(None, *damaged("{in:one-frame .mp4}", "{in:folder of 3 frames}")), PROMPTS, OUTPUT, MODEL,
+        Arg("--frames", ("6", "8"), tuple(BAD_FRAMES) + ("1", "3"), True), Arg("--context-length", ("2",), tuple(BAD_INT), True),
+        Arg("--resize", ("pad",), ("zoom",)), *SAMPLING, *LONG[1:]]),
+    "restyle": command_line("restyle", [
+        Arg(None, *damaged("{in:one-frame .gif}", "{in:odd-sized 17x13 .mp4}", "{in:variable-frame-rate .gif}")),
+        PROMPTS, OUTPUT, MODEL, Arg("--strength", ("0", "0.5", "1"), tuple(BAD_FLOAT)),
+        Arg("--flow-steps", ("0", "1"), tuple(BAD_FLOAT)), Arg("--flow-strength", ("0.3",), tuple(BAD_FLOAT)),
+        switch("--no-flow"), switch("--pixel-fusion"), Arg("--max-frames", ("2", "3"), tuple(BAD_INT), True),
+        Arg("--stride", ("2",), tuple(BAD_INT)), Arg("--start", ("1",), tuple(BAD_INT) + ("100",)),
+        Arg("--frames", (), ("3",)), Arg("--context-length", ("2",), tuple(BAD_INT)), *SAMPLING]),
+    "info": command_line("info", [
+        Arg(None, ("{MODEL}",), ("{W}", "{W}/file.txt", "{W}/no", "")), Arg("--frames", ("8", "1000000"), tuple(BAD_FRAMES)),
+        Arg("--height", ("64",), tuple(BAD_SIZE)), Arg("--width", ("64",), tuple(BAD_SIZE)), switch("--json"), UNKNOWN_FLAGS]),
+    "init": command_line("init", [
+        Arg(None, ("{W}/newmodel", "{W}/deep/er/model", "{W}/emptydir"),
+            ("{W}/copy", "{W}/dir.mp4", "{W}/file.txt", "{W}/existing.mp4", "{W}", "/proc/kinema-model", "{W}/ro/m")),
+        Arg("--preset", ("tiny",), ("huge", ""), True), Arg("--seed", ("3",), tuple(BAD_INT)), switch("--overwrite"),
+        UNKNOWN_FLAGS]),
     # train is only ever given bad configs: a valid one would start training
-    "train": command(fixed("train"), choice(["{W}/unknown.yaml", "{W}/python.yaml", "{W}/latin1.yaml", "{W}/list.yaml",
-                                             "{W}/types.yaml", "{W}/nested.yaml", "{W}/intkey.yaml", "{W}/tabs.yaml",
-                                             "{W}/dir.mp4", "{W}/absent.yaml", "{W}/existing.mp4"]),
-                     must("--model", MODELS[:1], MODELS[3:]), opt("--run", ["{W}/run"], ["{W}/file.txt"]),
-                     opt("--stages", ["vae"], ["all-of-it"]), extras()),
+    "train": command_line("train", [
+        Arg(None, BAD_CONFIGS, BAD_CONFIGS),
+        MODEL, Arg("--run", ("{W}/run",), ("{W}/file.txt",)), Arg("--stages", ("vae",), ("all-of-it",)), UNKNOWN_FLAGS]),
     # eval never gets a runnable --suite: with --suite it always has a bad model or videos too
-    "eval": command(fixed("eval"), st.lists(st.sampled_from(["{in:one-frame .gif}", "{in:folder of 3 frames}"]
-                                                           + [f"{{in:{d}}}" for d in DAMAGED]), max_size=3),
-                    opt("--caption", [PROMPT], ["a purple dodecahedron", "", "\udcff"]),
-                    opt("--suite", [], ["world", "vae", "all"]), opt("--model", [], MODELS[3:]),
-                    opt("--json-out", ["{W}/scores.json"], ["{W}/scores.txt", "{W}/missing/s.json", "{W}/dir.mp4"]),
-                    opt("--per-combo", [], BAD_INT), opt("--steps", [], BAD_STEPS), opt("--guidance", [], BAD_FLOAT),
-                    extras()),
+    "eval": command_line("eval", [
+        Arg(None, *damaged("{in:one-frame .gif}", "{in:folder of 3 frames}", "{in:odd-sized 33x19 .avi}")),
+        Arg("--caption", (PROMPT,), ("a purple dodecahedron", "", "\udcff"), True), Arg("--suite", (), ("world", "vae", "all")),
+        Arg("--model", (), tuple(MODELS[3:])),
+        Arg("--json-out", ("{W}/scores.json",), ("{W}/scores.txt", "{W}/missing/s.json", "{W}/dir.mp4")),
+        Arg("--per-combo", (), tuple(BAD_INT)), Arg("--steps", (), tuple(BAD_STEPS)), Arg("--guidance", (), tuple(BAD_FLOAT)),
+        UNKNOWN_FLAGS]),
 }
 
 CONFIGS = {
@@ -183,7 +194,6 @@ def run_fuzz(cmd: str, argv: list[str], kinema, bad_inputs, tiny_model_dir, root
     allowed = {p for p in after if any(p == t or t.startswith(p + "/") or p.startswith(t + "/") or p == t + ".json"
                                        for t in targets)}
     check_contract(result, before, after, allowed)
-    print("FUZZ", cmd, result.code, result.err.strip()[-150:].replace("\n", " | "))
     assert not (work / "pwned").exists()
     assert cmd != "train" or result.code != 0 or "--help" in args or "--version" in args
     if result.code != 0 or "--overwrite" not in args:

@@ -1,0 +1,105 @@
+"""Resource limits: frames x size is checked against free memory before any work, and the error names a setting
+that fits (fewer frames, a smaller size, shorter context windows)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from .conftest import PROMPT, check_contract, listing
+
+GiB = 2**30
+
+
+@pytest.fixture
+def free_memory(monkeypatch):
+    """Set the free memory kinema sees (bytes), and make any model load fail the test: the check comes first."""
+    from kinema import api
+    from kinema.pipelines import video_to_video as v2v
+
+    def set_free(n: int) -> None:
+        monkeypatch.setattr(v2v, "available_memory", lambda device="cpu": n)
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the memory check")
+
+    monkeypatch.setattr(api, "load", no_load)
+    return set_free
+
+
+def interrupt(*args, **kwargs):
+    raise KeyboardInterrupt  # stands for the work after the check: reaching it is what the test wants
+
+
+def suggested(err: str) -> list[str]:
+    """The flags and values an error suggests, e.g. ['--frames', '12']."""
+    return re.findall(r"(--[a-z-]+) (\d+)", err.split("try", 1)[-1])
+
+
+@pytest.mark.parametrize("extra,flag", [(["--frames", "100000"], "--frames"),
+                                        (["--height", "4096", "--width", "4096"], "--height"),
+                                        (["--frames", "600", "--context-length", "64"], "--context-length")])
+def test_generate_refuses_what_does_not_fit_and_names_what_does(extra, flag, kinema, free_memory, tiny_model_dir, tmp_path,
+                                                                monkeypatch):
+    from kinema import api
+
+    free_memory(256 * 2**20)
+    argv = ["generate", PROMPT, "--model", tiny_model_dir, "-o", tmp_path / "clip.mp4", "--steps", "1", "--quiet"]
+    result = kinema(*argv, *extra)
+    check_contract(result, set(), listing(tmp_path))
+    assert result.code == 2 and "need more memory than is free" in result.err, result.err
+    hints = dict(suggested(result.err))
+    assert flag in hints, result.err
+    # every suggestion passes the same check: the run gets past it to the model load (here an interrupt, exit 130)
+    monkeypatch.setattr(api, "load", interrupt)
+    for name, value in suggested(result.err):
+        if name == "--width":
+            continue  # goes with --height
+        fixed = list(extra)
+        if name in fixed:
+            fixed[fixed.index(name) + 1] = value
+        else:
+            fixed += [name, value]
+        if name == "--height":
+            fixed += ["--width", hints["--width"]]
+        assert kinema(*argv, *fixed).code == 130, (name, value)
+
+
+def test_animate_and_extend_are_checked_too(kinema, free_memory, tiny_model_dir, bad_inputs, tmp_path):
+    images, videos = bad_inputs
+    free_memory(64 * 2**20)
+    for args in (["animate", images["RGBA"], PROMPT, "--frames", "5000"],
+                 ["extend", videos["one-frame .mp4"], PROMPT, "--frames", "100000"]):
+        result = kinema(*args, "--model", tiny_model_dir, "-o", tmp_path / "clip.mp4", "--steps", "1", "--quiet")
+        check_contract(result, set(), listing(tmp_path))
+        assert result.code == 2 and "--frames" in result.err and "need more memory" in result.err, result.err
+
+
+def test_a_clip_that_fits_is_not_refused(kinema, tiny_model_dir, tmp_path):
+    """The default clip passes the check with the real free memory (capped at 2 GiB by the suite)."""
+    result = kinema("generate", PROMPT, "--model", tiny_model_dir, "-o", tmp_path / "clip.gif", "--steps", "1", "--quiet")
+    assert result.code == 0, result.err
+
+
+def test_api_check_takes_an_injected_limit(tiny_model_dir):
+    """`available` replaces the measured free memory; the estimate is the one `kinema info` prints."""
+    from kinema import api
+    from kinema.errors import KinemaError
+
+    info = api.peek(tiny_model_dir)
+    settings = api.settings_for(info, frames=16, height=64, width=64)
+    sized = api._with_parameter_counts(info)
+    need = api.estimate_memory(sized, 16, 64, 64, 4, True, settings.decode_chunk_size)["total"] + 16 * 64 * 64 * api.HOST_BYTES_PER_PIXEL
+    api.check_memory(info, settings, device="cpu", available=int(need / 0.8) + 1)
+    with pytest.raises(KinemaError, match=r"try --frames \d+"):
+        api.check_memory(info, settings, device="cpu", available=int(need / 0.8) - 1)
+
+
+def test_python_api_refuses_before_loading(free_memory, tiny_model_dir):
+    import kinema
+    from kinema.errors import KinemaError
+
+    free_memory(GiB // 16)
+    with pytest.raises(KinemaError, match="need more memory"):
+        kinema.generate(PROMPT, model=str(tiny_model_dir), frames=10**6, height=64, width=64, steps=1, progress=False)
