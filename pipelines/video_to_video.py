@@ -45,12 +45,14 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from kinema import video_io
 from kinema.errors import require
@@ -141,7 +143,9 @@ def source_size(video, start: int = 0, stride: int = 1, max_frames: int | None =
     if isinstance(video, np.ndarray):
         return len(select_frames(video, start, stride, max_frames)), video.shape[1], video.shape[2]
     try:
-        count, height, width = _probe(Path(video).expanduser())
+        with warnings.catch_warnings():  # an oversized image: read_video refuses it in one line, without this warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            count, height, width = _probe(Path(video).expanduser())
     except Exception:  # a damaged file: read_video gives the one-line reason
         return None
     if count is not None:

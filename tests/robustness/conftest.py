@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import struct
 import subprocess
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +39,15 @@ def kinema(capsys):
 
     def run(*argv) -> Outcome:
         capsys.readouterr()
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as e:
-            code = e.code
+        with warnings.catch_warnings(record=True) as caught:  # Python prints these on stderr: part of the output
+            warnings.simplefilter("always")
+            try:
+                code = main([str(a) for a in argv])
+            except SystemExit as e:
+                code = e.code
         captured = capsys.readouterr()
-        return Outcome(code, captured.err, captured.out)
+        shown = "".join(f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}\n" for w in caught)
+        return Outcome(code, shown + captured.err, captured.out)
 
     return run
 
@@ -73,7 +77,7 @@ def check_contract(result: Outcome, before: set[str], after: set[str], outputs: 
     assert result.code in (0, 2), (result.code, result.err)
     lines = [line for line in result.err.splitlines() if line.strip()]
     if result.code == 0:
-        assert not any(": error:" in line for line in lines), result.err
+        assert not any(": error:" in line or "Warning: " in line for line in lines), result.err
         added = after - before
         assert added <= set(outputs), f"unexpected files {sorted(added - set(outputs))}"
         assert not any(".tmp-" in name or ".old-" in name for name in after), sorted(after)
@@ -155,8 +159,11 @@ def build_inputs(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
     (root / "huge-wide.png").write_bytes(png_declaring(1_000_000, 1, zlib.compress(b"\x00" * 64)))
     (root / "huge.gif").write_bytes(b"GIF89a" + struct.pack("<HHBBB", 65535, 65535, 0, 0, 0) + b";")
     (root / "zero-size.png").write_bytes(png_declaring(0, 0, zlib.compress(b"\x00")))
+    tiny_gif = root / "canvas.gif"  # a 1x1 frame on a declared 10000x10000 canvas, which Pillow would allocate
+    img.resize((1, 1)).save(tiny_gif)
+    tiny_gif.write_bytes(tiny_gif.read_bytes()[:6] + struct.pack("<HH", 10_000, 10_000) + tiny_gif.read_bytes()[10:])
     broken.update({f"declared size {p.name}": p for p in (root / "huge.png", root / "huge-wide.png", root / "huge.gif",
-                                                            root / "zero-size.png")})
+                                                            root / "zero-size.png", tiny_gif)})
     garbage = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
     (root / "noise.mp4").write_bytes(clip.read_bytes()[:64] + garbage)  # a valid start, then random bytes
     broken["valid header then noise .mp4"] = root / "noise.mp4"
@@ -242,7 +249,7 @@ def _odd_videos(root: Path, rgb: np.ndarray) -> dict[str, Path]:
         "odd-sized 17x13 .mp4": vids / "odd.mp4",
         "odd-sized 33x19 .avi": vids / "odd.avi",
         "odd-sized 17x13 .gif": video_io.write_video(vids / "odd.gif", gradient_clip(4, 13, 17), fps=8),
-        "RGBA-less webp": video_io.write_video(vids / "anim.webp", gradient_clip(3, 24, 32), fps=8),
+        "animated .webp": video_io.write_video(vids / "anim.webp", gradient_clip(3, 24, 32), fps=8),
     }
 
 

@@ -26,12 +26,11 @@ BAD_FLOAT = ["nan", "-nan", "inf", "-inf", "1e308", "-1e308", "1e-320", "-1", "a
 BAD_SIZE = ["0", "-16", "15", "17", "1000000000", "16.0", "abc"]
 BAD_FRAMES = ["0", "-1", "1000000000000", "2.5", "abc"]
 BAD_STEPS = ["0", "-1", "1001", "1000000000000", "abc", "nan"]
-OUTPUTS = ["{W}/out.mp4", "{W}/out.gif", "{W}/out.webp", "{W}/outframes", "{W}/outframes/",  # valid
-           "{W}/missing/out.mp4", "{W}/dir.mp4", "{W}/file.txt/out.mp4", "{W}/ro/out.mp4", "{W}/existing.mp4",
-           "{W}/out.avi", "{W}/out.MP4", "{W}", "{W}/", "/proc/kinema-out.mp4", "{W}/.", "{W}/out.mp4.json"]
-MODELS = ["{MODEL}", "{MODEL}", "{MODEL}", "{W}/file.txt", "{W}/nomodel", "{W}", "{W}/dir.mp4", "{in:zero-byte .mp4}"]
-UNKNOWN = [["--bogus"], ["--bogus", "3"], ["-x"], ["extra-positional"], ["--frames"], ["--help"], ["--version"],
-           ["--overwrite=yes"], ["--quiet", "--quiet"]]
+GOOD_OUTPUTS = ("{W}/out.mp4", "{W}/out.gif", "{W}/out.webp", "{W}/outframes", "{W}/outframes/")
+# missing parent, a folder, a file as parent, read-only (root writes there anyway), existing, unknown or odd names
+BAD_OUTPUTS = ("{W}/missing/out.mp4", "{W}/dir.mp4", "{W}/file.txt/out.mp4", "{W}/ro/out.mp4", "{W}/existing.mp4",
+               "{W}/out.avi", "{W}/out.MP4", "{W}", "{W}/", "/proc/kinema-out.mp4", "{W}/.", "{W}/out.mp4.json")
+BAD_MODELS = ("{W}/file.txt", "{W}/nomodel", "{W}", "{W}/dir.mp4", "{in:zero-byte .mp4}")
 DAMAGED = ["zero-byte .png", "text named .mp4", "truncated .mp4 (50%)", "header-only header.png",
            "declared size huge.png", "empty folder", "missing file", "unknown extension"]
 
@@ -80,8 +79,8 @@ BAD_CONFIGS = ("{W}/unknown.yaml", "{W}/python.yaml", "{W}/latin1.yaml", "{W}/li
                "{W}/nested.yaml", "{W}/intkey.yaml", "{W}/tabs.yaml", "{W}/dir.mp4", "{W}/absent.yaml", "{W}/existing.mp4")
 UNKNOWN_FLAGS = Arg(None, ("",), ("--bogus", "-x", "extra-positional", "--frames", "--help", "--version", "--overwrite=yes"))
 PROMPTS = Arg(None, (PROMPT,), ("", "   ", "x" * 10_001, "a red circle \udcff", "--"))
-OUTPUT = Arg("-o", tuple(OUTPUTS[:5]), tuple(OUTPUTS[5:]), required=True)
-MODEL = Arg("--model", ("{MODEL}",), tuple(MODELS[3:]), required=True)
+OUTPUT = Arg("-o", GOOD_OUTPUTS, BAD_OUTPUTS, required=True)
+MODEL = Arg("--model", ("{MODEL}",), BAD_MODELS, required=True)
 SAMPLING = [
     Arg("--height", ("16",), tuple(BAD_SIZE), True), Arg("--width", ("16", "32"), tuple(BAD_SIZE), True),
     Arg("--steps", ("1", "2"), tuple(BAD_STEPS), True), Arg("--guidance", ("1", "3.5"), tuple(BAD_FLOAT)),
@@ -131,7 +130,7 @@ COMMANDS = {
     "eval": command_line("eval", [
         Arg(None, *damaged("{in:one-frame .gif}", "{in:folder of 3 frames}", "{in:odd-sized 33x19 .avi}")),
         Arg("--caption", (PROMPT,), ("a purple dodecahedron", "", "\udcff"), True), Arg("--suite", (), ("world", "vae", "all")),
-        Arg("--model", (), tuple(MODELS[3:])),
+        Arg("--model", (), BAD_MODELS),
         Arg("--json-out", ("{W}/scores.json",), ("{W}/scores.txt", "{W}/missing/s.json", "{W}/dir.mp4")),
         Arg("--per-combo", (), tuple(BAD_INT)), Arg("--steps", (), tuple(BAD_STEPS)), Arg("--guidance", (), tuple(BAD_FLOAT)),
         UNKNOWN_FLAGS]),
