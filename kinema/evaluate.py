@@ -3,11 +3,11 @@
     kinema eval clip.mp4 --caption "a red circle moving right on a blue background"
     kinema eval --suite world --split heldout            # text-to-video on the held-out prompts
     kinema eval --suite vae --split heldout              # VAE reconstruction PSNR on world frames
+    kinema eval --suite animate --split heldout          # image-to-video from world anchors (and last frames)
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,6 +31,8 @@ def run_eval(args) -> dict:
         raise KinemaError("give either video files with --caption, or --suite, not both")
     elif args.suite == "world":
         result = world_suite(args)
+    elif args.suite == "animate":
+        result = animate_suite(args)
     else:
         result = vae_suite(args)
     if args.json_out:
@@ -85,6 +87,42 @@ def world_suite(args) -> dict:
     print(metrics.format_table(result))
     print(f"\n{result['n']} clips, {result['seconds_per_clip']:.2f} s per clip "
           f"({settings.frames} frames {settings.width}x{settings.height}, {settings.steps} steps)")
+    return result
+
+
+def animate_suite(args) -> dict:
+    """Image-to-video on world anchors: frame-0 fidelity, colour and direction, and the last frame with `--last-image`."""
+    from . import api
+    from .pipelines.image_to_video import image_to_video
+
+    info = api.peek(args.model)
+    settings = api.settings_for(info, steps=args.steps, guidance=args.guidance)
+    model = api.load(info["path"], args.device, args.dtype, args.attention)
+    last = "first_last" in model.frame_conditions
+    rows = []
+    prompts = world.eval_prompts(args.split, args.per_combo)
+    for i, (prompt, spec) in enumerate(prompts):
+        clip = world.render(spec, settings.frames, settings.height, settings.width, seed=i)
+        settings.seed = i
+        out = image_to_video(model, prompt, clip[0], settings, progress=False).frames
+        row = dict(prompt=prompt, frame0_psnr=metrics.psnr(out[0], clip[0]), **metrics.score(out, prompt))
+        if last:
+            both = image_to_video(model, prompt, clip[0], settings, last_image=clip[-1], progress=False).frames
+            row["last_psnr"] = metrics.psnr(both[-1], clip[-1])
+        rows.append(row)
+        print(f"[{i + 1}/{len(prompts)}] {prompt}: frame 0 {row['frame0_psnr']:.1f} dB, "
+              f"colour {_ok(row['colour_ok'])}, direction {_ok(row['direction_ok'])}", file=sys.stderr)
+    med = lambda k: float(np.median([r[k] for r in rows]))  # noqa: E731
+    result = dict(n=len(rows), frame0_psnr_median=med("frame0_psnr"), frame0_psnr_min=min(r["frame0_psnr"] for r in rows),
+                  colour=float(np.mean([r["colour_ok"] for r in rows])), direction=float(np.mean([r["direction_ok"] for r in rows])),
+                  both=float(np.mean([r["colour_ok"] and r["direction_ok"] for r in rows])), rows=rows)
+    if last:
+        result["last_psnr_median"] = med("last_psnr")
+    print("| clips | frame 0 PSNR (median / worst) | colour | direction | colour and direction | last frame PSNR |")
+    print("|---|---|---|---|---|---|")
+    lp = f"{result['last_psnr_median']:.1f} dB" if last else "n/a (not trained for first+last)"
+    print(f"| {result['n']} | {result['frame0_psnr_median']:.1f} / {result['frame0_psnr_min']:.1f} dB | "
+          f"{result['colour']:.0%} | {result['direction']:.0%} | {result['both']:.0%} | {lp} |")
     return result
 
 
