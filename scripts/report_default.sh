@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Evaluate a trained model folder, ship it as the default weights, and write the model card figures.
+#   bash scripts/report_default.sh runs/default   # RUN folder holding model/ and checkpoints/
+set -euo pipefail
+RUN=${1:-runs/default}
+OUT=docs/default-model
+mkdir -p "$OUT" samples
+python scripts/ship_default.py "$RUN/model"
+python - "$RUN" "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+from kinema import loading
+from kinema.train import latest_checkpoint, plot_curve, sample_grid, TrainConfig
+run, out = Path(sys.argv[1]), Path(sys.argv[2])
+meta = json.loads((latest_checkpoint(run) / "meta.json").read_text())
+plot_curve(meta["history"], out / "denoiser_loss.png", f"denoiser loss (flow matching MSE), {meta['step']} steps")
+vae = sorted((run / "checkpoints").glob("1-vae-*"))
+if (run / "vae_loss.png").is_file():
+    (out / "vae_loss.png").write_bytes((run / "vae_loss.png").read_bytes())
+model = loading.load(None)
+sample_grid(model, TrainConfig().sample_prompts, Path("samples/default_t2v.gif"))
+print("step", meta["step"])
+PY
+kinema eval --suite vae --split heldout --json-out "$OUT/eval_vae.json"
+kinema eval --suite world --split heldout --json-out "$OUT/eval_world.json"
+kinema eval --suite animate --split heldout --per-combo 1 --json-out "$OUT/eval_animate.json"
+python scripts/bench_generate.py --json-out "$OUT/bench_generate.json"
