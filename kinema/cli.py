@@ -497,16 +497,17 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt  # SIGTERM cleans up as Ctrl-C does: temporaries removed, no output half-written
 
 
-def _on_sigterm(handler):
-    """Install `handler` for SIGTERM (main thread only); return the one it replaces."""
+def _set_signal_handlers(handlers: dict) -> dict:
+    """Install signal handlers (main thread only); return the ones they replace."""
     if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, handler)
+        return {}
+    return {sig: signal.signal(sig, h) for sig, h in handlers.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    previous = _on_sigterm(_interrupt)
+    # SIGTERM, and SIGINT even where the parent ignored it (a background job), end the run as Ctrl-C does
+    previous = _set_signal_handlers({signal.SIGTERM: _interrupt, signal.SIGINT: signal.default_int_handler})
     try:
         args.func(args)
     except KinemaError as e:
@@ -519,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         print("kinema: error: out of memory; try fewer --frames, a smaller --height/--width or --attention chunked", file=sys.stderr)
         return 2
     finally:
-        _on_sigterm(signal.SIG_DFL if previous is None else previous)
+        _set_signal_handlers({sig: signal.SIG_DFL if h is None else h for sig, h in previous.items()})
     return 0
 
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from .conftest import PROMPT, check_contract, listing
 
@@ -77,6 +78,7 @@ def test_signal_while_writing_removes_the_temporary(sig, tiny_model_dir, tmp_pat
     writing = ctx.Event()
 
     def generate() -> None:
+        torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool (it can hang)
         from kinema import video_io
         from kinema.cli import main
 
@@ -120,6 +122,7 @@ def test_killed_checkpoint_writer_leaves_a_loadable_checkpoint(tmp_path):
         return latest_checkpoint(run) if (run / "checkpoints").is_dir() else None
 
     def write_forever(first: int) -> None:  # forked: torch is already imported, so each writer starts at once
+        torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool (it can hang)
         for step in range(first, first + 10**6):
             save_checkpoint(run, "vae", step, {"w": torch.full((100_000,), float(step))}, {"step": step}, keep=2)
 
