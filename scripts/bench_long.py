@@ -12,6 +12,15 @@ each child reports its own peak resident memory (ru_maxrss) and its sidecar's ti
 - time ratio = measured denoise time (long) / predicted, where predicted = denoise time (short) x
   plan_cost(long) / plan_cost(short), the latent frames the denoiser sees (per step in window mode, in
   all in continue mode, where every window runs all steps); target <= 1.3.
+
+And what the long clip shows, read by `kinema.metrics` (the `kinema eval` oracle) when the prompt is a
+canonical world caption:
+- colour: share of frames whose object reads as the prompt's colour; target >= 95%;
+- direction: the clip cut into consecutive chunks of the trained length (one window's worth); share of
+  chunks whose object moves in the prompt's direction; target: every chunk;
+- seams: frame-to-frame change (mean |frame[t+1] - frame[t]|) where a window starts (window mode) or
+  where a continuation window's new frames start (continue mode), over its median over the clip; the
+  worst boundary is reported; target <= 1.5.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ def child(args) -> None:
     rss_mib = rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
     report = dict(frames=args.child, peak_rss_mib=round(rss_mib, 1), timings=side["timings"],
                   settings=side["settings"], long=side.get("long"))
+    report["quality"] = quality(out, args.prompt, side.get("long"))  # after the RSS reading: not counted
     try:
         import torch
 
@@ -54,6 +64,43 @@ def child(args) -> None:
     except ImportError:
         pass
     print("BENCH " + json.dumps(report))
+
+
+def boundaries(long: dict | None, frames: int) -> list[int]:
+    """Output frames where a window's contribution starts: window starts (window mode) or new frames (continue)."""
+    from kinema.pipelines.windows import continuation_plan, window_plan
+
+    if not long:
+        return []
+    length, stride = long.get("context_length") or 16, long.get("context_stride") or 4
+    if long.get("mode") == "continue":
+        return [s + known for s, _, known in continuation_plan(frames, length, length - stride)[1:]]
+    return sorted({b for s, e in window_plan(frames, length, stride) for b in (s, e) if 0 < b < frames})
+
+
+def quality(path: Path, prompt: str, long: dict | None) -> dict | None:
+    """Colour per frame, direction per trained-length chunk, and the worst seam of the clip at `path`."""
+    import numpy as np
+
+    from kinema import metrics, world
+    from kinema.video_io import read_video
+
+    parsed = world.parse_caption(prompt)
+    if parsed is None:
+        return None
+    colour, _, direction, _ = parsed
+    video, _ = read_video(path)
+    chunk = (long or {}).get("context_length") or 16
+    reading = metrics.analyse_video(video)
+    colours = [r.colour == colour for r in reading.frames]
+    chunks = [metrics.analyse_video(video[i:i + chunk]).direction for i in range(0, len(video) - chunk + 1, chunk)]
+    change = np.abs(np.diff(video.astype(np.int16), axis=0)).mean(axis=(1, 2, 3))  # change[t]: t -> t+1
+    median = float(np.median(change))
+    seams = [float(change[b - 1]) / max(median, 1e-6) for b in boundaries(long, len(video))]
+    return dict(colour_frames=round(float(np.mean(colours)), 3), direction_chunks=round(
+        float(np.mean([d == direction for d in chunks])) if chunks else float("nan"), 3),
+        chunk_directions=chunks, worst_seam_ratio=round(max(seams), 3) if seams else None,
+        median_change=round(median, 3), boundaries=len(seams))
 
 
 def run_child(args, frames: int, tmp: Path) -> dict:
@@ -94,6 +141,7 @@ def main() -> None:
     p.add_argument("--attention", default=None, choices=["sdpa", "xformers", "chunked"], help="attention backend")
     p.add_argument("--prompt", default=PROMPT, help="prompt of both clips")
     p.add_argument("--json-out", default=None, help="also write the figures here as JSON")
+    p.add_argument("--keep", default=None, help="also keep the long clip here (mp4)")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -103,6 +151,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_long_") as tmp:
         short = run_child(args, args.short, Path(tmp))
         long = run_child(args, args.long, Path(tmp))
+        if args.keep:
+            import shutil
+
+            shutil.copyfile(Path(tmp) / f"clip{args.long}.mp4", args.keep)
     (ws, cost_s), (wl, cost_l) = plan_of(short, args.short), plan_of(long, args.long)
     t_s, t_l = short["timings"]["denoise"], long["timings"]["denoise"]
     predicted = t_s * cost_l / cost_s
@@ -123,6 +175,13 @@ def main() -> None:
     print(f"denoise    {args.short:>4} frames {t_s:8.2f} s ({cost_s} latent frames/step) | {args.long:>4} frames "
           f"{t_l:8.2f} s ({cost_l}/step, predicted {predicted:.2f} s) | ratio {figures['time_ratio']:.3f} (target <= 1.3)")
     print(f"per frame  {t_s / args.short:.4f} s | {t_l / args.long:.4f} s measured, {predicted / args.long:.4f} s predicted")
+    q = long.get("quality")
+    if q:
+        figures["quality"] = q
+        seam = "n/a (one window)" if q["worst_seam_ratio"] is None else f"{q['worst_seam_ratio']:.2f}"
+        print(f"{args.long}-frame clip: object colour right in {q['colour_frames']:.1%} of frames (target >= 95%) | "
+              f"direction right in {q['direction_chunks']:.0%} of {len(q['chunk_directions'])} chunks (target: all) | "
+              f"worst seam {seam} x median change over {q['boundaries']} window boundaries (target <= 1.5)")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(figures, indent=2))
 

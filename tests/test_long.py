@@ -251,9 +251,13 @@ def test_benchmark_smoke(tiny_model_dir, tmp_path):
     out = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_long.py"), "--model", str(tiny_model_dir),
                         "--short", "4", "--long", "12", "--height", "16", "--width", "16", "--steps", "1",
-                        "--context-length", "4", "--json-out", str(out)], capture_output=True, text=True, timeout=300)
+                        "--context-length", "4", "--json-out", str(out), "--keep", str(tmp_path / "long.mp4")],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     figures = json.loads(out.read_text())
     assert figures["memory_ratio"] > 0 and figures["time_ratio"] > 0
     assert figures["long"]["windows"] == len(window_plan(12, 4, 1)) and figures["short"]["windows"] == 1
     assert "ratio" in r.stdout
+    q = figures["quality"]  # windows (0,4) (1,5) ... (8,12): boundaries at frames 1..11; 3 chunks of 4 frames
+    assert q["boundaries"] == 11 and len(q["chunk_directions"]) == 3 and 0 <= q["colour_frames"] <= 1
+    assert read_video(tmp_path / "long.mp4")[0].shape[0] == 12
