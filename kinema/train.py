@@ -55,6 +55,7 @@ class DenoiserStage:
     batch: int = 8
     lr: float = 3e-4
     warmup: int = 200
+    cooldown: int = 0  # the last `cooldown` steps before `steps` decay the lr linearly towards 0
     ema: float = 0.999
     clips: int = 4000  # world clips encoded once into the latent cache
     text_dropout: float = 0.1
@@ -176,6 +177,11 @@ def lr_at(step: int, base: float, warmup: int, total: int | None) -> float:
         return base
     p = min(1.0, (step - warmup) / max(1, total - warmup))
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def cooldown_factor(step: int, total: int, cooldown: int) -> float:
+    """1 until `total - cooldown`, then linear towards 0: 1/cooldown at the last step (step = total - 1)."""
+    return 1.0 if cooldown <= 0 else min(1.0, (total - step) / cooldown)
 
 
 def _to_tensor(video: np.ndarray) -> torch.Tensor:
@@ -385,7 +391,7 @@ def train_denoiser(cfg: TrainConfig, model: loading.Model, run: Path, accelerato
         xt, t, text, cond, target = denoiser_batch(cfg, cache, caption_index, step, accelerator.process_index)
         dev = accelerator.device
         for g in opt.param_groups:
-            g["lr"] = lr_at(step - warm_from, d.lr, d.warmup, None)
+            g["lr"] = lr_at(step - warm_from, d.lr, d.warmup, None) * cooldown_factor(step, d.steps, d.cooldown)
         with accelerator.autocast():
             pred = net(xt.to(dev), t.to(dev), text.to(dev), FrameCondition(cond.latents.to(dev), cond.mask.to(dev)))
         loss = F.mse_loss(pred.float(), target.to(dev))

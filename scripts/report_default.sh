@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Evaluate a trained model folder, ship it as the default weights, and write the model card figures.
+# Evaluate a trained model folder, ship it as the default weights, and write the model card figures
+# (evaluations, restyle and long-clip benchmarks, the README's sample GIFs).
 #   bash scripts/report_default.sh runs/default   # RUN folder holding model/ and checkpoints/
 set -euo pipefail
 RUN=${1:-runs/default}
@@ -25,3 +26,7 @@ kinema eval --suite vae --split heldout --json-out "$OUT/eval_vae.json"
 kinema eval --suite world --split heldout --json-out "$OUT/eval_world.json"
 kinema eval --suite animate --split heldout --per-combo 1 --json-out "$OUT/eval_animate.json"
 python scripts/bench_generate.py --json-out "$OUT/bench_generate.json"
+python scripts/bench_restyle.py --json-out "$OUT/bench_restyle.json" | tee "$OUT/bench_restyle.txt"
+mkdir -p build
+python scripts/bench_long.py --json-out "$OUT/bench_long.json" --keep build/long256.mp4 | tee "$OUT/bench_long.txt"
+python scripts/readme_gifs.py --long-from build/long256.mp4

@@ -158,3 +158,10 @@ def test_continue_from_a_trained_folder(full_run, tmp_path):
     assert json.loads((model / "kinema.json").read_text())["training"]["step"] == 10
     assert latest_checkpoint(tmp_path / "run").name == "2-denoiser-0000010"
     assert "vae step" not in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_cooldown_factor_decays_linearly_over_the_last_steps():
+    from kinema.train import cooldown_factor
+
+    assert [cooldown_factor(s, 10, 0) for s in (0, 9)] == [1.0, 1.0]  # off
+    assert [cooldown_factor(s, 10, 4) for s in range(5, 10)] == [1.0, 1.0, 0.75, 0.5, 0.25]
