@@ -67,33 +67,38 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", default=["animate", "restyle", "long"], choices=["animate", "restyle", "long"])
     p.add_argument("--long-from", default=None, help="make long.gif from this clip instead of generating 256 frames")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default=None, help="model folder (default: the shipped weights)")
+    p.add_argument("--out", default=str(SAMPLES), help="output folder (default: samples/)")
     args = p.parse_args(argv)
-    SAMPLES.mkdir(exist_ok=True)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = kinema.load(args.model, device="cpu")
 
     source = world_clip(SOURCE_CAPTION, seed=3)
-    write_video(SAMPLES / "source.mp4", source, fps=8, overwrite=True)
+    write_video(out_dir / "source.mp4", source, fps=8, overwrite=True)
     anchor = world_clip(ANCHOR_CAPTION, seed=5)[0]
-    cv2.imwrite(str(SAMPLES / "anchor.png"), cv2.cvtColor(anchor, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(out_dir / "anchor.png"), cv2.cvtColor(anchor, cv2.COLOR_RGB2BGR))
 
     if "animate" in args.only:
-        out = kinema.animate(SAMPLES / "anchor.png", ANIMATE_PROMPT, seed=args.seed, progress=False)
+        out = kinema.animate(out_dir / "anchor.png", ANIMATE_PROMPT, seed=args.seed, model=model, progress=False)
         gif = side_by_side(panel(np.repeat(anchor[None], len(out), 0), "anchor"), panel(out, "animate"))
-        write_video(SAMPLES / "animate.gif", gif, fps=8, overwrite=True)
-        print("wrote samples/animate.gif", flush=True)
+        write_video(out_dir / "animate.gif", gif, fps=8, overwrite=True)
+        print(f"wrote {out_dir}/animate.gif", flush=True)
     if "restyle" in args.only:
-        src, _ = read_video(SAMPLES / "source.mp4")
-        flow = kinema.restyle(SAMPLES / "source.mp4", RESTYLE_PROMPT, seed=args.seed, progress=False)
-        plain = kinema.restyle(SAMPLES / "source.mp4", RESTYLE_PROMPT, flow=False, seed=args.seed, progress=False)
+        src, _ = read_video(out_dir / "source.mp4")
+        common = dict(seed=args.seed, model=model, progress=False)
+        flow = kinema.restyle(out_dir / "source.mp4", RESTYLE_PROMPT, **common)
+        plain = kinema.restyle(out_dir / "source.mp4", RESTYLE_PROMPT, flow=False, **common)
         gif = side_by_side(panel(src, "source"), panel(flow, "flow"), panel(plain, "no flow"))
-        write_video(SAMPLES / "restyle.gif", gif, fps=8, overwrite=True)
-        print("wrote samples/restyle.gif", flush=True)
+        write_video(out_dir / "restyle.gif", gif, fps=8, overwrite=True)
+        print(f"wrote {out_dir}/restyle.gif", flush=True)
     if "long" in args.only:
         if args.long_from:
             clip, _ = read_video(args.long_from)
         else:
-            clip = kinema.generate(LONG_PROMPT, frames=256, seed=args.seed, progress=True)
-        write_video(SAMPLES / "long.gif", panel(clip, f"{len(clip)} frames"), fps=8, overwrite=True)
-        print("wrote samples/long.gif", flush=True)
+            clip = kinema.generate(LONG_PROMPT, frames=256, seed=args.seed, model=model, progress=True)
+        write_video(out_dir / "long.gif", panel(clip, f"{len(clip)} frames"), fps=8, overwrite=True)
+        print(f"wrote {out_dir}/long.gif", flush=True)
     return 0
 
 

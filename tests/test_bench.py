@@ -8,6 +8,7 @@ import math
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -114,3 +115,26 @@ def test_gpu_check_parts_on_cpu(tmp_path, smoke, capsys):
     gpu.main(["report", str(out)])
     md = (out / "results.md").read_text()
     assert "| none, tiling on |" in md and "| float32 |" in md and "(no wan.json" in md
+
+
+def test_tune_guidance_smoke(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "tune.json"
+    assert load_script("tune_guidance").main(["--model", str(tiny_model_dir), "--guidance", "1", "2", "--every", "60",
+                                              "--json-out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["guidance"] for r in rows] == [1.0, 2.0] and all(r["n"] == 2 for r in rows)
+    assert "| 2 | 2 |" in capsys.readouterr().out
+
+
+def test_readme_gifs_smoke(tiny_model_dir, tmp_path):
+    from kinema.video_io import read_video, write_video
+
+    long = tmp_path / "long.mp4"
+    write_video(long, np.random.default_rng(0).integers(0, 255, (5, 16, 16, 3), dtype=np.uint8), fps=8)
+    out = tmp_path / "samples"
+    assert load_script("readme_gifs").main(["--model", str(tiny_model_dir), "--out", str(out),
+                                            "--long-from", str(long)]) == 0
+    anim, restyle, longgif = (read_video(out / f"{n}.gif")[0] for n in ("animate", "restyle", "long"))
+    assert read_video(out / "source.mp4")[0].shape == (16, 64, 64, 3) and (out / "anchor.png").is_file()
+    assert anim.shape[2] > 2 * anim.shape[1] - 40 and restyle.shape[2] > anim.shape[2]  # 2 and 3 panels side by side
+    assert longgif.shape[0] == 5
