@@ -64,6 +64,9 @@ class DenoiserStage:
     image_noise: float = 0.05  # max std of the noise added to conditioning latents
     logit_mean: float = 0.0
     logit_std: float = 1.0
+    # [[step, mean], ...]: from each step on, draw noise levels around this logit mean instead (higher: noisier,
+    # where the layout and the direction of motion are decided)
+    logit_mean_from: tuple = ()
 
 
 @dataclass
@@ -350,6 +353,15 @@ def frame_condition(x0: torch.Tensor, rng: np.random.Generator, cfg: DenoiserSta
     return FrameCondition(noisy, mask)
 
 
+def logit_mean_at(d: DenoiserStage, step: int) -> float:
+    """The logit-normal mean of the noise levels at `step`: `logit_mean`, or the last `logit_mean_from` entry reached."""
+    mean = d.logit_mean
+    for start, value in sorted((int(a), float(b)) for a, b in d.logit_mean_from):
+        if step >= start:
+            mean = value
+    return mean
+
+
 def denoiser_batch(cfg: TrainConfig, cache: dict, caption_index: dict, step: int, rank: int):
     """The batch of one step, a pure function of (seed, step, rank): resuming replays it exactly."""
     d = cfg.denoiser
@@ -363,7 +375,8 @@ def denoiser_batch(cfg: TrainConfig, cache: dict, caption_index: dict, step: int
         caps.append("" if rng.random() < d.text_dropout else world.paraphrase(spec, rng))
     ti = torch.tensor([caption_index[c] for c in caps])
     text = TextEmbeds(cache["text_hidden"][ti].float(), cache["text_mask"][ti])
-    sigma = torch.from_numpy(1 / (1 + np.exp(-(d.logit_mean + d.logit_std * rng.standard_normal(d.batch))))).float()
+    mean = logit_mean_at(d, step)
+    sigma = torch.from_numpy(1 / (1 + np.exp(-(mean + d.logit_std * rng.standard_normal(d.batch))))).float()
     noise = torch.from_numpy(rng.standard_normal(x0.shape)).float()
     s = sigma[:, None, None, None, None]
     xt = (1 - s) * x0 + s * noise  # flow matching: x_t between data (s=0) and noise (s=1)

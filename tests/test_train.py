@@ -165,3 +165,11 @@ def test_cooldown_factor_decays_linearly_over_the_last_steps():
 
     assert [cooldown_factor(s, 10, 0) for s in (0, 9)] == [1.0, 1.0]  # off
     assert [cooldown_factor(s, 10, 4) for s in range(5, 10)] == [1.0, 1.0, 0.75, 0.5, 0.25]
+
+
+def test_logit_mean_schedule():
+    from kinema.train import DenoiserStage, logit_mean_at
+
+    d = DenoiserStage(logit_mean=0.0, logit_mean_from=([100, 0.8], [50, 0.4]))
+    assert [logit_mean_at(d, s) for s in (0, 49, 50, 99, 100, 10_000)] == [0.0, 0.0, 0.4, 0.4, 0.8, 0.8]
+    assert logit_mean_at(DenoiserStage(), 10_000) == 0.0
