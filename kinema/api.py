@@ -330,11 +330,11 @@ def restyle(
     video,
     prompt: str,
     *,
-    strength: float = 0.6,
+    strength: float = 0.7,
     flow: bool = True,
     flow_steps: float = 0.5,
     flow_strength: float = 0.8,
-    pixel_fusion: bool = False,
+    pixel_fusion: bool | None = None,
     max_frames: int | None = None,
     stride: int = 1,
     start: int = 0,
@@ -362,11 +362,11 @@ def restyle(
 
     `video` is a file (mp4, webm, mov, mkv, avi, gif, webp), a folder of frames or uint8 (F, H, W, 3)
     frames; frames `start`, `start + stride`, ... (at most `max_frames`) are fitted to the clip's size by
-    `resize`, and the output has as many. `strength` (default 0.6) is how far the source is noised: 0
+    `resize`, and the output has as many. `strength` (default 0.7) is how far the source is noised: 0
     returns the fitted source unchanged without loading the model, 1 ignores it but for its motion.
     With `flow`, the predicted clean latents are fused along the source's optical flow during the first
-    `flow_steps` of the steps that run, with weight `flow_strength`; `pixel_fusion` fuses the decoded
-    frames once more. The fps (`result.info["restyle"]["fps"]`) is the source's unless `fps` is given.
+    `flow_steps` of the steps that run, with weight `flow_strength`; `pixel_fusion` (default: as `flow`)
+    fuses the decoded frames once more. The fps (`result.info["restyle"]["fps"]`) is the source's unless `fps` is given.
     Sources longer than the model's trained length run in context windows (`context_length`,
     `context_stride`). See kinema.pipelines.video_to_video.
     """

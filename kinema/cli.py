@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the source's fps (unless --fps); --frames does not apply.")
     s.add_argument("video", help="the source: mp4, webm, mov, mkv, avi, gif, webp, or a folder of frames")
     s.add_argument("prompt", help="what the restyled clip shows")
-    s.add_argument("--strength", type=finite_float, default=0.6,
+    s.add_argument("--strength", type=finite_float, default=0.7,
                    help="how far the source is noised: 0 returns it unchanged (no model run), 1 ignores it")
     s.add_argument("--flow", action=argparse.BooleanOptionalAction, default=True,
                    help="fuse the predicted clean latents along the source's optical flow")
@@ -442,7 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of the denoising steps that run, from the first, during which to fuse")
     s.add_argument("--flow-strength", type=finite_float, default=0.8,
                    help="blend weight toward the flow-warped previous frame where the flow is reliable")
-    s.add_argument("--pixel-fusion", action="store_true", help="also fuse the decoded frames along the flow")
+    s.add_argument("--pixel-fusion", action=argparse.BooleanOptionalAction, default=None,
+                   help="also fuse the decoded frames along the flow (default: on with --flow, off with --no-flow)")
     s.add_argument("--max-frames", type=positive_int, default=None, help="restyle at most this many frames")
     s.add_argument("--stride", type=positive_int, default=1, help="take every k-th frame of the source")
     s.add_argument("--start", type=nonneg_int, default=0, help="first source frame to take")

@@ -7,7 +7,8 @@
 The clips are fixed: world seeds 0, 1, ... (split "all", canonical captions), moving objects only. Each
 prompt is the clip's caption with the object recoloured to a palette colour other than the object's and
 the background's (drawn from the clip's seed), background and motion unchanged. Every clip runs twice
-through `kinema.restyle`, with flow guidance and with `flow=False`, with the same seed and strength.
+through `kinema.restyle`, with flow guidance (latent fusion, plus pixel fusion unless --no-pixel-fusion: the
+defaults) and with `flow=False` (neither), with the same seed and strength.
 
 - warp error (grey levels, `flow.warp_error`): mean |out_t - warp(out_t+1, fw_t)| over the pixels where
   the *source's* flow holds (forward-backward consistent, and the source itself warps right within
@@ -35,12 +36,12 @@ import torch
 TARGETS = dict(warp_ratio=0.7, motion_px=2.0, colour=0.85)
 
 
-def clips(n: int, frames: int, size: int) -> list[tuple[np.ndarray, str, str, str]]:
+def clips(n: int, frames: int, size: int, first: int = 0) -> list[tuple[np.ndarray, str, str, str]]:
     """(source frames, recolour prompt, target colour, source background) of the first `n` moving world clips."""
     from kinema import world
 
     w = world.World(split="all", frames=frames, size=size, canonical=True)
-    out, seed = [], 0
+    out, seed = [], first
     while len(out) < n:
         clip = w.clip(seed)
         s = clip.spec
@@ -95,11 +96,14 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64, help="clip height and width (>= 16 for optical flow)")
     p.add_argument("--steps", type=int, default=25, help="denoising steps (before the strength cut)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
-    p.add_argument("--strength", type=float, default=0.6, help="restyle strength of both runs")
+    p.add_argument("--strength", type=float, default=0.7, help="restyle strength of both runs")
     p.add_argument("--flow-steps", type=float, default=0.5, help="fraction of the steps that fuse along the flow")
     p.add_argument("--flow-strength", type=float, default=0.8, help="fusion weight")
-    p.add_argument("--pixel-fusion", action="store_true", help="also fuse decoded frames in the flow run")
+    p.add_argument("--pixel-fusion", action=argparse.BooleanOptionalAction, default=True,
+                   help="also fuse decoded frames in the flow run (restyle's default; never in the no-flow run)")
     p.add_argument("--seed", type=int, default=0, help="seed of clip i is seed + i, the same in both runs")
+    p.add_argument("--first-clip", type=int, default=0,
+                   help="world seed of the first clip (tune settings on other clips than the benchmark's, e.g. 1000)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to run")
     p.add_argument("--json-out", default=None, help="also write the figures here as JSON")
     args = p.parse_args()
@@ -116,7 +120,7 @@ def main() -> None:
                   width=args.size, flow_steps=args.flow_steps, flow_strength=args.flow_strength, progress=False)
     rows, t0 = [], time.perf_counter()
     print(f"{'clip':>4}  {'prompt':<52} {'warp src':>8} {'flow':>7} {'no-flow':>7}  {'motion px flow/no':>17}  colour flow/no")
-    for i, (source, prompt, target, background) in enumerate(clips(args.clips, args.frames, args.size)):
+    for i, (source, prompt, target, background) in enumerate(clips(args.clips, args.frames, args.size, args.first_clip)):
         fw, mask = reference(source)
         track = metrics.analyse_video(source).trajectory
         runs = {}

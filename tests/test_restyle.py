@@ -191,7 +191,7 @@ def test_flow_steadies_a_static_source(trained_like_model):
 
 def test_pixel_fusion_keeps_frame_0_and_fuses_the_rest(trained_like_model):
     m, s, src = trained_like_model, small(), moving()
-    plain = restyle_video(m, PROMPT, src, s, RestyleOptions(), progress=False)
+    plain = restyle_video(m, PROMPT, src, s, RestyleOptions(pixel_fusion=False), progress=False)
     fused = restyle_video(m, PROMPT, src, s, RestyleOptions(pixel_fusion=True), progress=False)
     assert np.array_equal(fused.frames[0], plain.frames[0]) and not np.array_equal(fused.frames, plain.frames)
     assert "pixel_fusion" in fused.timings.phases
@@ -244,7 +244,8 @@ def test_cli_restyle_frame_choice_fps_and_sidecar(tiny_model_dir, tmp_path):
     assert frames.shape == (3, 16, 16, 3) and fps == pytest.approx(12, rel=0.05)  # 24 fps / stride 2
     side = json.loads((tmp_path / "out.gif.json").read_text())
     assert side["command"] == "restyle" and side["settings"]["frames"] == 3 and side["restyle"]["flow"] is False
-    assert side["restyle"]["strength"] == 0.6 and side["stride"] == 2 and side["timings"]["denoiser_calls"] == 1
+    assert side["restyle"]["strength"] == 0.7 and side["restyle"]["pixel_fusion"] is False  # off with --no-flow
+    assert side["stride"] == 2 and side["timings"]["denoiser_calls"] == 1
     out2 = tmp_path / "same.mp4"
     assert main(["restyle", str(src), PROMPT, "-o", str(out2), "--model", str(tiny_model_dir), "--strength", "0",
                  "--height", "32", "--width", "32", "--fps", "5", "--quiet"]) == 0
@@ -335,3 +336,9 @@ def test_benchmark_smoke(tiny_model_dir, tmp_path):
     assert len(figures["rows"]) == 2 and figures["warp_ratio"] > 0 and figures["source_warp_error"] >= 0
     assert {"warp_error", "motion_px", "colour", "background"} <= set(figures["flow"])
     assert "ratio" in r.stdout and "motion" in r.stdout
+
+
+def test_pixel_fusion_follows_flow_unless_set():
+    assert RestyleOptions().pixel_fusion is True and RestyleOptions(flow=False).pixel_fusion is False
+    assert RestyleOptions(pixel_fusion=False).pixel_fusion is False
+    assert RestyleOptions(flow=False, pixel_fusion=True).pixel_fusion is True
