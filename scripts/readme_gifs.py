@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
 SOURCE_CAPTION = "a red circle moving right on a blue background"
-RESTYLE_PROMPT = "a green circle moving right on a blue background"
+RESTYLE_PROMPT = "a yellow circle moving right on a blue background"
 ANCHOR_CAPTION = "a yellow square moving left on a purple background"
 ANIMATE_PROMPT = "a yellow square moving left on a purple background"
 LONG_PROMPT = "a yellow square moving right on a purple background"
