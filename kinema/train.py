@@ -67,6 +67,9 @@ class DenoiserStage:
     # [[step, mean], ...]: from each step on, draw noise levels around this logit mean instead (higher: noisier,
     # where the layout and the direction of motion are decided)
     logit_mean_from: tuple = ()
+    # backbone inputs to add to the loaded denoiser before training (zero-initialised, so a trained network
+    # keeps its behaviour): "motion_embedding" (per-frame text path), "coord_channels" (pixel coordinates)
+    grow: tuple[str, ...] = ()
 
 
 @dataclass
@@ -388,6 +391,7 @@ def train_denoiser(cfg: TrainConfig, model: loading.Model, run: Path, accelerato
     d = cfg.denoiser
     cache = build_cache(cfg, model, run)
     caption_index = {c: i for i, c in enumerate(cache["captions"])}
+    grow_denoiser(model, d.grow)
     net = model.denoiser.float().train()
     ema = _copy(net)
     opt = torch.optim.AdamW(net.parameters(), lr=d.lr, weight_decay=0.0)
@@ -430,6 +434,18 @@ def train_denoiser(cfg: TrainConfig, model: loading.Model, run: Path, accelerato
     if accelerator.is_main_process:
         plot_curve(history, run / "denoiser_loss.png", "denoiser loss (flow matching MSE)")
         sample_grid(loading.load(model.path), cfg.sample_prompts, run / "samples.gif", steps=cfg.sample_steps)
+
+
+GROWABLE = ("motion_embedding", "coord_channels")
+
+
+def grow_denoiser(model: loading.Model, inputs) -> None:
+    """Add the named inputs (`DenoiserStage.grow`) the model's denoiser lacks; a no-op when it has them all."""
+    known = GROWABLE
+    missing = {n: True for n in inputs if not model.denoiser.config.get(n, False)}
+    if missing:
+        print(f"adding {', '.join(missing)} to the denoiser (zero-initialised)", flush=True)
+        model.denoiser = model.denoiser.grow(**{k: model.denoiser.config.get(k, False) or k in missing for k in known})
 
 
 def sample_grid(model: loading.Model, prompts, path: Path, seeds=(0, 1), steps: int | None = None) -> Path:
@@ -510,6 +526,9 @@ def train(config: str | Path, model_dir: str | Path, run_dir: str | Path | None 
     from accelerate import Accelerator
 
     cfg = load_yaml(TrainConfig, config)
+    bad = [n for n in cfg.denoiser.grow if n not in GROWABLE]
+    if bad:
+        raise KinemaError(f"denoiser.grow names {bad}; known: {', '.join(GROWABLE)}")
     run = Path(run_dir) if run_dir else Path("runs") / Path(config).stem
     model_path = loading.resolve_model_path(model_dir)
     run.mkdir(parents=True, exist_ok=True)

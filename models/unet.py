@@ -7,6 +7,14 @@ with a frame-position embedding), all modulated by the timestep and pooled text.
 The input is the noisy latents concatenated with the frame condition (latents and
 mask), so one network serves text-to-video, image-to-video and continuation.
 
+Two optional inputs give the text a per-frame, per-position path, which the direction of
+motion needs ("moving right": the object is further right in later frames): with
+`motion_embedding`, an MLP of (pooled text, frame position) adds a per-frame term to the
+embedding that modulates every ResBlock; with `coord_channels`, the input carries the
+(y, x) coordinates of each latent pixel, so that modulation can place things. Both are
+zero at initialisation, so `grow` adds them to a trained network without changing
+its output.
+
 The network knows nothing about noise schedules: it maps (x_t, timestep) to the
 velocity the caller trained it on. Layout everywhere: (B, C, F, H, W).
 """
@@ -173,12 +181,16 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
         text_dim: int = 384,
         emb_dim: int = 256,
         groups: int = 16,
+        motion_embedding: bool = False,
+        coord_channels: bool = False,
     ):
         super().__init__()
         cfg = dict(emb_dim=emb_dim, groups=groups, head_dim=head_dim, text_dim=text_dim)
         self.time_mlp = nn.Sequential(nn.Linear(256, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.text_pool = nn.Linear(text_dim, emb_dim)
-        self.conv_in = nn.Conv2d(2 * latent_channels + 1, channels[0], 3, padding=1)
+        if motion_embedding:  # (pooled text, frame position) -> a per-frame embedding term
+            self.motion = nn.Sequential(nn.Linear(text_dim + 64, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.conv_in = nn.Conv2d(2 * latent_channels + 1 + 2 * coord_channels, channels[0], 3, padding=1)
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
         ch = channels[0]
@@ -220,7 +232,27 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
                 nn.init.zeros_(m.ada.weight)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+        if self.config.motion_embedding:
+            nn.init.zeros_(self.motion[-1].weight)
+            nn.init.zeros_(self.motion[-1].bias)
 
+    def grow(self, motion_embedding: bool = True, coord_channels: bool = True) -> "SpaceTimeUNet":
+        """A copy with the per-frame text path and/or coordinate channels added, computing the same function.
+
+        The new weights start at zero (the motion MLP's output layer, the coordinate channels' input
+        filters), so training continues from this network's behaviour instead of from scratch.
+        """
+        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        config.update(motion_embedding=motion_embedding or self.config.motion_embedding,
+                      coord_channels=coord_channels or self.config.coord_channels)
+        new = type(self)(**config).to(self.conv_in.weight.device)
+        state = self.state_dict()
+        w = state["conv_in.weight"]  # (out, in, 3, 3)
+        extra = new.conv_in.weight.shape[1] - w.shape[1]
+        state["conv_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], extra, *w.shape[2:])], dim=1)
+        missing, unexpected = new.load_state_dict(state, strict=False)
+        assert not unexpected and all(k.startswith("motion.") for k in missing), (missing, unexpected)
+        return new if w.dtype == torch.float32 else new.to(w.dtype)
     def set_attention_backend(self, backend: str) -> None:
         for m in self.modules():
             if isinstance(m, Attention):
@@ -234,8 +266,16 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
         pooled = (text.hidden * hm).sum(1) / hm.sum(1).clamp(min=1)  # (B, D)
         emb = self.time_mlp(sinusoidal(timestep, 256).to(x.dtype)) + self.text_pool(pooled)  # (B, E)
         emb_frames = emb.repeat_interleave(f, 0)  # (B*F, E)
+        if self.config.motion_embedding:
+            pos = sinusoidal(torch.arange(f, device=x.device), 64).to(x.dtype)  # (F, 64)
+            pairs = torch.cat([pooled.to(x.dtype)[:, None].expand(b, f, -1), pos[None].expand(b, f, -1)], dim=-1)
+            emb_frames = emb_frames + self.motion(pairs).reshape(b * f, -1)  # (B*F, E)
 
-        hx = torch.cat([x, cond.channels().to(x.dtype)], dim=1)  # (B, 2C+1, F, H, W)
+        inputs = [x, cond.channels().to(x.dtype)]  # (B, C, F, H, W), (B, C+1, F, H, W)
+        if self.config.coord_channels:
+            ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=x.device), torch.linspace(-1, 1, w, device=x.device), indexing="ij")
+            inputs.append(torch.stack([ys, xs])[None, :, None].expand(b, 2, f, h, w).to(x.dtype))
+        hx = torch.cat(inputs, dim=1)  # (B, 2C+1 [+2], F, H, W)
         hx = to_video(self.conv_in(per_frame(hx)), b)
         skips = []
         for i, level in enumerate(self.down):

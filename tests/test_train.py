@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from kinema import loading
+from kinema.models import TextEmbeds
 from kinema.train import latest_checkpoint
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
@@ -158,6 +159,50 @@ def test_continue_from_a_trained_folder(full_run, tmp_path):
     assert json.loads((model / "kinema.json").read_text())["training"]["step"] == 10
     assert latest_checkpoint(tmp_path / "run").name == "2-denoiser-0000010"
     assert "vae step" not in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_continue_with_grow_adds_the_motion_inputs(full_run, tmp_path):
+    """`denoiser.grow` adds the per-frame text path and coordinate channels, then trains them."""
+    model = tmp_path / "model"
+    shutil.copytree(full_run[0], model)
+    config = tmp_path / "grow.yaml"
+    config.write_text(CONFIG.read_text().replace("  steps: 8\n", "  steps: 10\n  grow: [motion_embedding, coord_channels]\n"))
+    cmd = [sys.executable, "-m", "kinema.cli", "train", str(config), "--model", str(model), "--run",
+           str(tmp_path / "run"), "--stages", "denoiser"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    net = loading.load(model).denoiser
+    assert net.config.motion_embedding and net.config.coord_channels
+    assert net.motion[-1].weight.abs().sum() > 0  # trained away from its zero start
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(CONFIG.read_text().replace("  steps: 8\n", "  steps: 12\n  grow: [wings]\n"))
+    r = subprocess.run(cmd[:4] + [str(bad)] + cmd[5:], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "denoiser.grow names ['wings']" in r.stderr
+
+
+def test_grow_keeps_the_function_and_adds_inputs():
+    from kinema.models import PRESETS, SpaceTimeUNet
+
+    torch.manual_seed(0)
+    net = SpaceTimeUNet(latent_channels=4, text_dim=16, **PRESETS["tiny"]).eval()
+    for p in net.parameters():  # away from the zero-initialised start, like a trained network
+        p.data.add_(0.05 * torch.randn_like(p))
+    big = net.grow().eval()
+    x, t = torch.randn(2, 4, 6, 8, 8), torch.tensor([100.0, 900.0])
+    text = TextEmbeds(torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool))
+    with torch.no_grad():
+        assert torch.equal(net(x, t, text), big(x, t, text))
+        for p in list(big.motion.parameters()) + [big.conv_in.weight]:
+            p.add_(0.05 * torch.randn_like(p))
+        moved = big(x, t, text)
+        swapped = big(x, t, TextEmbeds(text.hidden.flip(0), text.mask))
+    assert not torch.allclose(net(x, t, text), moved, atol=1e-4)
+    # the per-frame term depends on the frame: the same input at every frame gives different frames out
+    still = x[:, :, :1].expand_as(x).contiguous()
+    with torch.no_grad():
+        out = big(still, t, text)
+    assert (out[:, :, 0] - out[:, :, -1]).abs().max() > 1e-4
+    assert not torch.allclose(moved, swapped)
 
 
 def test_cooldown_factor_decays_linearly_over_the_last_steps():
