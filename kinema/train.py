@@ -70,6 +70,10 @@ class DenoiserStage:
     # backbone inputs to add to the loaded denoiser before training (zero-initialised, so a trained network
     # keeps its behaviour): "motion_embedding" (per-frame text path), "coord_channels" (pixel coordinates)
     grow: tuple[str, ...] = ()
+    # weight of a second loss on frame-to-frame differences (pred[f+1] - pred[f] vs target[f+1] - target[f]):
+    # static content cancels in it, so it weighs the motion, which the plain loss barely sees
+    motion_loss: float = 0.0
+    grown_lr_scale: float = 1.0  # lr multiplier for the parameters `grow` adds (they start at zero)
 
 
 @dataclass
@@ -394,7 +398,10 @@ def train_denoiser(cfg: TrainConfig, model: loading.Model, run: Path, accelerato
     grow_denoiser(model, d.grow)
     net = model.denoiser.float().train()
     ema = _copy(net)
-    opt = torch.optim.AdamW(net.parameters(), lr=d.lr, weight_decay=0.0)
+    fresh = [p for n, p in net.named_parameters() if n.startswith("motion.")]
+    rest = [p for n, p in net.named_parameters() if not n.startswith("motion.")]
+    groups = [dict(params=rest, lr_scale=1.0)] + ([dict(params=fresh, lr_scale=d.grown_lr_scale)] if fresh else [])
+    opt = torch.optim.AdamW(groups, lr=d.lr, weight_decay=0.0)
     history = []
     if state is not None and state["meta"]["stage"] == "denoiser":
         net.load_state_dict(unprefixed(state["tensors"], "model"))
@@ -408,10 +415,13 @@ def train_denoiser(cfg: TrainConfig, model: loading.Model, run: Path, accelerato
         xt, t, text, cond, target = denoiser_batch(cfg, cache, caption_index, step, accelerator.process_index)
         dev = accelerator.device
         for g in opt.param_groups:
-            g["lr"] = lr_at(step - warm_from, d.lr, d.warmup, None) * cooldown_factor(step, d.steps, d.cooldown)
+            g["lr"] = g.get("lr_scale", 1.0) * lr_at(step - warm_from, d.lr, d.warmup, None) * cooldown_factor(step, d.steps, d.cooldown)
         with accelerator.autocast():
             pred = net(xt.to(dev), t.to(dev), text.to(dev), FrameCondition(cond.latents.to(dev), cond.mask.to(dev)))
-        loss = F.mse_loss(pred.float(), target.to(dev))
+        pred, target = pred.float(), target.to(dev)
+        loss = F.mse_loss(pred, target)
+        if d.motion_loss > 0:
+            loss = loss + d.motion_loss * F.mse_loss(pred.diff(dim=2), target.diff(dim=2))
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()

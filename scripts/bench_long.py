@@ -20,7 +20,10 @@ canonical world caption:
   chunks whose object moves in the prompt's direction; target: every chunk;
 - seams: frame-to-frame change (mean |frame[t+1] - frame[t]|) where a window starts (window mode) or
   where a continuation window's new frames start (continue mode), over its median over the clip; the
-  worst boundary is reported; target <= 1.5.
+  worst boundary is reported; target <= 1.5. Also printed: the mean change at boundaries over the mean
+  change elsewhere (1 when windows leave no trace), and how far the object jumps at the worst boundary
+  (an object moving at constant speed for 256 frames must leave one side and come back on the other,
+  as world clips keep it at least half inside the frame).
 """
 
 from __future__ import annotations
@@ -96,8 +99,20 @@ def quality(path: Path, prompt: str, long: dict | None) -> dict | None:
     chunks = [metrics.analyse_video(video[i:i + chunk]).direction for i in range(0, len(video) - chunk + 1, chunk)]
     change = np.abs(np.diff(video.astype(np.int16), axis=0)).mean(axis=(1, 2, 3))  # change[t]: t -> t+1
     median = float(np.median(change))
-    seams = [float(change[b - 1]) / max(median, 1e-6) for b in boundaries(long, len(video))]
-    return dict(colour_frames=round(float(np.mean(colours)), 3), direction_chunks=round(
+    bounds = boundaries(long, len(video))
+    seams = [float(change[b - 1]) / max(median, 1e-6) for b in bounds]
+    # is a boundary different from any other frame? mean change at boundaries over mean change elsewhere
+    at = np.zeros(len(change), bool)
+    at[[b - 1 for b in bounds]] = True
+    mean_ratio = float(change[at].mean() / max(change[~at].mean(), 1e-6)) if at.any() and (~at).any() else None
+    # what happens at the worst boundary: how far the object's centroid jumps there (px)
+    jump = None
+    if seams:
+        b = bounds[int(np.argmax(seams))]
+        c0, c1 = reading.frames[b - 1].centroid, reading.frames[b].centroid
+        jump = None if c0 is None or c1 is None else round(float(np.hypot(c1[0] - c0[0], c1[1] - c0[1])), 1)
+    return dict(boundary_mean_ratio=None if mean_ratio is None else round(mean_ratio, 3), worst_seam_jump_px=jump,
+                colour_frames=round(float(np.mean(colours)), 3), direction_chunks=round(
         float(np.mean([d == direction for d in chunks])) if chunks else float("nan"), 3),
         chunk_directions=chunks, worst_seam_ratio=round(max(seams), 3) if seams else None,
         median_change=round(median, 3), boundaries=len(seams))
@@ -182,6 +197,9 @@ def main() -> None:
         print(f"{args.long}-frame clip: object colour right in {q['colour_frames']:.1%} of frames (target >= 95%) | "
               f"direction right in {q['direction_chunks']:.0%} of {len(q['chunk_directions'])} chunks (target: all) | "
               f"worst seam {seam} x median change over {q['boundaries']} window boundaries (target <= 1.5)")
+        if q.get("boundary_mean_ratio") is not None:
+            print(f"  mean change at window boundaries / elsewhere: {q['boundary_mean_ratio']:.3f}; "
+                  f"the object's centroid moves {q['worst_seam_jump_px']} px at the worst boundary")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(figures, indent=2))
 

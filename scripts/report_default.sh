@@ -14,8 +14,9 @@ from kinema import loading
 from kinema.train import latest_checkpoint, plot_curve, sample_grid, TrainConfig
 run, out = Path(sys.argv[1]), Path(sys.argv[2])
 meta = json.loads((latest_checkpoint(run) / "meta.json").read_text())
-plot_curve(meta["history"], out / "denoiser_loss.png", f"denoiser loss (flow matching MSE), {meta['step']} steps")
-vae = sorted((run / "checkpoints").glob("1-vae-*"))
+name = "denoiser_loss.png" if run.name == "default" else f"denoiser_loss_{run.name}.png"  # one curve per run
+first = meta["history"][0][0] - 1 if meta["history"] else 0
+plot_curve(meta["history"], out / name, f"denoiser loss (flow matching MSE), steps {first:,}-{meta['step']:,} ({run.name})")
 if (run / "vae_loss.png").is_file():
     (out / "vae_loss.png").write_bytes((run / "vae_loss.png").read_bytes())
 model = loading.load(None)

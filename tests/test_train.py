@@ -166,7 +166,7 @@ def test_continue_with_grow_adds_the_motion_inputs(full_run, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(full_run[0], model)
     config = tmp_path / "grow.yaml"
-    config.write_text(CONFIG.read_text().replace("  steps: 8\n", "  steps: 10\n  grow: [motion_embedding, coord_channels]\n"))
+    config.write_text(CONFIG.read_text().replace("  steps: 8\n", "  steps: 10\n  grow: [motion_embedding, coord_channels]\n  motion_loss: 1.0\n  grown_lr_scale: 3.0\n"))
     cmd = [sys.executable, "-m", "kinema.cli", "train", str(config), "--model", str(model), "--run",
            str(tmp_path / "run"), "--stages", "denoiser"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
