@@ -73,6 +73,10 @@ class DenoiserStage:
     # weight of a second loss on frame-to-frame differences (pred[f+1] - pred[f] vs target[f+1] - target[f]):
     # static content cancels in it, so it weighs the motion, which the plain loss barely sees
     motion_loss: float = 0.0
+    # [prob, sigma_min]: with this probability a sample's noise level is drawn uniformly from [sigma_min, 1]
+    # instead: the direction of motion is decided in the first, noisiest sampling steps, which the
+    # logit-normal rarely trains (P(sigma > 0.95) is about 1.6% at mean 0.8)
+    high_noise: tuple[float, ...] = ()
     grown_lr_scale: float = 1.0  # lr multiplier for the parameters `grow` adds (they start at zero)
 
 
@@ -383,7 +387,11 @@ def denoiser_batch(cfg: TrainConfig, cache: dict, caption_index: dict, step: int
     ti = torch.tensor([caption_index[c] for c in caps])
     text = TextEmbeds(cache["text_hidden"][ti].float(), cache["text_mask"][ti])
     mean = logit_mean_at(d, step)
-    sigma = torch.from_numpy(1 / (1 + np.exp(-(mean + d.logit_std * rng.standard_normal(d.batch))))).float()
+    sigma = 1 / (1 + np.exp(-(mean + d.logit_std * rng.standard_normal(d.batch))))
+    if d.high_noise:
+        prob, low = d.high_noise
+        sigma = np.where(rng.random(d.batch) < prob, rng.uniform(low, 1.0, d.batch), sigma)
+    sigma = torch.from_numpy(sigma).float()
     noise = torch.from_numpy(rng.standard_normal(x0.shape)).float()
     s = sigma[:, None, None, None, None]
     xt = (1 - s) * x0 + s * noise  # flow matching: x_t between data (s=0) and noise (s=1)

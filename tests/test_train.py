@@ -218,3 +218,25 @@ def test_logit_mean_schedule():
     d = DenoiserStage(logit_mean=0.0, logit_mean_from=([100, 0.8], [50, 0.4]))
     assert [logit_mean_at(d, s) for s in (0, 49, 50, 99, 100, 10_000)] == [0.0, 0.0, 0.4, 0.4, 0.8, 0.8]
     assert logit_mean_at(DenoiserStage(), 10_000) == 0.0
+
+
+def test_high_noise_share_draws_noisy_levels():
+    """`high_noise: [p, s]` puts a share p of the batch at noise levels in [s, 1]."""
+    from kinema.train import DenoiserStage, TrainConfig, denoiser_batch
+
+    from kinema import world
+
+    caps = [""] + sorted(world.captions_for(colour="red", shape="circle", direction="right", background="blue"))
+    cache = dict(latents=torch.zeros(2, 4, 4, 8, 8).half(), captions=caps, text_hidden=torch.zeros(len(caps), 3, 8).half(),
+                 text_mask=torch.ones(len(caps), 3, dtype=torch.bool),
+                 specs=[dict(colour="red", shape="circle", direction="right", background="blue")] * 2)
+    index = {c: i for i, c in enumerate(caps)}
+
+    def levels(**kw):
+        cfg = TrainConfig(denoiser=DenoiserStage(batch=64, logit_mean=-3.0, **kw))  # mostly clean without the share
+        return torch.cat([denoiser_batch(cfg, cache, index, s, 0)[1] / 1000 for s in range(4)])
+
+    assert (levels() > 0.9).float().mean() < 0.05
+    share = (levels(high_noise=(0.5, 0.9)) >= 0.9).float().mean()
+    assert 0.35 < share < 0.65
+    assert (levels(high_noise=(1.0, 0.95)) >= 0.95).all()
