@@ -1,11 +1,12 @@
-"""Choose the default guidance scale on *training* combinations, so the held-out evaluation stays untouched.
+"""Choose the default guidance scale (and sampling shift) on *training* combinations, so the held-out evaluation stays untouched.
 
     python scripts/tune_guidance.py                                   # shipped weights, guidance 3 5 7.5
     python scripts/tune_guidance.py --model runs/default/model --guidance 4 6 8 --every 3
+    python scripts/tune_guidance.py --guidance 5 --shift 1 3      # the scheduler's shift (more steps at high noise)
 
 Scores text-to-video clips (the `kinema eval` oracle) for every `--every`-th combination of the training
-split (one background each, seeds 50_000 + index: not the held-out suite's) at each guidance scale, with
-the model's other defaults, and prints colour / background / direction accuracy per scale.
+split (one background each, seeds 50_000 + index: not the held-out suite's) at each guidance scale and
+shift, with the model's other defaults, and prints colour / background / direction accuracy for each.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model folder (default: the shipped weights)")
     p.add_argument("--guidance", type=float, nargs="+", default=[3.0, 5.0, 7.5])
+    p.add_argument("--shift", type=float, nargs="+", default=[None], help="sampling shifts (default: the model's)")
     p.add_argument("--every", type=int, default=4, help="use every N-th training combination")
     p.add_argument("--json-out", default=None)
     args = p.parse_args(argv)
@@ -32,16 +34,16 @@ def main(argv=None) -> int:
     model = api.load(info["path"], "cpu")
     prompts = world.eval_prompts("train", per_combo=1, seed=5)[:: args.every]
     rows = []
-    print("| guidance | clips | colour | background | direction |\n|---|---|---|---|---|")
-    for g in args.guidance:
-        settings = api.settings_for(info, guidance=g)
+    print("| guidance | shift | clips | colour | background | direction |\n|---|---|---|---|---|---|")
+    for g, shift in [(g, s) for g in args.guidance for s in args.shift]:
+        settings = api.settings_for(info, guidance=g, **({} if shift is None else dict(shift=shift)))
         scores = []
         for i, (prompt, _) in enumerate(prompts):
             settings.seed = 50_000 + i
             scores.append(metrics.score(text_to_video(model, prompt, settings, progress=False).frames, prompt))
         acc = {k: float(np.mean([s[f"{k}_ok"] for s in scores])) for k in ("colour", "background", "direction")}
-        rows.append(dict(guidance=g, n=len(scores), **acc))
-        print(f"| {g:g} | {len(scores)} | {acc['colour']:.0%} | {acc['background']:.0%} | {acc['direction']:.0%} |",
+        rows.append(dict(guidance=g, shift=settings.shift, n=len(scores), **acc))
+        print(f"| {g:g} | {settings.shift or 'model'} | {len(scores)} | {acc['colour']:.0%} | {acc['background']:.0%} | {acc['direction']:.0%} |",
               flush=True)
     if args.json_out:
         with open(args.json_out, "w") as f:

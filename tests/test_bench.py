@@ -120,10 +120,11 @@ def test_gpu_check_parts_on_cpu(tmp_path, smoke, capsys):
 def test_tune_guidance_smoke(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "tune.json"
     assert load_script("tune_guidance").main(["--model", str(tiny_model_dir), "--guidance", "1", "2", "--every", "60",
-                                              "--json-out", str(out)]) == 0
+                                              "--shift", "1", "3", "--json-out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [r["guidance"] for r in rows] == [1.0, 2.0] and all(r["n"] == 2 for r in rows)
-    assert "| 2 | 2 |" in capsys.readouterr().out
+    assert [(r["guidance"], r["shift"]) for r in rows] == [(1.0, 1.0), (1.0, 3.0), (2.0, 1.0), (2.0, 3.0)]
+    assert all(r["n"] == 2 for r in rows)
+    assert "| 2 | 3.0 | 2 |" in capsys.readouterr().out
 
 
 def test_readme_gifs_smoke(tiny_model_dir, tmp_path):
