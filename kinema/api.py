@@ -408,6 +408,8 @@ def restyle_inputs(
     require(isinstance(stride, int) and stride >= 1, f"--stride must be a whole number >= 1 (got {stride})")
     require(isinstance(start, int) and start >= 0, f"--start must be a whole number >= 0 (got {start})")
     v2v.check_options(options)
+    if overrides.get("guidance") is None and "restyle_guidance" in info["defaults"]:
+        overrides["guidance"] = info["defaults"]["restyle_guidance"]  # the model's own scale for restyling
     base = settings_for(info, frames=1, fps=fps, **overrides)  # the caller's settings, checked
     v2v.check_options(options, base.steps)
     run = options.strength > 0

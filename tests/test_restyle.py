@@ -326,6 +326,19 @@ def test_a_vae_that_compresses_time_takes_4k_plus_1_frames(tiny_model_dir):
     assert frames.shape == (5, 16, 16, 3) and settings.frames == 5
 
 
+def test_restyle_guidance_default_comes_from_the_model(tiny_model_dir):
+    info = api.peek(tiny_model_dir)
+    info = dict(info, defaults={**info["defaults"], "restyle_guidance": 7.5})
+    _, settings, _ = api.restyle_inputs(info, moving(frames=4), RestyleOptions(strength=0.0), height=16, width=16)
+    assert settings.guidance == 7.5
+    _, settings, _ = api.restyle_inputs(info, moving(frames=4), RestyleOptions(strength=0.0), height=16, width=16,
+                                        guidance=3.0)
+    assert settings.guidance == 3.0  # the caller's scale wins
+    _, settings, _ = api.restyle_inputs(api.peek(tiny_model_dir), moving(frames=4), RestyleOptions(strength=0.0),
+                                        height=16, width=16)
+    assert settings.guidance == info["defaults"]["guidance"]  # without the key: the model's guidance
+
+
 def test_benchmark_smoke(tiny_model_dir, tmp_path):
     out = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_restyle.py"), "--model", str(tiny_model_dir),
