@@ -146,15 +146,21 @@ def test_object_weights_mark_the_object_not_the_texture():
     assert (weights == 1.0).float().mean() > 0.8  # most of the frame is background, texture included
 
 
+def continue_denoiser(trained: Path, root: Path, stage: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """`kinema train CONFIG --stages denoiser` on a copy of `trained`, CONFIG being tiny.yaml with its
+    denoiser `steps: 8` line replaced by `stage`; returns the copy and the finished process."""
+    model = root / "model"
+    shutil.copytree(trained, model)
+    config = root / "config.yaml"
+    config.write_text(CONFIG.read_text().replace("  steps: 8\n", stage))
+    cmd = [sys.executable, "-m", "kinema.cli", "train", str(config), "--model", str(model), "--run", str(root / "run"),
+           "--stages", "denoiser"]
+    return model, subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
 def test_continue_from_a_trained_folder(full_run, tmp_path):
     """`--stages denoiser` on a trained folder with no checkpoints continues from its recorded step."""
-    model = tmp_path / "model"
-    shutil.copytree(full_run[0], model)
-    config = tmp_path / "more.yaml"
-    config.write_text(CONFIG.read_text().replace("  steps: 8\n", "  steps: 10\n"))
-    cmd = [sys.executable, "-m", "kinema.cli", "train", str(config), "--model", str(model), "--run",
-           str(tmp_path / "run"), "--stages", "denoiser"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    model, r = continue_denoiser(full_run[0], tmp_path, "  steps: 10\n")
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((model / "kinema.json").read_text())["training"]["step"] == 10
     assert latest_checkpoint(tmp_path / "run").name == "2-denoiser-0000010"
@@ -163,20 +169,13 @@ def test_continue_from_a_trained_folder(full_run, tmp_path):
 
 def test_continue_with_grow_adds_the_motion_inputs(full_run, tmp_path):
     """`denoiser.grow` adds the per-frame text path and coordinate channels, then trains them."""
-    model = tmp_path / "model"
-    shutil.copytree(full_run[0], model)
-    config = tmp_path / "grow.yaml"
-    config.write_text(CONFIG.read_text().replace("  steps: 8\n", "  steps: 10\n  grow: [motion_embedding, coord_channels]\n  motion_loss: 1.0\n  grown_lr_scale: 3.0\n"))
-    cmd = [sys.executable, "-m", "kinema.cli", "train", str(config), "--model", str(model), "--run",
-           str(tmp_path / "run"), "--stages", "denoiser"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    grow = "  steps: 10\n  grow: [motion_embedding, coord_channels]\n  motion_loss: 1.0\n  grown_lr_scale: 3.0\n"
+    model, r = continue_denoiser(full_run[0], tmp_path, grow)
     assert r.returncode == 0, r.stderr[-2000:]
     net = loading.load(model).denoiser
     assert net.config.motion_embedding and net.config.coord_channels
     assert net.motion[-1].weight.abs().sum() > 0  # trained away from its zero start
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(CONFIG.read_text().replace("  steps: 8\n", "  steps: 12\n  grow: [wings]\n"))
-    r = subprocess.run(cmd[:4] + [str(bad)] + cmd[5:], capture_output=True, text=True, timeout=600)
+    _, r = continue_denoiser(model, tmp_path / "bad", "  steps: 12\n  grow: [wings]\n")
     assert r.returncode == 2 and "denoiser.grow names ['wings']" in r.stderr
 
 
