@@ -139,3 +139,10 @@ def test_readme_gifs_smoke(tiny_model_dir, tmp_path):
     assert read_video(out / "source.mp4")[0].shape == (16, 64, 64, 3) and (out / "anchor.png").is_file()
     assert anim.shape[2] > 2 * anim.shape[1] - 40 and restyle.shape[2] > anim.shape[2]  # 2 and 3 panels side by side
     assert longgif.shape[0] == 5
+
+
+def test_probe_direction_smoke(tiny_model):
+    """The probe scores true vs swapped captions; a swap changes the text, so the two errors differ."""
+    rows = load_script("probe_direction").probe(tiny_model, clips=2, sigmas=(0.9,), frames=4, size=16)
+    assert [(r["mode"], r["sigma"]) for r in rows] == [("t2v", 0.9), ("i2v", 0.9)]
+    assert all(r["true"] > 0 and r["swapped"] > 0 and r["ratio"] == r["swapped"] / r["true"] for r in rows)
