@@ -13,7 +13,6 @@ one that uses it, more than 1 (the error on frames 1.. only for image-to-video).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
@@ -61,6 +60,7 @@ def probe(model, clips: int = 16, sigmas=(0.5, 0.7, 0.85, 0.93, 0.97), frames: i
 
 def main(argv=None) -> int:
     from kinema import api
+    from kinema.video_io import write_json_atomic
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model folder (default: the shipped weights)")
@@ -76,8 +76,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"| {r['mode']} | {r['sigma']:g} | {r['true']:.4f} | {r['swapped']:.4f} | {r['ratio']:.3f} |")
     if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(dict(model=str(info["path"]), rows=rows), f, indent=2)
+        write_json_atomic(args.json_out, dict(model=str(info["path"]), rows=rows))
     return 0
 
 

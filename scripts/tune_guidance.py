@@ -12,7 +12,6 @@ shift, with the model's other defaults, and prints colour / background / directi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
@@ -20,6 +19,7 @@ import numpy as np
 
 def main(argv=None) -> int:
     from kinema import api, metrics, world
+    from kinema.video_io import write_json_atomic
     from kinema.pipelines.text_to_video import text_to_video
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,8 +46,7 @@ def main(argv=None) -> int:
         print(f"| {g:g} | {settings.shift or 'model'} | {len(scores)} | {acc['colour']:.0%} | {acc['background']:.0%} | {acc['direction']:.0%} |",
               flush=True)
     if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(dict(model=str(info["path"]), rows=rows), f, indent=2)
+        write_json_atomic(args.json_out, dict(model=str(info["path"]), rows=rows))
     return 0
 
 
