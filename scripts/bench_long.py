@@ -23,7 +23,9 @@ canonical world caption:
   worst boundary is reported; target <= 1.5. Also printed: the mean change at boundaries over the mean
   change elsewhere (1 when windows leave no trace), and how far the object jumps at the worst boundary
   (an object moving at constant speed for 256 frames must leave one side and come back on the other,
-  as world clips keep it at least half inside the frame).
+  as world clips keep it at least half inside the frame), how often it re-enters that way (its centroid
+  jumps more than 1/8 of the frame in one transition), and the worst seam at the boundaries more than 2
+  frames from a re-entry: a diagnosis of where large changes come from, not a replacement for the target.
 """
 
 from __future__ import annotations
@@ -111,7 +113,17 @@ def quality(path: Path, prompt: str, long: dict | None) -> dict | None:
         b = bounds[int(np.argmax(seams))]
         c0, c1 = reading.frames[b - 1].centroid, reading.frames[b].centroid
         jump = None if c0 is None or c1 is None else round(float(np.hypot(c1[0] - c0[0], c1[1] - c0[1])), 1)
+    # where the object re-enters: its centroid jumps more than 1/8 of the frame side in one transition (world
+    # objects move at most ~3 px per frame at 64x64); boundaries within 2 transitions of such a jump are where
+    # the clip's content changes most, so the worst seam is also given for the boundaries away from them
+    cs = [f.centroid for f in reading.frames]
+    side = min(video.shape[1:3])
+    reentries = [t for t in range(len(cs) - 1) if cs[t] is not None and cs[t + 1] is not None
+                 and np.hypot(cs[t + 1][0] - cs[t][0], cs[t + 1][1] - cs[t][1]) > side / 8]
+    away = [s for b, s in zip(bounds, seams) if all(abs(b - 1 - j) > 2 for j in reentries)]
     return dict(boundary_mean_ratio=None if mean_ratio is None else round(mean_ratio, 3), worst_seam_jump_px=jump,
+                reentries=len(reentries), worst_seam_away_from_reentries=round(max(away), 3) if away else None,
+                boundaries_away_from_reentries=len(away),
                 colour_frames=round(float(np.mean(colours)), 3), direction_chunks=round(
         float(np.mean([d == direction for d in chunks])) if chunks else float("nan"), 3),
         chunk_directions=chunks, worst_seam_ratio=round(max(seams), 3) if seams else None,
@@ -200,6 +212,10 @@ def main() -> None:
         if q.get("boundary_mean_ratio") is not None:
             print(f"  mean change at window boundaries / elsewhere: {q['boundary_mean_ratio']:.3f}; "
                   f"the object's centroid moves {q['worst_seam_jump_px']} px at the worst boundary")
+        if q.get("worst_seam_away_from_reentries") is not None:
+            print(f"  the object re-enters {q['reentries']} times (its centroid jumps > 1/8 frame); worst seam at the "
+                  f"{q['boundaries_away_from_reentries']} boundaries more than 2 frames from a re-entry: "
+                  f"{q['worst_seam_away_from_reentries']:.2f}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(figures, indent=2))
 

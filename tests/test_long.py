@@ -261,3 +261,26 @@ def test_benchmark_smoke(tiny_model_dir, tmp_path):
     q = figures["quality"]  # windows (0,4) (1,5) ... (8,12): boundaries at frames 1..11; 3 chunks of 4 frames
     assert q["boundaries"] == 11 and len(q["chunk_directions"]) == 3 and 0 <= q["colour_frames"] <= 1
     assert read_video(tmp_path / "long.mp4")[0].shape[0] == 12
+
+
+def test_benchmark_tells_reentries_from_window_seams(tmp_path):
+    """A red square crossing a blue frame every 16 frames: it re-enters twice in 48 frames, each time
+    a boundary seam; the boundaries away from the re-entries show the ordinary change."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench_long
+    finally:
+        sys.path.pop(0)
+    frames = np.zeros((48, 64, 64, 3), np.uint8)
+    frames[:] = (40, 80, 220)
+    for t in range(48):
+        x = 4 + 3 * (t % 16)  # 3 px a frame from x = 4 to 49, then back to 4
+        frames[t, 26:38, x:x + 12] = (220, 40, 40)
+    path = tmp_path / "wrap.gif"
+    write_video(path, frames, fps=8)
+    q = bench_long.quality(path, "a red square moving right on a blue background",
+                           dict(mode="window", context_length=16, context_stride=4))
+    assert q["reentries"] == 2 and q["direction_chunks"] == 1.0
+    assert q["worst_seam_ratio"] > 3  # a 45 px jump at a boundary (frames 16 and 32 start windows)
+    assert q["boundaries_away_from_reentries"] == q["boundaries"] - 2  # every 4th transition: one near each
+    assert q["worst_seam_away_from_reentries"] == pytest.approx(1.0, abs=0.05)  # constant speed elsewhere
