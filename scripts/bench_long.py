@@ -107,19 +107,19 @@ def quality(path: Path, prompt: str, long: dict | None) -> dict | None:
     at = np.zeros(len(change), bool)
     at[[b - 1 for b in bounds]] = True
     mean_ratio = float(change[at].mean() / max(change[~at].mean(), 1e-6)) if at.any() and (~at).any() else None
-    # what happens at the worst boundary: how far the object's centroid jumps there (px)
+    # how far the object's centroid moves in each transition (px; None where it is not found)
+    cs = [f.centroid for f in reading.frames]
+    moves = [None if a is None or b is None else float(np.hypot(b[0] - a[0], b[1] - a[1])) for a, b in zip(cs, cs[1:])]
+    # what happens at the worst boundary: how far the object jumps there
     jump = None
     if seams:
-        b = bounds[int(np.argmax(seams))]
-        c0, c1 = reading.frames[b - 1].centroid, reading.frames[b].centroid
-        jump = None if c0 is None or c1 is None else round(float(np.hypot(c1[0] - c0[0], c1[1] - c0[1])), 1)
+        move = moves[bounds[int(np.argmax(seams))] - 1]
+        jump = None if move is None else round(move, 1)
     # where the object re-enters: its centroid jumps more than 1/8 of the frame side in one transition (world
     # objects move at most ~3 px per frame at 64x64); boundaries within 2 transitions of such a jump are where
     # the clip's content changes most, so the worst seam is also given for the boundaries away from them
-    cs = [f.centroid for f in reading.frames]
     side = min(video.shape[1:3])
-    reentries = [t for t in range(len(cs) - 1) if cs[t] is not None and cs[t + 1] is not None
-                 and np.hypot(cs[t + 1][0] - cs[t][0], cs[t + 1][1] - cs[t][1]) > side / 8]
+    reentries = [t for t, m in enumerate(moves) if m is not None and m > side / 8]
     away = [s for b, s in zip(bounds, seams) if all(abs(b - 1 - j) > 2 for j in reentries)]
     return dict(boundary_mean_ratio=None if mean_ratio is None else round(mean_ratio, 3), worst_seam_jump_px=jump,
                 reentries=len(reentries), worst_seam_away_from_reentries=round(max(away), 3) if away else None,
