@@ -330,11 +330,12 @@ def restyle(
     video,
     prompt: str,
     *,
-    strength: float = 0.7,
+    strength: float | None = None,
     flow: bool = True,
-    flow_steps: float = 0.5,
+    flow_steps: float = 0.0,
     flow_strength: float = 0.8,
     pixel_fusion: bool | None = None,
+    structure: float | None = None,
     max_frames: int | None = None,
     stride: int = 1,
     start: int = 0,
@@ -362,11 +363,15 @@ def restyle(
 
     `video` is a file (mp4, webm, mov, mkv, avi, gif, webp), a folder of frames or uint8 (F, H, W, 3)
     frames; frames `start`, `start + stride`, ... (at most `max_frames`) are fitted to the clip's size by
-    `resize`, and the output has as many. `strength` (default 0.7) is how far the source is noised: 0
-    returns the fitted source unchanged without loading the model, 1 ignores it but for its motion.
-    With `flow`, the predicted clean latents are fused along the source's optical flow during the first
-    `flow_steps` of the steps that run, with weight `flow_strength`; `pixel_fusion` (default: as `flow`)
-    fuses the decoded frames once more. The fps (`result.info["restyle"]["fps"]`) is the source's unless `fps` is given.
+    `resize`, and the output has as many. `strength` is how far the source is noised: 0 returns the
+    fitted source unchanged without loading the model, 1 ignores it but for its layout and motion.
+    `structure` is the fraction of the steps that run, from the first, during which the denoiser's
+    layout (self-attention queries and keys, mid-level features) comes from the noised source, so a
+    high strength can recolour without losing where things are. Both default to the model's
+    (`restyle_strength`, `restyle_structure` in kinema.json: 0.9 and 0.3 for the default model; 0.7
+    and 0 where a model sets none). With `flow`, the decoded frames are fused along the source's
+    optical flow (`pixel_fusion`, default: as `flow`) and, during the first `flow_steps` (default 0)
+    of the steps, the predicted clean latents too, with weight `flow_strength`. The fps (`result.info["restyle"]["fps"]`) is the source's unless `fps` is given.
     Sources longer than the model's trained length run in context windows (`context_length`,
     `context_stride`). See kinema.pipelines.video_to_video.
     """
@@ -375,7 +380,7 @@ def restyle(
     check_prompt(prompt)
     loaded, info = _model_and_info(model, device, dtype, attention)
     check_task(info, "restyle")
-    options = RestyleOptions(strength, flow, flow_steps, flow_strength, pixel_fusion)
+    options = RestyleOptions(strength, flow, flow_steps, flow_strength, pixel_fusion, structure)
     placed = dict(device=device, dtype=dtype) if callable(loaded) else dict(device=loaded.device, dtype=loaded.dtype)
     source, settings, long = restyle_inputs(
         info, video, options, max_frames=max_frames, stride=stride, start=start, resize=resize, fps=fps,
@@ -407,6 +412,7 @@ def restyle_inputs(
     require(max_frames is None or (isinstance(max_frames, int) and max_frames >= 1), f"--max-frames must be >= 1 (got {max_frames})")
     require(isinstance(stride, int) and stride >= 1, f"--stride must be a whole number >= 1 (got {stride})")
     require(isinstance(start, int) and start >= 0, f"--start must be a whole number >= 0 (got {start})")
+    v2v.with_model_defaults(options, info["defaults"])
     v2v.check_options(options)
     if overrides.get("guidance") is None and "restyle_guidance" in info["defaults"]:
         overrides["guidance"] = info["defaults"]["restyle_guidance"]  # the model's own scale for restyling

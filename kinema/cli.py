@@ -173,7 +173,8 @@ def cmd_restyle(args) -> None:
     out = video_io.check_output_path(args.output, overwrite=args.overwrite)
     info = api.peek(args.model)
     api.check_task(info, "restyle")
-    options = RestyleOptions(args.strength, args.flow, args.flow_steps, args.flow_strength, args.pixel_fusion)
+    options = RestyleOptions(args.strength, args.flow, args.flow_steps, args.flow_strength, args.pixel_fusion,
+                             args.structure)
     source, settings, long = api.restyle_inputs(
         info, args.video, options, max_frames=args.max_frames, stride=args.stride, start=args.start, resize=args.resize,
         fps=args.fps, device=args.device, dtype=args.dtype, context_length=args.context_length,
@@ -429,17 +430,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("restyle", help="video-to-video: restyle a clip, keeping its motion", formatter_class=fmt,
                        description="Restyle VIDEO as PROMPT says: its frames are encoded, noised to --strength and "
-                                   "denoised with PROMPT, the predicted clean frames fused along the source's optical "
-                                   "flow during the first --flow-steps. The output has the chosen frames' count and "
-                                   "the source's fps (unless --fps); --frames does not apply.")
+                                   "denoised with PROMPT, taking the source's layout during the first --structure of "
+                                   "the steps; the decoded frames are fused along the source's optical flow. The "
+                                   "output has the chosen frames' count and the source's fps (unless --fps); --frames "
+                                   "does not apply.")
     s.add_argument("video", help="the source: mp4, webm, mov, mkv, avi, gif, webp, or a folder of frames")
     s.add_argument("prompt", help="what the restyled clip shows")
-    s.add_argument("--strength", type=finite_float, default=0.7,
-                   help="how far the source is noised: 0 returns it unchanged (no model run), 1 ignores it")
+    s.add_argument("--strength", type=finite_float, default=None,
+                   help="how far the source is noised: 0 returns it unchanged (no model run), 1 ignores it but for its "
+                        "layout (default: the model's, 0.9 for the default model, else 0.7)")
+    s.add_argument("--structure", type=finite_float, default=None,
+                   help="fraction of the denoising steps, from the first, that take the source's layout (attention "
+                        "queries/keys and mid-level features of a pass over the noised source); 0 turns it off "
+                        "(default: the model's, 0.3 for the default model, else 0)")
     s.add_argument("--flow", action=argparse.BooleanOptionalAction, default=True,
-                   help="fuse the predicted clean latents along the source's optical flow")
-    s.add_argument("--flow-steps", type=finite_float, default=0.5,
-                   help="fraction of the denoising steps that run, from the first, during which to fuse")
+                   help="guide by the source's optical flow: fuse the decoded frames (and, with --flow-steps, latents) along it")
+    s.add_argument("--flow-steps", type=finite_float, default=0.0,
+                   help="fraction of the denoising steps that run, from the first, during which to fuse the predicted "
+                        "clean latents along the flow (default 0: the decoded frames are fused, see --pixel-fusion)")
     s.add_argument("--flow-strength", type=finite_float, default=0.8,
                    help="blend weight toward the flow-warped previous frame where the flow is reliable")
     s.add_argument("--pixel-fusion", action=argparse.BooleanOptionalAction, default=None,

@@ -15,6 +15,12 @@ embedding that modulates every ResBlock; with `coord_channels`, the input carrie
 zero at initialisation, so `grow` adds them to a trained network without changing
 its output.
 
+Structure injection (`SpaceTimeUNet.structure_injection`, for restyling): one pass over a source
+records every self-attention's queries and keys and the ResBlock outputs of the second-finest decoder
+level; the passes that follow use the recorded ones in place of their own, so the layout and motion
+come from the source while the values, the text cross-attention and the other levels are free to
+follow a new prompt (plug-and-play feature injection, Tumanyan et al. 2023).
+
 The network knows nothing about noise schedules: it maps (x_t, timestep) to the
 velocity the caller trained it on. Layout everywhere: (B, C, F, H, W).
 """
@@ -22,6 +28,7 @@ velocity the caller trained it on. Layout everywhere: (B, C, F, H, W).
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -86,6 +93,34 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
+class Injection:
+    """Recorded tensors of one pass (`record`), handed back in the same order to later passes (`inject`).
+
+    A later pass may have a larger batch (the guided pair): the recorded batch is repeated to fit.
+    """
+
+    def __init__(self):
+        self.mode: str | None = None  # None, "record" or "inject"
+        self.saved: list[torch.Tensor] = []
+        self.at = 0
+
+    def record(self) -> None:
+        self.mode, self.saved, self.at = "record", [], 0
+
+    def inject(self) -> None:
+        self.mode, self.at = "inject", 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "record":
+            self.saved.append(x)
+            return x
+        if self.mode == "inject":
+            y = self.saved[self.at]
+            self.at += 1
+            return y.repeat(x.shape[0] // y.shape[0], *(1,) * (y.ndim - 1)).to(x.dtype)
+        return x
+
+
 class Attention(nn.Module):
     """Multi-head attention through kinema's one attention function."""
 
@@ -96,6 +131,7 @@ class Attention(nn.Module):
         self.kv = nn.Linear(context_dim or dim, 2 * dim, bias=False)
         self.out = nn.Linear(dim, dim)
         self.backend = "sdpa"
+        self.inject: Injection | None = None  # set by SpaceTimeUNet.structure_injection (self-attention only)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None):
         # x (N, S, D), context (N, L, Dc), mask (N, L) bool
@@ -103,6 +139,8 @@ class Attention(nn.Module):
         ctx = x if context is None else context
         q = self.q(x).view(n, s, self.heads, -1).transpose(1, 2)  # (N, heads, S, d)
         k, v = self.kv(ctx).view(n, ctx.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)  # (N, heads, L, d)
+        if self.inject is not None:  # the source's queries and keys: its attention pattern, this pass's values
+            q, k = self.inject(q), self.inject(k)
         m = None if mask is None else mask[:, None, None, :]  # (N, 1, 1, L)
         o = attention(q, k, v, m, backend=self.backend)  # (N, heads, S, d)
         return self.out(o.transpose(1, 2).reshape(n, s, d))
@@ -152,11 +190,13 @@ class Level(nn.Module):
             SpaceTimeBlock(cout, cfg["head_dim"], cfg["text_dim"], cfg["emb_dim"], cfg["groups"]) if attn else nn.Identity()
             for _ in range(layers)
         )
+        self.inject: Injection | None = None  # set by SpaceTimeUNet.structure_injection
 
     def forward(self, x, emb, emb_frames, text):
         b = x.shape[0]
         for res, attn in zip(self.res, self.attn):
-            x = to_video(res(per_frame(x), emb_frames), b)
+            y = res(per_frame(x), emb_frames)
+            x = to_video(y if self.inject is None else self.inject(y), b)
             if not isinstance(attn, nn.Identity):
                 x = attn(x, emb, text)
         return x
@@ -253,6 +293,27 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
         missing, unexpected = new.load_state_dict(state, strict=False)
         assert not unexpected and all(k.startswith("motion.") for k in missing), (missing, unexpected)
         return new if w.dtype == torch.float32 else new.to(w.dtype)
+
+    @contextmanager
+    def structure_injection(self):
+        """Within the block: `inj.record()`, one pass over the source, `inj.inject()`, passes that reuse it.
+
+        Recorded: the queries and keys of every spatial and temporal self-attention and the ResBlock
+        outputs of the second-finest decoder level (8x8 latents in the default model; where layout is
+        set but colour is not yet), as restyling found on world clips (`pipelines/video_to_video.py`).
+        """
+        inj = Injection()
+        blocks = [m for m in self.modules() if isinstance(m, SpaceTimeBlock)]
+        level = self.up[-2] if len(self.up) > 1 else self.up[-1]
+        targets = [a for b in blocks for a in (b.spatial, b.temporal)] + [level]
+        for t in targets:
+            t.inject = inj
+        try:
+            yield inj
+        finally:
+            for t in targets:
+                t.inject = None
+
     def set_attention_backend(self, backend: str) -> None:
         for m in self.modules():
             if isinstance(m, Attention):

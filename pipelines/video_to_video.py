@@ -60,9 +60,11 @@ from PIL import Image
 from kinema import video_io
 from kinema.errors import require
 
-from .common import Result, Settings, decode, encode_prompts, latent_shape, sample
+from kinema.models.seams import TextEmbeds
+
+from .common import Result, Settings, decode, encode_prompts, initial_noise, latent_shape, sample
 from .flow import FlowGuide, pixel_fusion, source_flow
-from .loop import Hook, Timings, x0_from_velocity
+from .loop import Hook, Timings, guided, x0_from_velocity
 
 # Host bytes per output pixel per frame besides the model: source and output (uint8, 6), DIS flows both
 # ways (16), the guide at source size (12), consistency/warp temporaries (float64, ~40), pixel fusion (24).
@@ -76,15 +78,24 @@ MIN_FLOW_SIDE = 16  # DIS needs frames of at least 16x16 (flow._check_frames)
 #################################################################################
 
 
+# Restyle settings a model folder can set in kinema.json `defaults` (restyle_strength, restyle_structure,
+# restyle_guidance); a model that sets none restyles by plain SDEdit at 0.7 with the flow fusion.
+MODEL_DEFAULTS = dict(strength=0.7, structure=0.0)
+
+
 @dataclass
 class RestyleOptions:
-    """How far the source is left behind, and how its flow guides the denoising."""
+    """How far the source is left behind, and how its latents and flow guide the denoising.
 
-    strength: float = 0.7  # 0 keeps the source, 1 ignores it (but for its flow)
-    flow: bool = True  # fuse the predicted clean latents along the source flow
-    flow_steps: float = 0.5  # fraction of the steps that run, from the first, during which to fuse
+    `strength` and `structure` may be None: the model's defaults (`with_model_defaults`).
+    """
+
+    strength: float | None = 0.7  # 0 keeps the source, 1 ignores it (but for its layout and flow)
+    flow: bool = True  # fuse along the source flow (latents during flow_steps; pixels with pixel_fusion)
+    flow_steps: float = 0.0  # fraction of the steps that run, from the first, during which to fuse latents
     flow_strength: float = 0.8  # blend weight toward the warped previous frame where the flow holds
     pixel_fusion: bool | None = None  # a last fusion of the decoded frames; None: when `flow` is on
+    structure: float | None = 0.0  # fraction of the steps that run, from the first, with the source's layout injected
 
     def __post_init__(self):
         if self.pixel_fusion is None:
@@ -94,13 +105,21 @@ class RestyleOptions:
         return asdict(self)
 
 
+def with_model_defaults(options: RestyleOptions, defaults: dict) -> RestyleOptions:
+    """`options` with None strength/structure replaced by the model's `restyle_*` defaults (or MODEL_DEFAULTS)."""
+    for name, fallback in MODEL_DEFAULTS.items():
+        if getattr(options, name) is None:
+            setattr(options, name, float(defaults.get(f"restyle_{name}", fallback)))
+    return options
+
+
 def denoise_steps(steps: int, strength: float) -> int:
     """Steps that run at `strength`: the rule of `loop.set_timesteps` (diffusers' get_timesteps)."""
     return min(steps, int(round(steps * strength)))
 
 
 def fusion_steps(run_steps: int, flow_steps: float) -> int:
-    """Loop steps (from the first that runs) during which the flow fusion acts: ceil(flow_steps x run_steps)."""
+    """Loop steps (from the first that runs) during which a guide acts: ceil(fraction x run_steps)."""
     return min(run_steps, math.ceil(flow_steps * run_steps - 1e-9))
 
 
@@ -108,6 +127,7 @@ def check_options(options: RestyleOptions, steps: int | None = None) -> RestyleO
     """One-line errors for weights outside [0, 1], and for a strength that runs no step at `steps`."""
     for name, hint in (("strength", "0 keeps the source, 1 ignores it"),
                        ("flow_steps", "the fraction of the denoising steps that fuse along the flow"),
+                       ("structure", "the fraction of the denoising steps that take the source's layout"),
                        ("flow_strength", "the blend weight toward the flow-warped previous frame")):
         v = getattr(options, name)
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 1
@@ -275,6 +295,58 @@ def fuse_pixels(frames: np.ndarray, guide: FlowGuide, strength: float) -> np.nda
 
 
 #################################################################################
+#                              Source structure                                 #
+#################################################################################
+
+
+@dataclass
+class SourceStructure:
+    """A denoiser whose first `steps` calls take their layout from the source (plug-and-play injection).
+
+    Each such call first runs the denoiser on the source latents noised to the same level with the
+    same noise (x_s = (1 - s) source + s noise) and an empty prompt, recording its self-attention
+    queries and keys and its mid-level decoder features (`SpaceTimeUNet.structure_injection`), then
+    runs the guided pass with those in place of its own; later calls are the plain denoiser.
+    """
+
+    denoiser: object
+    source: torch.Tensor  # clean source latents (1, C, F, h, w)
+    noise: torch.Tensor  # the noise the sample starts from
+    text: TextEmbeds  # what the source pass reads: the empty prompt
+    steps: int
+    train_steps: int = 1000  # timestep = sigma x train_steps (flow matching)
+    calls: int = 0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return getattr(self.denoiser, "dtype", torch.float32)
+
+    def predict(self, latents, timestep, text, cond=None):
+        self.calls += 1
+        if self.calls > self.steps:
+            return self.denoiser.predict(latents, timestep, text, cond)
+        t = timestep.reshape(-1)[:1]
+        sigma = float(t[0]) / self.train_steps
+        x = ((1 - sigma) * self.source + sigma * self.noise).to(self.dtype)
+        with self.denoiser.structure_injection() as inj:
+            inj.record()
+            self.denoiser.predict(x, t, self.text, None)
+            inj.inject()
+            return self.denoiser.predict(latents, timestep, text, cond)
+
+
+def structure_denoiser(model, source: torch.Tensor, noise: torch.Tensor, steps: int, timings: Timings) -> SourceStructure:
+    """`SourceStructure` around the model's denoiser, reading the empty prompt."""
+    require(hasattr(model.denoiser, "structure_injection"),
+            "this model's denoiser cannot take the source's layout; pass --structure 0")
+    t0 = time.perf_counter()
+    emb = model.text_encoder.encode([""]).to(model.device, model.dtype)
+    timings.add("text_encode", time.perf_counter() - t0)
+    train_steps = int(model.scheduler_config.get("num_train_timesteps", 1000))
+    return SourceStructure(model.denoiser, source, noise, TextEmbeds(emb.hidden, emb.mask), steps, train_steps)
+
+
+#################################################################################
 #                                    Driver                                     #
 #################################################################################
 
@@ -320,11 +392,17 @@ def restyle_video(
     """
     shape = (settings.frames, settings.height, settings.width, 3)
     require(source.shape == shape, f"the source is {source.shape}, not {shape}; choose and resize frames first")
+    if model is not None:
+        with_model_defaults(options, getattr(model, "defaults", None) or {})
     check_options(options, settings.steps)
     timings, t0 = Timings(), time.perf_counter()
     run = denoise_steps(settings.steps, options.strength)
     fused = fusion_steps(run, options.flow_steps) if options.flow else 0
-    info = dict(restyle=dict(options.as_dict(), denoise_steps=run, fused_steps=fused, fps=settings.fps))
+    structured = fusion_steps(run, options.structure) if long is None else 0
+    info = dict(restyle=dict(options.as_dict(), denoise_steps=run, fused_steps=fused, structure_steps=structured,
+                             fps=settings.fps))
+    if long is not None and options.structure > 0:  # windows: each would need its own slice of the source pass
+        info["restyle"]["note"] = "the source's layout is not injected across context windows"
     if options.strength == 0:  # 0. nothing to change: the source as it is, no VAE round trip
         timings.add("total", time.perf_counter() - t0)
         return Result(source.copy(), torch.empty(0), timings, info)
@@ -338,6 +416,10 @@ def restyle_video(
     if guide is not None:
         info["restyle"]["reliable_fraction"] = round(float(guide.mask.mean()), 4) if guide.frames > 1 else None
     hooks = [FlowFusion(guide, options.flow_strength, fused)] if options.flow else []  # 4. flow fusion
+    if structured:  # 4b. the source's layout injected during the first structure steps
+        noise = initial_noise(latent_shape(model, settings), settings.seed, model.device)
+        denoiser = structure_denoiser(model, init.to(model.device), noise, structured, timings)
+        predict = guided(denoiser, text, uncond, settings.guidance, None, timings.denoiser)
     latents = sample(model, text, uncond, settings, timings, init=init, strength=options.strength, hooks=hooks,
                      progress=progress, noise=noise, predict=predict)  # 5. noise to strength, denoise
     frames = decode(model, latents, settings, timings)  # 6. decode in chunks

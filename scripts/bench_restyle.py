@@ -95,9 +95,11 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=16, help="frames per clip")
     p.add_argument("--size", type=int, default=64, help="clip height and width (>= 16 for optical flow)")
     p.add_argument("--steps", type=int, default=25, help="denoising steps (before the strength cut)")
-    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
-    p.add_argument("--strength", type=float, default=0.7, help="restyle strength of both runs")
-    p.add_argument("--flow-steps", type=float, default=0.5, help="fraction of the steps that fuse along the flow")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's for restyling)")
+    p.add_argument("--strength", type=float, default=None, help="restyle strength of both runs (default: the model's)")
+    p.add_argument("--structure", type=float, default=None,
+                   help="fraction of the steps that take the source's layout, both runs (default: the model's)")
+    p.add_argument("--flow-steps", type=float, default=0.0, help="fraction of the steps that fuse latents along the flow")
     p.add_argument("--flow-strength", type=float, default=0.8, help="fusion weight")
     p.add_argument("--pixel-fusion", action=argparse.BooleanOptionalAction, default=True,
                    help="also fuse decoded frames in the flow run (restyle's default; never in the no-flow run)")
@@ -117,7 +119,8 @@ def main() -> None:
     except kinema.KinemaError as e:
         sys.exit(f"bench_restyle: error: {e}")
     common = dict(model=model, steps=args.steps, guidance=args.guidance, strength=args.strength, height=args.size,
-                  width=args.size, flow_steps=args.flow_steps, flow_strength=args.flow_strength, progress=False)
+                  width=args.size, flow_steps=args.flow_steps, flow_strength=args.flow_strength,
+                  structure=args.structure, progress=False)
     rows, t0 = [], time.perf_counter()
     print(f"{'clip':>4}  {'prompt':<52} {'warp src':>8} {'flow':>7} {'no-flow':>7}  {'motion px flow/no':>17}  colour flow/no")
     for i, (source, prompt, target, background) in enumerate(clips(args.clips, args.frames, args.size, args.first_clip)):
@@ -125,9 +128,10 @@ def main() -> None:
         track = metrics.analyse_video(source).trajectory
         runs = {}
         for name, flow in (("flow", True), ("no_flow", False)):
-            out = kinema.restyle(source, prompt, flow=flow, seed=args.seed + i, **common,
-                                 pixel_fusion=args.pixel_fusion and flow)
-            runs[name] = score(out, fw, mask, track, target, background, args.size)
+            result = kinema.restyle(source, prompt, flow=flow, seed=args.seed + i, **common,
+                                    pixel_fusion=args.pixel_fusion and flow, return_result=True)
+            runs[name] = score(result.frames, fw, mask, track, target, background, args.size)
+            used = result.info["restyle"]
         row = dict(prompt=prompt, target=target, source_warp_error=warp_error(source, fw, mask), **runs)
         rows.append(row)
         f, n = runs["flow"], runs["no_flow"]
@@ -141,9 +145,12 @@ def main() -> None:
                     background=float(np.mean([r["background_ok"] for r in rs])))
 
     flow_s, plain_s = summary("flow"), summary("no_flow")
+    d = model.defaults
+    resolved = dict(strength=used["strength"], structure=used["structure"],
+                    guidance=args.guidance if args.guidance is not None else d.get("restyle_guidance", d["guidance"]))
     ratio = flow_s["warp_error"] / plain_s["warp_error"] if plain_s["warp_error"] > 0 else float("nan")
     figures = dict(flow=flow_s, no_flow=plain_s, warp_ratio=ratio, source_warp_error=_mean(r["source_warp_error"] for r in rows),
-                   targets=TARGETS, settings=dict({k: v for k, v in vars(args).items() if k != "json_out"}),
+                   targets=TARGETS, settings=dict({k: v for k, v in vars(args).items() if k != "json_out"}, resolved=resolved),
                    seconds=round(time.perf_counter() - t0, 2), rows=rows)
     print(f"\n{'':<22}{'flow':>10}{'no-flow':>10}   target")
     print(f"{'warp error (grey)':<22}{flow_s['warp_error']:10.3f}{plain_s['warp_error']:10.3f}   "
@@ -151,7 +158,8 @@ def main() -> None:
     print(f"{'motion (px at 64x64)':<22}{flow_s['motion_px']:10.2f}{plain_s['motion_px']:10.2f}   <= {TARGETS['motion_px']}")
     print(f"{'target colour':<22}{flow_s['colour']:10.0%}{plain_s['colour']:10.0%}   >= {TARGETS['colour']:.0%}")
     print(f"{'background kept':<22}{flow_s['background']:10.0%}{plain_s['background']:10.0%}")
-    print(f"{len(rows)} clips x 2 runs, {args.frames} frames {args.size}x{args.size}, strength {args.strength}, "
+    print(f"{len(rows)} clips x 2 runs, {args.frames} frames {args.size}x{args.size}, strength {resolved['strength']}, "
+          f"structure {resolved['structure']}, guidance {resolved['guidance']}, flow steps {args.flow_steps}, "
           f"{args.steps} steps, {figures['seconds']:.1f} s")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(figures, indent=2, default=float))

@@ -4,7 +4,7 @@
 
 Weights are stored in float16 to halve the download; `kinema.load` upcasts them to the
 requested dtype (float32 on CPU). The folder is replaced atomically. The training record
-in `kinema.json` travels with it.
+in `kinema.json` travels with it, with the restyle settings below added to its defaults.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 DEST = Path(__file__).resolve().parent.parent / "kinema" / "weights" / "default"
+# Restyle settings of the shipped model, chosen on the tuning clips (`bench_restyle.py --first-clip 1000`)
+# of the 21,000-step weights; see the README's model card.
+RESTYLE = dict(restyle_strength=0.9, restyle_structure=0.3, restyle_guidance=7.5)
 
 
 def ship(src: Path, dest: Path = DEST) -> Path:
@@ -38,6 +41,7 @@ def ship(src: Path, dest: Path = DEST) -> Path:
                 elif f.suffix == ".json":
                     shutil.copy2(f, tmp / sub / f.name)
         index = json.loads((src / "kinema.json").read_text())
+        index["defaults"] = {**index.get("defaults", {}), **RESTYLE}
         (tmp / "kinema.json").write_text(json.dumps(index, indent=2))
         if (dest / "README.md").is_file():
             shutil.copy2(dest / "README.md", tmp / "README.md")

@@ -111,7 +111,7 @@ COMMANDS = {
         Arg(None, *damaged("{in:one-frame .gif}", "{in:odd-sized 17x13 .mp4}", "{in:variable-frame-rate .gif}")),
         PROMPTS, OUTPUT, MODEL, Arg("--strength", ("0", "0.5", "1"), tuple(BAD_FLOAT)),
         Arg("--flow-steps", ("0", "1"), tuple(BAD_FLOAT)), Arg("--flow-strength", ("0.3",), tuple(BAD_FLOAT)),
-        switch("--no-flow"), switch("--pixel-fusion"), Arg("--max-frames", ("2", "3"), tuple(BAD_INT), True),
+        Arg("--structure", ("0", "0.5"), tuple(BAD_FLOAT)), switch("--no-flow"), switch("--pixel-fusion"), Arg("--max-frames", ("2", "3"), tuple(BAD_INT), True),
         Arg("--stride", ("2",), tuple(BAD_INT)), Arg("--start", ("1",), tuple(BAD_INT) + ("100",)),
         Arg("--frames", (), ("3",)), Arg("--context-length", ("2",), tuple(BAD_INT)), *SAMPLING]),
     "info": command_line("info", [
