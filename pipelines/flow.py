@@ -39,6 +39,9 @@ from kinema.errors import require
 # Max per-channel grey-level mismatch of a reliable warp. Any two palette colours differ by >= 70
 # on some channel (orange/yellow), sensor noise and world texture by a few levels; 24 ~ 10%.
 PHOTOMETRIC_TOLERANCE = 24.0
+# Pixel fusion's content gate (grey levels): differences between a frame and its warped predecessor well
+# below this are flicker and are blended; an object against its background differs by 60 and more.
+PIXEL_FUSION_TOLERANCE = 48.0
 
 #################################################################################
 #                                 Warping                                       #
@@ -177,12 +180,16 @@ class FlowGuide:
                 return flow, mask
         return resize_flow(self.source_flow, height, width), resize_mask(self.source_mask, height, width)
 
-    def propagate(self, x0: Tensor, strength: float) -> Tensor:
+    def propagate(self, x0: Tensor, strength: float, tolerance: float | None = None) -> Tensor:
         """Blend each frame t+1 of x0 (B, C, F, h, w) toward the warp of fused frame t, weight strength * mask.
 
         Runs from frame 0 forward, so frame t+1 is pulled toward the already-fused frame t and
         consistent content carries along the whole clip; frame 0 is unchanged, and so is every
         pixel where the flow is unreliable (occlusions, disocclusions, leaving the frame).
+        With `tolerance` (in x0's units), the weight also falls off as exp(-(d / tolerance)^2) with
+        d = the channel-mean |frame t+1 - warped frame t|: small differences (flicker) are blended,
+        large ones (the output's own content where it differs from the source's, e.g. an object
+        larger than the source's) are kept, so nothing is smeared along the source's flow.
         """
         require(0.0 <= strength <= 1.0, f"flow strength {strength} is outside [0, 1]; pass a blend weight between 0 and 1")
         require(
@@ -195,7 +202,11 @@ class FlowGuide:
         fused = [x0[:, :, 0]]  # (B, C, h, w) each
         for t in range(self.frames - 1):
             moved = warp(fused[-1], flow[t : t + 1].expand(b, -1, -1, -1))  # (B, C, h, w): frame t onto t+1
-            fused.append(torch.lerp(x0[:, :, t + 1], moved, strength * mask[t : t + 1]))
+            weight = strength * mask[t : t + 1]
+            if tolerance is not None:
+                d = (x0[:, :, t + 1] - moved).abs().mean(1, keepdim=True)  # (B, 1, h, w)
+                weight = weight * torch.exp(-((d / tolerance) ** 2))
+            fused.append(torch.lerp(x0[:, :, t + 1], moved, weight))
         return torch.stack(fused, dim=2)  # (B, C, F, h, w)
 
 
@@ -217,9 +228,13 @@ def source_flow(frames: np.ndarray, latent_hw: tuple[int, int], frame_stride: in
     return FlowGuide(resize_flow(bw, h, w), resize_mask(mask, h, w), bw, mask)
 
 
-def pixel_fusion(frames: Tensor, guide: FlowGuide, strength: float) -> Tensor:
-    """Last fusion on decoded frames (B, 3, F, H, W), float: `guide.propagate` at pixel resolution."""
-    return guide.propagate(frames, strength)
+def pixel_fusion(frames: Tensor, guide: FlowGuide, strength: float, tolerance: float | None = PIXEL_FUSION_TOLERANCE) -> Tensor:
+    """Last fusion on decoded frames (B, 3, F, H, W), 0..255 float: `guide.propagate` at pixel resolution.
+
+    Differences beyond ~`tolerance` grey levels between a frame and its warped predecessor are the
+    output's content, not flicker, and are left alone (None: blend everything the mask allows).
+    """
+    return guide.propagate(frames, strength, tolerance)
 
 
 #################################################################################

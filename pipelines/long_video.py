@@ -192,9 +192,13 @@ def window_texts(
 
 def fused_predict(
     denoiser, texts: list[TextEmbeds], uncond: TextEmbeds | None, guidance: float, plan: list[Span],
-    weights: str = "pyramid", batch_windows: int = 1, watch: Stopwatch | None = None, bar=None,
+    weights: str = "pyramid", batch_windows: int = 1, watch: Stopwatch | None = None, bar=None, per_windows=None,
 ) -> Predict:
-    """A `predict` for the loop: the guided denoiser on each window of `plan`, fused per frame."""
+    """A `predict` for the loop: the guided denoiser on each window of `plan`, fused per frame.
+
+    `per_windows(spans)`, when given, returns the denoiser for a group of windows (restyle's
+    `SourceStructure` over those windows of the source); it is asked once per group.
+    """
     index = {span: k for k, span in enumerate(plan)}
     cache: dict[tuple[int, ...], Predict] = {}
 
@@ -205,7 +209,8 @@ def fused_predict(
                 n = len(ks)
                 text = texts[ks[0]] if n == 1 else TextEmbeds.cat([texts[k] for k in ks])
                 neg = uncond if uncond is None or n == 1 else uncond.repeat(n)
-                cache[ks] = guided(denoiser, text, neg, guidance, None, watch)
+                d = denoiser if per_windows is None else per_windows(spans)
+                cache[ks] = guided(d, text, neg, guidance, None, watch)
             v = cache[ks](x, t)
             if bar is not None:
                 bar.update(len(ks))

@@ -6,39 +6,53 @@
                            settings, RestyleOptions(strength=0.7))
     result.frames                                                           # uint8 (F, 64, 64, 3)
 
-The steps (SDEdit for the appearance, flow-guided fusion of the clean estimate for the motion, in the
-spirit of Rerender-A-Video and FRESCO):
+The steps (SDEdit for the appearance, plug-and-play injection of the source's layout, flow-guided
+fusion for the motion, in the spirit of PnP, Rerender-A-Video and FRESCO):
 
 1. the chosen, resized source frames are encoded by the VAE;
 2. the latents are noised to `strength` by cutting the scheduler's timesteps (diffusers' get_timesteps,
    `loop.set_timesteps`): round(steps x strength) steps run. 1 starts from pure noise (the source then
-   acts only through its flow); 0 runs nothing and returns the source frames as they are, without the
-   model and without a VAE round trip;
+   acts only through its layout and flow); 0 runs nothing and returns the source frames as they are,
+   without the model and without a VAE round trip;
 3. DIS optical flow of the source, forward and backward, gives a `FlowGuide`: the flows that carry each
    frame into the next, resized to the latent grid, and a mask of where they hold (forward-backward
    consistency and a photometric check, see `flow.py`);
-4. during the first `flow_steps` fraction of the steps that run, the `FlowFusion` hook turns the velocity
-   into the predicted clean latents x0 = x_t - s v, pulls each frame t+1 of x0 toward the warp of the
-   already-fused frame t (weight `flow_strength` x mask) and turns the result back into a velocity, so
-   the solver steps toward a temporally consistent clip; the later steps run free;
-5. decode in chunks; with `pixel_fusion`, the same propagation once more on the decoded frames at full
+4. during the first `structure` fraction of the steps that run, `SourceStructure` runs the denoiser on
+   the source latents noised to the step's level (same noise, empty prompt) and lends the guided pass
+   that pass's self-attention queries and keys and mid-level decoder features
+   (`SpaceTimeUNet.structure_injection`): where things are and how they move come from the source,
+   what they look like from the prompt;
+5. during the first `flow_steps` fraction of the steps, the `FlowFusion` hook turns the velocity into
+   the predicted clean latents x0 = x_t - s v, pulls each frame t+1 of x0 toward the warp of the
+   already-fused frame t (weight `flow_strength` x mask) and turns the result back into a velocity;
+6. decode in chunks; with `pixel_fusion`, the same propagation once more on the decoded frames at full
    resolution (weight `flow_strength`), against residual flicker.
 
-Defaults (`RestyleOptions`), tuned with `scripts/bench_restyle.py --first-clip 1000` on the default
-model (world clips other than the benchmark's):
-- strength 0.7: at s = 0.7 the noised latents still hold 0.3 of the source, so the layout and the
-  object's path survive (1.9 px mean track error at 0.7, 2.7 px at 0.8, 9 px at 0.9), while a flat
-  colour can follow the prompt (5 of 6 recoloured at 0.7 and 0.8, 6 of 6 at 0.9);
-- pixel fusion on whenever flow guidance is: on the same clips it cut the warp error to 0.35 of the
-  unguided run's (latent fusion alone: 0.85-0.88) with no loss of track or colour;
-- flow_steps 0.5: where things are and what colour they are is largely settled in the first half of
-  the run; fusing later mostly blurs, since every fusion resamples the latents bilinearly on a coarse grid;
+Defaults. `RestyleOptions` holds plain SDEdit values (strength 0.7, no structure); the API and CLI take
+strength and structure from the model folder (`restyle_strength`, `restyle_structure`, and
+`restyle_guidance` for the scale, in kinema.json `defaults`). The default model's, chosen with
+`scripts/bench_restyle.py --first-clip 1000` (world clips other than the benchmark's) on its
+21,000-step weights, are strength 0.9, structure 0.3, guidance 7.5, flow_steps 0:
+- plain SDEdit has no good strength on this model: at 0.7 the source's colour survives in the 0.3 of
+  it the noised latents hold and small objects come out faint or in the source's colour (tuning clips
+  92% recoloured, benchmark clips 67%), while at 0.9 the prompt wins but the layout is lost (10 px
+  mean track error). With the source's layout injected, a high strength can recolour and keep the
+  track: at 0.9, structure 0.3 gave 100% / 2.6 px at guidance 5 and 92% / 2.2 px at 7.5 (SDEdit at 0.7:
+  92% / 3.0 px); injecting longer (0.5) or at strength 1 held the layout closer but kept more of the
+  source's colour (67-83%); the 4x4 level alone held it loosely (4 px at 0.9);
+- the injected level is the second-finest decoder level (8x8 latents here): without it (attention
+  queries/keys alone) the layout did not follow the source at all (10 px at 0.9);
+- flow_steps 0: fusing the predicted latents along the flow cost track on the 21,000-step weights
+  (4.6 px against 3.0 px without, at strength 0.7), since every fusion resamples the latents
+  bilinearly on a coarse grid; the pixel fusion alone cuts the warp error to ~0.35-0.4 of the
+  unguided run's;
 - flow_strength 0.8, not 1: each frame keeps a fifth of its own estimate, so a flow error the mask
   missed is copied only in part and does not run on along the chain of frames.
 
 Long sources: beyond the model's trained length, the denoiser runs on context windows fused every step
 (`long_video.fused_predict`, FreeNoise noise; `context_length`, `context_stride`); the flow fusion sees
-the fused estimate of the whole clip, so consistency holds across window borders. Peak denoiser memory
+the fused estimate of the whole clip, so consistency holds across window borders. The source's layout
+is injected window by window: each window's pass reads its own slice of the noised source. Peak denoiser memory
 is set by the window; the source, its flows and the output are held whole (`BYTES_PER_PIXEL`), and
 `check_memory` refuses a clip that would not fit before anything is read.
 """
@@ -325,7 +339,7 @@ class SourceStructure:
         self.calls += 1
         if self.calls > self.steps:
             return self.denoiser.predict(latents, timestep, text, cond)
-        t = timestep.reshape(-1)[:1]
+        t = timestep.reshape(-1)[: len(self.source)]
         sigma = float(t[0]) / self.train_steps
         x = ((1 - sigma) * self.source + sigma * self.noise).to(self.dtype)
         with self.denoiser.structure_injection() as inj:
@@ -335,15 +349,18 @@ class SourceStructure:
             return self.denoiser.predict(latents, timestep, text, cond)
 
 
-def structure_denoiser(model, source: torch.Tensor, noise: torch.Tensor, steps: int, timings: Timings) -> SourceStructure:
-    """`SourceStructure` around the model's denoiser, reading the empty prompt."""
-    require(hasattr(model.denoiser, "structure_injection"),
-            "this model's denoiser cannot take the source's layout; pass --structure 0")
+def empty_text(model, timings: Timings) -> TextEmbeds:
+    """The empty prompt, which the source pass reads."""
     t0 = time.perf_counter()
     emb = model.text_encoder.encode([""]).to(model.device, model.dtype)
     timings.add("text_encode", time.perf_counter() - t0)
+    return TextEmbeds(emb.hidden, emb.mask)
+
+
+def structure_denoiser(model, source: torch.Tensor, noise: torch.Tensor, text: TextEmbeds, steps: int) -> SourceStructure:
+    """`SourceStructure` around the model's denoiser (source and noise with one batch row per window)."""
     train_steps = int(model.scheduler_config.get("num_train_timesteps", 1000))
-    return SourceStructure(model.denoiser, source, noise, TextEmbeds(emb.hidden, emb.mask), steps, train_steps)
+    return SourceStructure(model.denoiser, source, noise, text.repeat(len(source)), steps, train_steps)
 
 
 #################################################################################
@@ -366,8 +383,11 @@ def encode_video(model, frames: np.ndarray, timings: Timings) -> torch.Tensor:
     return torch.cat(out, dim=2)
 
 
-def _windows(model, prompt: str, settings: Settings, long, timings: Timings):
-    """(text, uncond, noise, predict, info) for context windows fused every step (long_video's pieces)."""
+def _windows(model, prompt: str, settings: Settings, long, timings: Timings, per_windows=None):
+    """(text, uncond, noise, predict, info) for context windows fused every step (long_video's pieces).
+
+    `per_windows(spans, noise)` gives the denoiser of a group of windows (the source's layout injected).
+    """
     from .long_video import fused_predict, window_texts
     from .windows import freenoise_noise, window_plan
 
@@ -376,8 +396,9 @@ def _windows(model, prompt: str, settings: Settings, long, timings: Timings):
     texts, uncond = window_texts(model, prompt, settings, long, plan, timings)
     g = torch.Generator("cpu").manual_seed(int(settings.seed))
     noise = freenoise_noise(shape, long.context_length, long.context_stride, generator=g)
+    each = None if per_windows is None else (lambda spans: per_windows(spans, noise))
     predict = fused_predict(model.denoiser, texts, uncond, settings.guidance, plan, long.window_weights,
-                            long.batch_windows, timings.denoiser)
+                            long.batch_windows, timings.denoiser, per_windows=each)
     return texts[0], uncond, noise, predict, dict(long.as_dict(), windows=len(plan))
 
 
@@ -398,30 +419,37 @@ def restyle_video(
     timings, t0 = Timings(), time.perf_counter()
     run = denoise_steps(settings.steps, options.strength)
     fused = fusion_steps(run, options.flow_steps) if options.flow else 0
-    structured = fusion_steps(run, options.structure) if long is None else 0
+    structured = fusion_steps(run, options.structure)
     info = dict(restyle=dict(options.as_dict(), denoise_steps=run, fused_steps=fused, structure_steps=structured,
                              fps=settings.fps))
-    if long is not None and options.structure > 0:  # windows: each would need its own slice of the source pass
-        info["restyle"]["note"] = "the source's layout is not injected across context windows"
     if options.strength == 0:  # 0. nothing to change: the source as it is, no VAE round trip
         timings.add("total", time.perf_counter() - t0)
         return Result(source.copy(), torch.empty(0), timings, info)
+    require(not structured or hasattr(model.denoiser, "structure_injection"),
+            "this model's denoiser cannot take the source's layout; pass --structure 0")
+    init = encode_video(model, source, timings).to(model.device)  # 1. encode the source
+    empty = empty_text(model, timings) if structured else None
+
+    def per_windows(spans, noise):  # the source's layout, window by window (batched windows stacked)
+        pick = lambda x: torch.cat([x[:, :, s:e] for s, e in spans]).to(model.device)  # noqa: E731
+        return structure_denoiser(model, pick(init), pick(noise), empty, structured)
+
     if long is None:
-        text, uncond = encode_prompts(model, prompt, settings, timings)  # 1. encode prompt (and negative)
+        text, uncond = encode_prompts(model, prompt, settings, timings)  # 2. encode prompt (and negative)
         noise = predict = None
-    else:  # 1. a text per window, FreeNoise noise, windows fused before each step
-        text, uncond, noise, predict, info["long"] = _windows(model, prompt, settings, long, timings)
-    init = encode_video(model, source, timings)  # 2. encode the source
+        if structured:  # the source's layout injected during the first structure steps
+            noise = initial_noise(latent_shape(model, settings), settings.seed, model.device)
+            denoiser = structure_denoiser(model, init, noise, empty, structured)
+            predict = guided(denoiser, text, uncond, settings.guidance, None, timings.denoiser)
+    else:  # 2. a text per window, FreeNoise noise, windows fused before each step (each with its source slice)
+        text, uncond, noise, predict, info["long"] = _windows(model, prompt, settings, long, timings,
+                                                              per_windows if structured else None)
     guide = flow_guide(model, source, timings) if options.flow or options.pixel_fusion else None  # 3. source flow
     if guide is not None:
         info["restyle"]["reliable_fraction"] = round(float(guide.mask.mean()), 4) if guide.frames > 1 else None
-    hooks = [FlowFusion(guide, options.flow_strength, fused)] if options.flow else []  # 4. flow fusion
-    if structured:  # 4b. the source's layout injected during the first structure steps
-        noise = initial_noise(latent_shape(model, settings), settings.seed, model.device)
-        denoiser = structure_denoiser(model, init.to(model.device), noise, structured, timings)
-        predict = guided(denoiser, text, uncond, settings.guidance, None, timings.denoiser)
+    hooks = [FlowFusion(guide, options.flow_strength, fused)] if options.flow else []  # 4-5. flow fusion
     latents = sample(model, text, uncond, settings, timings, init=init, strength=options.strength, hooks=hooks,
-                     progress=progress, noise=noise, predict=predict)  # 5. noise to strength, denoise
+                     progress=progress, noise=noise, predict=predict)  # noise to strength, denoise
     frames = decode(model, latents, settings, timings)  # 6. decode in chunks
     if options.pixel_fusion:
         t1 = time.perf_counter()

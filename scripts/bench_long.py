@@ -24,8 +24,10 @@ canonical world caption:
   change elsewhere (1 when windows leave no trace), and how far the object jumps at the worst boundary
   (an object moving at constant speed for 256 frames must leave one side and come back on the other,
   as world clips keep it at least half inside the frame), how often it re-enters that way (its centroid
-  jumps more than 1/8 of the frame in one transition), and the worst seam at the boundaries more than 2
-  frames from a re-entry: a diagnosis of where large changes come from, not a replacement for the target.
+  jumps more than 1/8 of the frame in one transition), the worst seam at the boundaries more than 2
+  frames from a re-entry, and each chunk's direction read from the median frame-to-frame move of the
+  object with re-entry jumps left out: a diagnosis of where large changes come from and of the motion
+  between re-entries, not a replacement for the targets.
 """
 
 from __future__ import annotations
@@ -121,9 +123,29 @@ def quality(path: Path, prompt: str, long: dict | None) -> dict | None:
     side = min(video.shape[1:3])
     reentries = [t for t, m in enumerate(moves) if m is not None and m > side / 8]
     away = [s for b, s in zip(bounds, seams) if all(abs(b - 1 - j) > 2 for j in reentries)]
+    # direction within each chunk from the median frame-to-frame move, re-entry jumps left out: does the
+    # object move the prompt's way between re-entries?
+    steps = [None if a is None or b is None or t in reentries else (b[0] - a[0], b[1] - a[1])
+             for t, (a, b) in enumerate(zip(cs, cs[1:]))]
+    step_dirs = []
+    for i in range(0, len(video) - chunk + 1, chunk):
+        d = [m for m in steps[i:i + chunk - 1] if m is not None]
+        if len(d) < 2:
+            step_dirs.append(None)
+            continue
+        mx, my = float(np.median([m[0] for m in d])), float(np.median([m[1] for m in d]))
+        fx, fy = mx * (chunk - 1) / video.shape[2], my * (chunk - 1) / video.shape[1]
+        if max(abs(fx), abs(fy)) < metrics.STILL_FRACTION * (chunk - 1) / 15:
+            step_dirs.append("still")
+        elif abs(fx) >= abs(fy):
+            step_dirs.append("right" if mx > 0 else "left")
+        else:
+            step_dirs.append("down" if my > 0 else "up")
     return dict(boundary_mean_ratio=None if mean_ratio is None else round(mean_ratio, 3), worst_seam_jump_px=jump,
                 reentries=len(reentries), worst_seam_away_from_reentries=round(max(away), 3) if away else None,
-                boundaries_away_from_reentries=len(away),
+                boundaries_away_from_reentries=len(away), chunk_step_directions=step_dirs,
+                direction_chunks_between_reentries=round(float(np.mean([d == direction for d in step_dirs])), 3)
+                if step_dirs else None,
                 colour_frames=round(float(np.mean(colours)), 3), direction_chunks=round(
         float(np.mean([d == direction for d in chunks])) if chunks else float("nan"), 3),
         chunk_directions=chunks, worst_seam_ratio=round(max(seams), 3) if seams else None,
@@ -216,6 +238,9 @@ def main() -> None:
             print(f"  the object re-enters {q['reentries']} times (its centroid jumps > 1/8 frame); worst seam at the "
                   f"{q['boundaries_away_from_reentries']} boundaries more than 2 frames from a re-entry: "
                   f"{q['worst_seam_away_from_reentries']:.2f}")
+        if q.get("direction_chunks_between_reentries") is not None:
+            print(f"  direction from each chunk's median frame-to-frame move (re-entry jumps left out): right in "
+                  f"{q['direction_chunks_between_reentries']:.0%} of chunks ({q['chunk_step_directions']})")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(figures, indent=2))
 

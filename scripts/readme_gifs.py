@@ -8,7 +8,7 @@ Writes (each panel upscaled 2x, nearest, with a label strip):
   samples/source.mp4    a world clip (16 frames, 64x64, 8 fps): the input of the README's restyle/extend commands
   samples/anchor.png    a world frame: the input of the README's animate command
   samples/animate.gif   anchor | `kinema animate samples/anchor.png "<prompt>"`
-  samples/restyle.gif   source | restyle with flow guidance | restyle with --no-flow (same seed and strength)
+  samples/restyle.gif   source | restyle (defaults) | --no-flow | --structure 0 (same seed and strength)
   samples/long.gif      a 256-frame clip (`kinema generate ... --frames 256`), or the clip given by --long-from
 """
 
@@ -87,9 +87,11 @@ def main(argv=None) -> int:
     if "restyle" in args.only:
         src, _ = read_video(out_dir / "source.mp4")
         common = dict(seed=args.seed, model=model, progress=False)
-        flow = kinema.restyle(out_dir / "source.mp4", RESTYLE_PROMPT, **common)
-        plain = kinema.restyle(out_dir / "source.mp4", RESTYLE_PROMPT, flow=False, **common)
-        gif = side_by_side(panel(src, "source"), panel(flow, "flow"), panel(plain, "no flow"))
+        restyled = kinema.restyle(out_dir / "source.mp4", RESTYLE_PROMPT, **common)
+        no_flow = kinema.restyle(out_dir / "source.mp4", RESTYLE_PROMPT, flow=False, **common)
+        no_structure = kinema.restyle(out_dir / "source.mp4", RESTYLE_PROMPT, structure=0.0, **common)
+        gif = side_by_side(panel(src, "source"), panel(restyled, "restyle"), panel(no_flow, "no flow"),
+                           panel(no_structure, "structure 0"))
         write_video(out_dir / "restyle.gif", gif, fps=8, overwrite=True)
         print(f"wrote {out_dir}/restyle.gif", flush=True)
     if "long" in args.only:

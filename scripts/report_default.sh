@@ -28,7 +28,9 @@ kinema eval --suite world --split heldout --json-out "$OUT/eval_world.json"
 kinema eval --suite animate --split heldout --per-combo 1 --json-out "$OUT/eval_animate.json"
 python scripts/bench_generate.py --json-out "$OUT/bench_generate.json"
 python scripts/bench_restyle.py --json-out "$OUT/bench_restyle.json" | tee "$OUT/bench_restyle.txt"
-python scripts/bench_restyle.py --no-pixel-fusion --json-out "$OUT/bench_restyle_latent_only.json" \
+python scripts/bench_restyle.py --first-clip 1000 --json-out "$OUT/bench_restyle_tuning.json" \
+    | tee "$OUT/bench_restyle_tuning.txt"
+python scripts/bench_restyle.py --no-pixel-fusion --flow-steps 0.5 --json-out "$OUT/bench_restyle_latent_only.json" \
     | tee "$OUT/bench_restyle_latent_only.txt"
 mkdir -p build
 python scripts/bench_long.py --json-out "$OUT/bench_long.json" --keep build/long256.mp4 | tee "$OUT/bench_long.txt"

@@ -264,3 +264,20 @@ def test_source_flow_strides_over_frames_for_temporal_compression():
     assert guide.frames == 3 and guide.source_flow.shape == (2, 2, 32, 32)
     with pytest.raises(KinemaError, match="too small"):
         flow.source_flow(video[:, :8, :8], (2, 2))
+
+
+def test_pixel_fusion_blends_flicker_but_keeps_content_the_flow_does_not_explain():
+    still = np.full((3, 32, 32, 3), 90, np.uint8)  # a static source: zero flow, reliable everywhere
+    guide = flow.source_flow(still, (32, 32))
+    out = torch.full((1, 3, 3, 32, 32), 60.0)
+    out[:, :, 0, 8:16, 4:12] = 220.0  # the output's object moves although the source shows nothing moving
+    out[:, :, 1, 8:16, 12:20] = 220.0
+    out[:, :, 2, 8:16, 20:28] = 220.0
+    out[:, :, 1:] += 4.0 * torch.randn(1, 3, 2, 32, 32, generator=torch.Generator().manual_seed(0))  # flicker
+    gated = flow.pixel_fusion(out, guide, 0.8)
+    plain = flow.pixel_fusion(out, guide, 0.8, tolerance=None)
+    assert (plain[:, :, 2, 8:16, 4:12] - 60).abs().mean() > 50  # ungated: a trail where the object was
+    assert (gated[:, :, 2, 8:16, 4:12] - 60).abs().mean() < 8  # gated: the background stays background
+    assert (gated[:, :, 2, 8:16, 20:28] - 220).abs().mean() < 8  # and the object stays where it is
+    background = np.s_[:, :, 1:, 20:, :]
+    assert (gated[background] - 60).std() < 0.6 * (out[background] - 60).std()  # flicker is still blended

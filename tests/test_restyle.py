@@ -306,6 +306,22 @@ def test_long_source_runs_in_windows(trained_like_model, monkeypatch):
     assert seen and set(seen) == {4}  # the denoiser never sees more than one window
 
 
+def test_long_source_takes_its_layout_window_by_window(trained_like_model, monkeypatch):
+    m, made = trained_like_model, []
+    original = v2v.structure_denoiser
+    monkeypatch.setattr(v2v, "structure_denoiser", lambda model, source, noise, *a: made.append(
+        (source.shape, noise.shape)) or original(model, source, noise, *a))
+    src = moving(frames=10)
+    r = kinema.restyle(src, PROMPT, model=m, steps=4, strength=1.0, structure=0.5, height=16, width=16,
+                       context_length=4, context_stride=2, progress=False, return_result=True)
+    plan = window_plan(10, 4, 2)
+    assert r.info["restyle"]["structure_steps"] == 2 and len(made) == len(plan)  # one per window (not batched)
+    assert all(a[0] == b[0] == 1 and a[2] == b[2] == 4 for a, b in made)
+    plain = kinema.restyle(src, PROMPT, model=m, steps=4, strength=1.0, structure=0.0, height=16, width=16,
+                           context_length=4, context_stride=2, progress=False, return_result=True)
+    assert not torch.equal(r.latents, plain.latents)
+
+
 #################################################################################
 #                                  Front door                                   #
 #################################################################################
