@@ -44,16 +44,20 @@ strength and structure from the model folder (`restyle_strength`, `restyle_struc
   queries/keys alone) the layout did not follow the source at all (10 px at 0.9);
 - flow_steps 0: fusing the predicted latents along the flow cost track on the 21,000-step weights
   (4.6 px against 3.0 px without, at strength 0.7), since every fusion resamples the latents
-  bilinearly on a coarse grid; the pixel fusion alone cuts the warp error to ~0.35-0.4 of the
+  bilinearly on a coarse grid; the pixel fusion alone cuts the warp error to ~0.4-0.5 of the
   unguided run's;
+- the pixel fusion is gated by content (`flow.PIXEL_FUSION_TOLERANCE`): ungated, it smeared the
+  output's object along the source's flow wherever the two did not line up (a trail, or an object
+  faded out); with the gate the chosen setting gives 92% / 2.26 px on the tuning clips (figures
+  above are without it; `docs/default-model/restyle-structure/`);
 - flow_strength 0.8, not 1: each frame keeps a fifth of its own estimate, so a flow error the mask
   missed is copied only in part and does not run on along the chain of frames.
 
 Long sources: beyond the model's trained length, the denoiser runs on context windows fused every step
 (`long_video.fused_predict`, FreeNoise noise; `context_length`, `context_stride`); the flow fusion sees
 the fused estimate of the whole clip, so consistency holds across window borders. The source's layout
-is injected window by window: each window's pass reads its own slice of the noised source. Peak denoiser memory
-is set by the window; the source, its flows and the output are held whole (`BYTES_PER_PIXEL`), and
+is injected window by window: each window's pass reads its own slice of the noised source. Peak
+denoiser memory is set by the window; the source, its flows and the output are held whole (`BYTES_PER_PIXEL`), and
 `check_memory` refuses a clip that would not fit before anything is read.
 """
 
