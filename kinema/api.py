@@ -92,6 +92,8 @@ def settings_for(info: dict, **overrides):
     require(s.scheduler in SCHEDULERS, f"unknown --scheduler {s.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
     require(s.shift is None or (math.isfinite(s.shift) and s.shift > 0), f"--shift must be > 0 (got {s.shift})")
     require(s.decode_chunk_size >= 1, "--decode-chunk-size must be >= 1")
+    require(s.motion_length is None or (isinstance(s.motion_length, int) and s.motion_length >= 1),
+            f"--motion-length must be a whole number >= 1 (got {s.motion_length})")
     return s
 
 
@@ -152,6 +154,7 @@ def generate(
     prompt_schedule: str | None = None,
     prompt_transition: int = 0,
     adain: bool = False,
+    motion_length: int | None = None,
 ):
     """Text-to-video: uint8 frames (F, H, W, 3) for `prompt` (or the full Result with `return_result`).
 
@@ -165,7 +168,8 @@ def generate(
     loaded, info = _model_and_info(model, device, dtype, attention)
     check_task(info, "generate")
     settings = settings_for(info, frames=frames, height=height, width=width, steps=steps, guidance=guidance,
-                            seed=seed, negative_prompt=negative_prompt, scheduler=scheduler, shift=shift)
+                            seed=seed, negative_prompt=negative_prompt, scheduler=scheduler, shift=shift,
+                            motion_length=motion_length)
     check_memory(info, settings, context_length, True, **_placed(loaded, device, dtype))
     long = long_options(info, settings, context_length=context_length, context_stride=context_stride,
                         window_weights=window_weights, mode=mode, prompt_schedule=prompt_schedule,
@@ -215,6 +219,7 @@ def extend(
     prompt_schedule: str | None = None,
     prompt_transition: int = 0,
     adain: bool = False,
+    motion_length: int | None = None,
     progress: bool = True,
     return_result: bool = False,
 ):
@@ -232,7 +237,7 @@ def extend(
     check_task(info, "extend")
     source, settings = extend_inputs(info, video, frames, resize, height=height, width=width, steps=steps,
                                      guidance=guidance, seed=seed, negative_prompt=negative_prompt,
-                                     scheduler=scheduler, shift=shift)
+                                     scheduler=scheduler, shift=shift, motion_length=motion_length)
     check_memory(info, settings, context_length, True, **_placed(loaded, device, dtype))
     opts = long_options(info, settings, source_frames=len(source), mode="continue", context_length=context_length,
                         context_stride=context_stride, prompt_schedule=prompt_schedule,

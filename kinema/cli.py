@@ -47,7 +47,7 @@ def cmd_generate(args) -> None:
     settings = api.settings_for(
         info, frames=args.frames, height=args.height, width=args.width, steps=args.steps, guidance=args.guidance,
         seed=args.seed, negative_prompt=args.negative_prompt, scheduler=args.scheduler, shift=args.shift, fps=args.fps,
-        decode_chunk_size=args.decode_chunk_size,
+        decode_chunk_size=args.decode_chunk_size, motion_length=args.motion_length,
     )
     api.check_memory(info, settings, args.context_length, True, args.device, args.dtype, args.offload)
     long = api.long_options(info, settings, **long_options_from_args(args))
@@ -82,7 +82,7 @@ def cmd_extend(args) -> None:
     source, settings = api.extend_inputs(
         info, args.video, args.frames, args.resize, fps=args.fps, height=args.height, width=args.width,
         steps=args.steps, guidance=args.guidance, seed=args.seed, negative_prompt=args.negative_prompt,
-        scheduler=args.scheduler, shift=args.shift, decode_chunk_size=args.decode_chunk_size,
+        scheduler=args.scheduler, shift=args.shift, decode_chunk_size=args.decode_chunk_size, motion_length=args.motion_length,
     )
     api.check_memory(info, settings, args.context_length, True, args.device, args.dtype, args.offload)
     long = api.long_options(info, settings, source_frames=len(source), **long_options_from_args(args))
@@ -129,7 +129,7 @@ def settings_from_args(info: dict, args):
     return api.settings_for(
         info, frames=args.frames, height=args.height, width=args.width, steps=args.steps, guidance=args.guidance,
         seed=args.seed, negative_prompt=args.negative_prompt, scheduler=args.scheduler, shift=args.shift, fps=args.fps,
-        decode_chunk_size=args.decode_chunk_size,
+        decode_chunk_size=args.decode_chunk_size, motion_length=args.motion_length,
     )
 
 
@@ -180,7 +180,7 @@ def cmd_restyle(args) -> None:
         fps=args.fps, device=args.device, dtype=args.dtype, context_length=args.context_length,
         context_stride=args.context_stride, window_weights=args.window_weights, height=args.height, width=args.width,
         steps=args.steps, guidance=args.guidance, seed=args.seed, negative_prompt=args.negative_prompt,
-        scheduler=args.scheduler, shift=args.shift, decode_chunk_size=args.decode_chunk_size,
+        scheduler=args.scheduler, shift=args.shift, decode_chunk_size=args.decode_chunk_size, motion_length=args.motion_length,
     )
     t0 = time.perf_counter()
     if options.strength == 0:  # the source comes back unchanged: no model is loaded; the sidecar says so
@@ -359,6 +359,10 @@ def add_sampling_options(s) -> None:
                    help="flow-matching solver (default: the model's; euler for kinema models, UniPC for Wan)")
     s.add_argument("--shift", type=finite_float, default=None, help="timestep shift of the schedule (default: the model's)")
     s.add_argument("--decode-chunk-size", type=positive_int, default=16, help="latent frames decoded at once")
+    s.add_argument("--motion-length", type=positive_int, default=None,
+                   help="pace the motion as in a clip of this many frames (models with a length embedding, such "
+                        "as the default: longer clips move more slowly, so the object stays in frame; default: "
+                        "the clip's frames; give 16 to keep a 16-frame clip's pace in a long one)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     add_model_options(s)

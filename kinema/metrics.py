@@ -23,9 +23,11 @@ Thresholds (module constants, all relative so they hold at any resolution and le
   object (a triangle of side 1/6) covers ~1.4% of the frame, and still ~1% once blurred edges
   turn unknown.
 - ``STILL_FRACTION`` = 1/8 of the frame side over 16 frames (scaled by ``(F - 1) / 15`` for
-  other lengths, as the world keeps its pace per frame): below it the clip is "still". The
-  slowest world motion travels 1/3 of the side, 2.7x more; a still object moves 0, so jitter of
-  a few pixels in generated clips does not read as motion.
+  other lengths, and by ``world.pace_ratio`` for clips longer than ~33 frames, which the world
+  moves more slowly so the object never leaves): below it the clip is "still". The slowest world
+  motion travels 1/3 of the side, 2.7x more, at every length; a still object moves 0, so jitter of
+  a few pixels in generated clips does not read as motion. A window of a longer clip is read at
+  that clip's pace (``analyse_video(window, clip_frames=...)``).
 - ``flicker`` is in grey levels (0..255), the mean absolute change between consecutive frames
   over pixels outside the (dilated) object masks of both frames: 0 for a static background.
 """
@@ -155,7 +157,16 @@ def _theil_sen(t: np.ndarray, v: np.ndarray) -> float:
     return float(np.median((v[j] - v[i]) / (t[j] - t[i])))
 
 
-def _direction(readings: list[FrameReading], h: int, w: int) -> tuple[str | None, tuple[float, float] | None]:
+def still_threshold(span: int, clip_frames: int | None = None, side: float = 64.0) -> float:
+    """Fraction of the frame side below which a move over `span` transitions reads as still.
+
+    `clip_frames`: the length of the clip these transitions belong to (default: span + 1), whose
+    world pace sets the threshold.
+    """
+    return STILL_FRACTION * span / 15 * world.pace_ratio(clip_frames or span + 1, side)
+
+
+def _direction(readings: list[FrameReading], h: int, w: int, clip_frames: int | None = None) -> tuple[str | None, tuple[float, float] | None]:
     """Direction and (dx, dy) over the clip from a robust linear fit of the centroid over time."""
     t = np.array([i for i, r in enumerate(readings) if r.found], dtype=np.float64)
     if len(t) < 2:
@@ -164,7 +175,7 @@ def _direction(readings: list[FrameReading], h: int, w: int) -> tuple[str | None
     span = len(readings) - 1
     dx, dy = _theil_sen(t, xy[:, 0]) * span, _theil_sen(t, xy[:, 1]) * span
     fx, fy = dx / w, dy / h  # fractions of the frame side, comparable across axes
-    if max(abs(fx), abs(fy)) < STILL_FRACTION * span / 15:
+    if max(abs(fx), abs(fy)) < still_threshold(span, clip_frames, min(h, w)):
         return "still", (dx, dy)
     if abs(fx) >= abs(fy):
         return ("right" if dx > 0 else "left"), (dx, dy)
@@ -191,12 +202,15 @@ def _flicker(video: np.ndarray, readings: list[FrameReading]) -> float:
     return float(np.mean(diffs)) if diffs else float("nan")
 
 
-def analyse_video(video: np.ndarray) -> VideoReading:
-    """Read every frame, then the clip's majority colours, direction of motion and flicker."""
+def analyse_video(video: np.ndarray, clip_frames: int | None = None) -> VideoReading:
+    """Read every frame, then the clip's majority colours, direction of motion and flicker.
+
+    `clip_frames`: `video` is a window of a clip this long, whose pace sets the still threshold.
+    """
     _check_video(video)
     h, w = video.shape[1:3]
     readings = [analyse_frame(f) for f in video]
-    direction, displacement = _direction(readings, h, w)
+    direction, displacement = _direction(readings, h, w, clip_frames)
     return VideoReading(
         frames=readings,
         background=_majority(r.background for r in readings),

@@ -33,6 +33,7 @@ from . import loading, world
 from .config import load_yaml
 from .errors import KinemaError
 from .models import FrameCondition, TextEmbeds
+from .models.unet import GROWN_PREFIXES
 
 #################################################################################
 #                                     Config                                    #
@@ -78,6 +79,12 @@ class DenoiserStage:
     # logit-normal rarely trains (P(sigma > 0.95) is about 1.6% at mean 0.8)
     high_noise: tuple[float, ...] = ()
     grown_lr_scale: float = 1.0  # lr multiplier for the parameters `grow` adds (they start at zero)
+    # windows of longer world clips (which move more slowly, so the object stays in frame), for a denoiser
+    # with a length embedding: `long_clips` of them, of clip lengths log-uniform in `long_frames`, each a
+    # window of `frames` frames at a random offset; `long_share` of every batch is drawn from them
+    long_clips: int = 0
+    long_frames: tuple[int, ...] = (17, 512)
+    long_share: float = 0.0
 
 
 @dataclass
@@ -315,30 +322,56 @@ def finish_vae(cfg: TrainConfig, model: loading.Model, run: Path, accelerator) -
 #################################################################################
 
 
+def long_window(cfg: TrainConfig, seed: int) -> tuple[np.ndarray, world.ClipSpec, int]:
+    """A `frames`-frame window (uint8) of a longer world clip: its frames, spec and the clip's length."""
+    d = cfg.denoiser
+    rng = np.random.default_rng([seed, 7])
+    lo, hi = d.long_frames
+    length = int(round(float(np.exp(rng.uniform(np.log(lo), np.log(hi))))))
+    spec = world.World(split="train", frames=length, size=cfg.size).spec(seed)
+    start = int(rng.integers(0, length - cfg.frames + 1))
+    video = world.render(spec, length, cfg.size, cfg.size, seed=seed, times=range(start, start + cfg.frames))
+    return video, spec, length
+
+
 def build_cache(cfg: TrainConfig, model: loading.Model, run: Path) -> dict:
-    """Encode `clips` training clips to latents and every caption to token states, once."""
-    path = run / "cache" / f"latents-{cfg.denoiser.clips}-{cfg.frames}-{cfg.size}.safetensors"
+    """Encode `clips` training clips (and `long_clips` windows of longer ones) to latents and every caption to token states, once."""
+    d = cfg.denoiser
+    name = f"latents-{d.clips}-{cfg.frames}-{cfg.size}"
+    if d.long_clips:
+        name += f"-long-{d.long_clips}-{d.long_frames[0]}-{d.long_frames[1]}"
+    path = run / "cache" / f"{name}.safetensors"
     if path.is_file():
         data = load_file(path)
         meta = json.loads((path.with_suffix(".json")).read_text())
         return {**data, **meta}
     path.parent.mkdir(parents=True, exist_ok=True)
     w = world.World(split="train", frames=cfg.frames, size=cfg.size)
-    latents, specs = [], []
+    latents, specs, lengths = [], [], []
     vae = model.vae.eval()
-    for i in tqdm(range(0, cfg.denoiser.clips, 16), desc="encode clips"):
-        clips = [w.clip(cfg.seed * 10_000_000 + j) for j in range(i, min(i + 16, cfg.denoiser.clips))]
-        x = _to_tensor(np.stack([c.video for c in clips]))
+    total = d.clips + d.long_clips
+    for i in tqdm(range(0, total, 16), desc="encode clips"):
+        videos, batch_specs = [], []
+        for j in range(i, min(i + 16, total)):
+            if j < d.clips:
+                c = w.clip(cfg.seed * 10_000_000 + j)
+                videos.append(c.video), batch_specs.append(c.spec), lengths.append(cfg.frames)
+            else:  # seeds of long windows sit apart from the short clips'
+                video, spec, length = long_window(cfg, cfg.seed * 10_000_000 + 5_000_000 + j)
+                videos.append(video), batch_specs.append(spec), lengths.append(length)
+        x = _to_tensor(np.stack(videos))
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             latents.append(vae.encode(x).float().half())
-        specs += [dict(colour=c.spec.colour, shape=c.spec.shape, direction=c.spec.direction, background=c.spec.background) for c in clips]
+        specs += [dict(colour=s.colour, shape=s.shape, direction=s.direction, background=s.background) for s in batch_specs]
     captions = [""] + sorted({c for s in specs for c in world.captions_for(**s)})
     hidden, mask = [], []
     for i in tqdm(range(0, len(captions), 256), desc="encode captions"):
         t = model.text_encoder.encode(captions[i : i + 256])
         hidden.append(F.pad(t.hidden, (0, 0, 0, 32 - t.hidden.shape[1])).half())
         mask.append(F.pad(t.mask, (0, 32 - t.mask.shape[1])))
-    data = {k: v.contiguous() for k, v in dict(latents=torch.cat(latents), text_hidden=torch.cat(hidden), text_mask=torch.cat(mask)).items()}
+    data = dict(latents=torch.cat(latents), text_hidden=torch.cat(hidden), text_mask=torch.cat(mask),
+                clip_frames=torch.tensor(lengths, dtype=torch.int32))
+    data = {k: v.contiguous() for k, v in data.items()}
     meta = dict(specs=specs, captions=captions)
     tmp = path.with_name(path.name + ".tmp")
     save_file(data, tmp)
@@ -377,8 +410,13 @@ def denoiser_batch(cfg: TrainConfig, cache: dict, caption_index: dict, step: int
     """The batch of one step, a pure function of (seed, step, rank): resuming replays it exactly."""
     d = cfg.denoiser
     rng = np.random.default_rng([cfg.seed, 2, step, rank])
-    idx = rng.integers(0, len(cache["specs"]), size=d.batch)
+    short = len(cache["specs"]) - d.long_clips  # the cache holds the short clips, then the long windows
+    idx = rng.integers(0, short, size=d.batch)
+    if d.long_clips and d.long_share > 0:  # some samples from the windows of longer clips
+        long = rng.random(d.batch) < d.long_share
+        idx = np.where(long, short + rng.integers(0, d.long_clips, size=d.batch), idx)
     x0 = cache["latents"][torch.from_numpy(idx)].float()
+    frames = cache["clip_frames"][torch.from_numpy(idx)] if "clip_frames" in cache else torch.full((d.batch,), cfg.frames)
     caps = []
     for i in idx:
         s = cache["specs"][int(i)]
@@ -396,7 +434,7 @@ def denoiser_batch(cfg: TrainConfig, cache: dict, caption_index: dict, step: int
     s = sigma[:, None, None, None, None]
     xt = (1 - s) * x0 + s * noise  # flow matching: x_t between data (s=0) and noise (s=1)
     cond = frame_condition(x0, rng, d)
-    return xt, sigma * 1000, text, cond, noise - x0
+    return xt, sigma * 1000, text, cond, noise - x0, frames
 
 
 def train_denoiser(cfg: TrainConfig, model: loading.Model, run: Path, accelerator, start: int, state: dict | None) -> None:
@@ -405,9 +443,13 @@ def train_denoiser(cfg: TrainConfig, model: loading.Model, run: Path, accelerato
     caption_index = {c: i for i, c in enumerate(cache["captions"])}
     grow_denoiser(model, d.grow)
     net = model.denoiser.float().train()
+    length_input = bool(net.config.get("length_embedding", False))
+    if d.long_clips and not length_input:
+        raise KinemaError("denoiser.long_clips needs a denoiser with a length embedding; add "
+                          "length_embedding to denoiser.grow")
     ema = _copy(net)
-    fresh = [p for n, p in net.named_parameters() if n.startswith("motion.")]
-    rest = [p for n, p in net.named_parameters() if not n.startswith("motion.")]
+    fresh = [p for n, p in net.named_parameters() if n.startswith(GROWN_PREFIXES)]
+    rest = [p for n, p in net.named_parameters() if not n.startswith(GROWN_PREFIXES)]
     groups = [dict(params=rest, lr_scale=1.0)] + ([dict(params=fresh, lr_scale=d.grown_lr_scale)] if fresh else [])
     opt = torch.optim.AdamW(groups, lr=d.lr, weight_decay=0.0)
     history = []
@@ -420,12 +462,13 @@ def train_denoiser(cfg: TrainConfig, model: loading.Model, run: Path, accelerato
     warm_from = start if state is None else 0  # without optimizer state (a fresh run, or continuing from a folder) warm up again
     log = Logger(run, "denoiser", start, d.steps, accelerator.is_main_process)
     for step in range(start, d.steps):
-        xt, t, text, cond, target = denoiser_batch(cfg, cache, caption_index, step, accelerator.process_index)
+        xt, t, text, cond, target, frames = denoiser_batch(cfg, cache, caption_index, step, accelerator.process_index)
         dev = accelerator.device
+        extra = dict(clip_frames=frames.to(dev)) if length_input else {}
         for g in opt.param_groups:
             g["lr"] = g.get("lr_scale", 1.0) * lr_at(step - warm_from, d.lr, d.warmup, None) * cooldown_factor(step, d.steps, d.cooldown)
         with accelerator.autocast():
-            pred = net(xt.to(dev), t.to(dev), text.to(dev), FrameCondition(cond.latents.to(dev), cond.mask.to(dev)))
+            pred = net(xt.to(dev), t.to(dev), text.to(dev), FrameCondition(cond.latents.to(dev), cond.mask.to(dev)), **extra)
         pred, target = pred.float(), target.to(dev)
         loss = F.mse_loss(pred, target)
         if d.motion_loss > 0:
@@ -454,7 +497,7 @@ def train_denoiser(cfg: TrainConfig, model: loading.Model, run: Path, accelerato
         sample_grid(loading.load(model.path), cfg.sample_prompts, run / "samples.gif", steps=cfg.sample_steps)
 
 
-GROWABLE = ("motion_embedding", "coord_channels")
+GROWABLE = ("motion_embedding", "coord_channels", "length_embedding")
 
 
 def grow_denoiser(model: loading.Model, inputs) -> None:

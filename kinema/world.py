@@ -196,6 +196,16 @@ def _sample_spec(
     return ClipSpec(colour, shape, direction, background, size, (start[0], start[1]), (dx * speed, dy * speed), texture)
 
 
+def pace_ratio(frames: int, side: float = 64.0) -> float:
+    """The slowest moving object's speed per frame in a `frames`-frame clip over that in a 16-frame clip.
+
+    1 up to ~33 frames; below it for longer clips, where the speed is capped so the largest object
+    (1/4 of the side) can cross the frame once: about 0.127 at 256 frames of 64 px.
+    """
+    slowest16 = side / 3 / 15  # the shortest travel, 1/3 of the side over 16 frames
+    return min(1.0, (side - side / 4 - 2) / max(frames - 1, 1) / slowest16)
+
+
 _SUPERSAMPLE = 4
 
 

@@ -15,6 +15,13 @@ embedding that modulates every ResBlock; with `coord_channels`, the input carrie
 zero at initialisation, so `grow` adds them to a trained network without changing
 its output.
 
+A third optional input, `length_embedding`, tells the network how long the whole clip is that it
+is making a window of (`clip_frames`, default the window's own frames). In the world, longer clips
+move more slowly so the object never leaves the frame; a window of a 256-frame clip should creep
+where a 16-frame clip crosses the frame. The length enters the embedding that modulates every block,
+through an MLP of a sinusoidal code of log2(clip_frames / 16) whose output layer starts at zero, so
+`grow` adds it too without changing the function (as SVD's fps and motion micro-conditioning do).
+
 Structure injection (`SpaceTimeUNet.structure_injection`, for restyling): one pass over a source
 records every self-attention's queries and keys and the ResBlock outputs of the second-finest decoder
 level; the passes that follow use the recorded ones in place of their own, so the layout and motion
@@ -42,6 +49,9 @@ from .seams import FrameCondition, TextEmbeds
 #################################################################################
 #                                    Helpers                                    #
 #################################################################################
+
+GROWN_PREFIXES = ("motion.", "length.")  # parameters `grow` adds (zero-initialised outputs)
+LENGTH_CODE_SCALE = 100.0  # log2(clip frames / 16) in [0, 5] -> [0, 500], the range sinusoidal codes resolve
 
 
 def sinusoidal(x: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -223,6 +233,7 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
         groups: int = 16,
         motion_embedding: bool = False,
         coord_channels: bool = False,
+        length_embedding: bool = False,
     ):
         super().__init__()
         cfg = dict(emb_dim=emb_dim, groups=groups, head_dim=head_dim, text_dim=text_dim)
@@ -230,6 +241,9 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
         self.text_pool = nn.Linear(text_dim, emb_dim)
         if motion_embedding:  # (pooled text, frame position) -> a per-frame embedding term
             self.motion = nn.Sequential(nn.Linear(text_dim + 64, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if length_embedding:  # log2(clip frames / 16) -> an embedding term (the pace of the whole clip)
+            self.length = nn.Sequential(nn.Linear(64, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.clip_frames: int | None = None  # set by `clip_length`; None: the window is the whole clip
         self.conv_in = nn.Conv2d(2 * latent_channels + 1 + 2 * coord_channels, channels[0], 3, padding=1)
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -275,23 +289,27 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
         if self.config.motion_embedding:
             nn.init.zeros_(self.motion[-1].weight)
             nn.init.zeros_(self.motion[-1].bias)
+        if self.config.length_embedding:
+            nn.init.zeros_(self.length[-1].weight)
+            nn.init.zeros_(self.length[-1].bias)
 
-    def grow(self, motion_embedding: bool = True, coord_channels: bool = True) -> "SpaceTimeUNet":
-        """A copy with the per-frame text path and/or coordinate channels added, computing the same function.
+    def grow(self, motion_embedding: bool = True, coord_channels: bool = True, length_embedding: bool = False) -> "SpaceTimeUNet":
+        """A copy with the per-frame text path, coordinate channels and/or clip-length input added, computing the same function.
 
-        The new weights start at zero (the motion MLP's output layer, the coordinate channels' input
-        filters), so training continues from this network's behaviour instead of from scratch.
+        The new weights start at zero (the motion and length MLPs' output layers, the coordinate
+        channels' input filters), so training continues from this network's behaviour instead of from scratch.
         """
         config = {k: v for k, v in self.config.items() if not k.startswith("_")}
         config.update(motion_embedding=motion_embedding or self.config.motion_embedding,
-                      coord_channels=coord_channels or self.config.coord_channels)
+                      coord_channels=coord_channels or self.config.coord_channels,
+                      length_embedding=length_embedding or self.config.get("length_embedding", False))
         new = type(self)(**config).to(self.conv_in.weight.device)
         state = self.state_dict()
         w = state["conv_in.weight"]  # (out, in, 3, 3)
         extra = new.conv_in.weight.shape[1] - w.shape[1]
         state["conv_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], extra, *w.shape[2:])], dim=1)
         missing, unexpected = new.load_state_dict(state, strict=False)
-        assert not unexpected and all(k.startswith("motion.") for k in missing), (missing, unexpected)
+        assert not unexpected and all(k.startswith(GROWN_PREFIXES) for k in missing), (missing, unexpected)
         return new if w.dtype == torch.float32 else new.to(w.dtype)
 
     @contextmanager
@@ -314,18 +332,35 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
             for t in targets:
                 t.inject = None
 
+    @contextmanager
+    def clip_length(self, frames: int | None):
+        """Within the block, every forward makes a window of a clip of `frames` frames (None: of itself)."""
+        before, self.clip_frames = self.clip_frames, frames
+        try:
+            yield
+        finally:
+            self.clip_frames = before
+
     def set_attention_backend(self, backend: str) -> None:
         for m in self.modules():
             if isinstance(m, Attention):
                 m.backend = backend
 
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor, text: TextEmbeds, cond: FrameCondition | None = None):
-        # x (B, C, F, H, W) noisy latents; timestep (B,) in [0, 1000]
+    def forward(
+        self, x: torch.Tensor, timestep: torch.Tensor, text: TextEmbeds, cond: FrameCondition | None = None,
+        clip_frames: torch.Tensor | None = None,
+    ):
+        # x (B, C, F, H, W) noisy latents; timestep (B,) in [0, 1000]; clip_frames (B,): the whole clip's frames
         b, _, f, h, w = x.shape
         cond = cond if cond is not None else FrameCondition.empty(x)
         hm = text.mask.to(text.hidden.dtype)[..., None]  # (B, L, 1)
         pooled = (text.hidden * hm).sum(1) / hm.sum(1).clamp(min=1)  # (B, D)
         emb = self.time_mlp(sinusoidal(timestep, 256).to(x.dtype)) + self.text_pool(pooled)  # (B, E)
+        if self.config.get("length_embedding", False):
+            if clip_frames is None:
+                clip_frames = torch.full((b,), float(self.clip_frames or f), device=x.device)
+            code = torch.log2(clip_frames.float().clamp(min=1) / 16) * LENGTH_CODE_SCALE  # (B,)
+            emb = emb + self.length(sinusoidal(code, 64).to(x.dtype))  # (B, E)
         emb_frames = emb.repeat_interleave(f, 0)  # (B*F, E)
         if self.config.motion_embedding:
             pos = sinusoidal(torch.arange(f, device=x.device), 64).to(x.dtype)  # (F, 64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -28,6 +29,9 @@ class Settings:
     shift: float | None = None
     fps: float = 8.0
     decode_chunk_size: int = 16
+    # the clip length the denoiser is told (models with a length embedding pace the motion by it, as the
+    # world does: longer clips move more slowly); None: the clip's own frames
+    motion_length: int | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -64,6 +68,14 @@ def initial_noise(shape, seed: int, device) -> torch.Tensor:
     """Gaussian noise from a CPU generator: the same seed gives the same noise on every device."""
     g = torch.Generator("cpu").manual_seed(int(seed))
     return torch.randn(shape, generator=g, dtype=torch.float32).to(device)
+
+
+@contextmanager
+def clip_length(model, settings: Settings):
+    """Tell the denoiser the whole clip's length for the block (a no-op for denoisers without the input)."""
+    told = getattr(model.denoiser, "clip_length", None)
+    with told(settings.motion_length or settings.frames) if told is not None else nullcontext():
+        yield
 
 
 def sample(
@@ -103,7 +115,7 @@ def sample(
         latents = hooks[-1].after_step(-1, sigma0, latents)
     if predict is None:
         predict = guided(model.denoiser, text, uncond, settings.guidance, cond, timings.denoiser)
-    with torch.inference_mode():
+    with torch.inference_mode(), clip_length(model, settings):
         latents = denoise(predict, latents, scheduler, start, hooks, progress, desc)
     timings.add("denoise", time.perf_counter() - t0)
     return latents

@@ -135,6 +135,48 @@ def test_windowed_generation_bounded_by_the_window(trained_like_model, monkeypat
     assert r.frames[-1].std() > 0 and torch.isfinite(r.latents).all()
 
 
+@pytest.fixture(scope="module")
+def length_model(tiny_model_dir):
+    """The tiny model grown a length embedding, randomised so the clip length changes its predictions."""
+    from kinema import loading
+
+    model = loading.load(tiny_model_dir)
+    model.denoiser = model.denoiser.grow(motion_embedding=False, coord_channels=False, length_embedding=True).eval()
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in model.denoiser.parameters():
+            if p.abs().sum() == 0 and p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+@pytest.mark.parametrize("mode", ["window", "continue"])
+def test_every_window_is_told_the_whole_clip_length(length_model, monkeypatch, mode):
+    m = length_model
+    seen = []
+    original = m.denoiser.forward
+    monkeypatch.setattr(m.denoiser, "forward", lambda x, *a, **k: seen.append(m.denoiser.clip_frames) or original(x, *a, **k))
+    options = lv.LongOptions(mode=mode, context_length=4, context_stride=3)
+    r = lv.long_video(m, PROMPT, small(13), options, progress=False)
+    assert seen and set(seen) == {13}
+    seen.clear()
+    paced = lv.long_video(m, PROMPT, small(13, motion_length=4), options, progress=False)
+    assert set(seen) == {4} and not torch.equal(r.latents, paced.latents)
+    seen.clear()
+    text_to_video(m, PROMPT, small(4), progress=False)
+    assert set(seen) == {4} and m.denoiser.clip_frames is None
+
+
+def test_motion_length_is_checked_before_loading(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("loaded the model"))
+    with pytest.raises(SystemExit) as e:
+        main(["generate", PROMPT, "-o", str(tmp_path / "x.mp4"), "--model", str(tiny_model_dir), "--motion-length", "0"])
+    assert e.value.code == 2 and "--motion-length" in capsys.readouterr().err
+    with pytest.raises(kinema.KinemaError, match="--motion-length must be a whole number >= 1"):
+        kinema.generate(PROMPT, model=tiny_model_dir, motion_length=0)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_continuation_reinjects_the_known_frames(trained_like_model, monkeypatch):
     m = trained_like_model
     calls = []
@@ -284,3 +326,23 @@ def test_benchmark_tells_reentries_from_window_seams(tmp_path):
     assert q["worst_seam_ratio"] > 3  # a 45 px jump at a boundary (frames 16 and 32 start windows)
     assert q["boundaries_away_from_reentries"] == q["boundaries"] - 2  # every 4th transition: one near each
     assert q["worst_seam_away_from_reentries"] == pytest.approx(1.0, abs=0.05)  # constant speed elsewhere
+
+
+def test_benchmark_reads_a_long_world_clip_at_its_own_pace(tmp_path):
+    """The world moves a 256-frame clip ~8x slower than a 16-frame one (its object never leaves): each
+    16-frame chunk of it reads as moving right at the clip's pace, and as still at a 16-frame clip's;
+    a standing object reads as still at both. The reference is that same world clip."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench_long
+    finally:
+        sys.path.pop(0)
+    long = dict(mode="window", context_length=16, context_stride=4)
+    prompt = "a yellow square moving right on a purple background"
+    q = bench_long.reference(prompt, 256, 0, long, tmp_path)
+    assert q["colour_frames"] == 1.0 and q["reentries"] == 0 and q["boundaries"] == 63
+    assert q["direction_chunks"] == 1.0 and q["direction_chunks_16_frame_pace"] == 0.0
+    assert q["worst_seam_ratio_floored"] <= 1.5 < q["worst_seam_ratio"]  # sub-pixel steps, no windows at all
+    still = bench_long.reference("a yellow square standing still on a purple background", 256, 0, long, tmp_path)
+    assert still["direction_chunks"] == 1.0 and still["direction_chunks_16_frame_pace"] == 1.0
+    assert bench_long.reference("not a world caption", 256, 0, long, tmp_path) is None

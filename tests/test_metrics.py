@@ -200,3 +200,20 @@ def test_world_suite_wrong_colour_scores_zero_colour():
 def test_world_suite_rejects_bad_clip():
     with pytest.raises(ValueError, match="bad clip"):
         metrics.run_world_suite(lambda prompt, seed: np.zeros((16, 64, 64, 3), np.float32), per_combo=1)
+
+
+def test_still_threshold_follows_the_world_pace():
+    """Up to ~33 frames the world keeps a 16-frame clip's pace; longer clips move more slowly, and so
+    does the threshold, which stays below the slowest world motion at every length."""
+    assert world.pace_ratio(16) == 1.0 and world.pace_ratio(33) == 1.0 and world.pace_ratio(34) < 1.0
+    assert world.pace_ratio(256) == pytest.approx(0.127, abs=0.002)
+    for frames in (16, 64, 256, 1024):
+        w = world.World(split="all", frames=frames)
+        for seed in range(20):
+            spec = w.spec(seed)
+            travel = np.hypot(*spec.velocity) * (frames - 1) / 64  # fraction of the side over the clip
+            if spec.direction != "still":
+                assert travel > 2 * metrics.still_threshold(frames - 1, frames)
+    chunk = world.World(split="all", frames=256).clip(3, ("red", "circle", "down"), "blue").video[100:116]
+    assert metrics.analyse_video(chunk, clip_frames=256).direction == "down"
+    assert metrics.analyse_video(chunk).direction == "still"

@@ -204,6 +204,65 @@ def test_grow_keeps_the_function_and_adds_inputs():
     assert not torch.allclose(moved, swapped)
 
 
+def test_grow_adds_the_clip_length_input():
+    """The length embedding starts at zero (same function); once trained, the clip length changes the
+    output, given per sample (training) or by `clip_length` (sampling); the default is the window itself."""
+    from kinema.models import PRESETS, SpaceTimeUNet
+
+    torch.manual_seed(0)
+    net = SpaceTimeUNet(latent_channels=4, text_dim=16, **PRESETS["tiny"]).eval()
+    for p in net.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    big = net.grow(motion_embedding=False, coord_channels=False, length_embedding=True).eval()
+    assert big.config.length_embedding and not big.config.motion_embedding
+    x, t = torch.randn(2, 4, 6, 8, 8), torch.tensor([100.0, 900.0])
+    text = TextEmbeds(torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool))
+    with torch.no_grad():
+        assert torch.equal(net(x, t, text), big(x, t, text))
+        for p in big.length.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        own = big(x, t, text)
+        assert torch.equal(own, big(x, t, text, clip_frames=torch.tensor([6, 6])))  # default: the window's frames
+        long = big(x, t, text, clip_frames=torch.tensor([256, 256]))
+        with big.clip_length(256):
+            assert torch.equal(big(x, t, text), long)
+        assert big.clip_frames is None  # restored after the block
+        mixed = big(x, t, text, clip_frames=torch.tensor([6, 256]))
+    assert not torch.allclose(own, long, atol=1e-4)
+    assert torch.equal(mixed[0], own[0]) and torch.allclose(mixed[1], long[1], atol=1e-6)
+
+
+def test_long_windows_are_frames_of_a_longer_world_clip():
+    from kinema import world
+    from kinema.train import DenoiserStage, TrainConfig, long_window
+
+    cfg = TrainConfig(frames=8, size=32, denoiser=DenoiserStage(long_frames=(17, 512)))
+    lengths = []
+    for seed in range(40):
+        video, spec, length = long_window(cfg, seed)
+        assert video.shape == (8, 32, 32, 3) and 17 <= length <= 512
+        full = world.render(spec, length, 32, 32, seed=seed)
+        starts = [s for s in range(length - 7) if np.array_equal(full[s:s + 8], video)]
+        assert starts, "the window is 8 consecutive frames of the clip"
+        lengths.append(length)
+    assert min(lengths) < 60 and max(lengths) > 150  # log-uniform over the range
+
+
+def test_continue_with_long_windows_trains_the_length_input(full_run, tmp_path):
+    """`long_clips` windows of longer clips join the cache with their lengths; the length MLP trains."""
+    stage = ("  steps: 10\n  grow: [length_embedding]\n  long_clips: 8\n  long_frames: [5, 64]\n"
+             "  long_share: 0.5\n")
+    model, r = continue_denoiser(full_run[0], tmp_path, stage)
+    assert r.returncode == 0, r.stderr[-2000:]
+    net = loading.load(model).denoiser
+    assert net.config.length_embedding and net.length[-1].weight.abs().sum() > 0
+    cache = load_file(next((tmp_path / "run" / "cache").glob("*-long-8-5-64.safetensors")))
+    assert cache["latents"].shape[0] == 16 + 8
+    assert (cache["clip_frames"][:16] == 4).all() and (cache["clip_frames"][16:] >= 5).all()
+    _, r = continue_denoiser(full_run[0], tmp_path / "bad", "  steps: 12\n  long_clips: 8\n  long_share: 0.5\n")
+    assert r.returncode == 2 and "length_embedding" in r.stderr
+
+
 def test_cooldown_factor_decays_linearly_over_the_last_steps():
     from kinema.train import cooldown_factor
 
