@@ -260,6 +260,8 @@ def extend_inputs(info: dict, video, frames: int | None = None, resize: str = "c
     else:
         source, source_fps = video_io.read_video(video)
     total = frames if frames is not None else len(source) + int(info["defaults"]["frames"])
+    if overrides.get("motion_length") is None:  # go on at the pace of the given clip, not of the longer output
+        overrides["motion_length"] = max(len(source), int(info["defaults"]["frames"]))
     settings = settings_for(info, frames=total, fps=fps if fps is not None else source_fps, **overrides)
     if source.shape[1:3] != (settings.height, settings.width):
         source = video_io.resize_frames(source, settings.height, settings.width, policy=resize)

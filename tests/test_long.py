@@ -165,6 +165,10 @@ def test_every_window_is_told_the_whole_clip_length(length_model, monkeypatch, m
     seen.clear()
     text_to_video(m, PROMPT, small(4), progress=False)
     assert set(seen) == {4} and m.denoiser.clip_frames is None
+    seen.clear()  # extend goes on at the pace of the given clip (at least the model's trained length)
+    kinema.extend(r.frames[:10], PROMPT, frames=13, height=16, width=16, steps=2, model=m, context_length=4,
+                  progress=False)
+    assert set(seen) == {max(10, int(m.defaults["frames"]))} != {13}
 
 
 def test_motion_length_is_checked_before_loading(tiny_model_dir, tmp_path, monkeypatch, capsys):
