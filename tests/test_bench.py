@@ -146,3 +146,11 @@ def test_probe_direction_smoke(tiny_model):
     rows = load_script("probe_direction").probe(tiny_model, clips=2, sigmas=(0.9,), frames=4, size=16)
     assert [(r["mode"], r["sigma"]) for r in rows] == [("t2v", 0.9), ("i2v", 0.9)]
     assert all(r["true"] > 0 and r["swapped"] > 0 and r["ratio"] == r["swapped"] / r["true"] for r in rows)
+
+
+def test_probe_pace_smoke(tiny_model):
+    """One row per told length, with the world's own speed range at that length: slower when longer."""
+    rows = load_script("probe_pace").probe(tiny_model, [16, 256], steps=1)
+    assert [r["length"] for r in rows] == [16, 256] and all(r["clips"] == 20 for r in rows)
+    assert rows[1]["world_speed"][1] < rows[0]["world_speed"][0]  # 256-frame clips creep
+    assert all(0 <= r["direction"] <= 1 for r in rows)
