@@ -590,6 +590,10 @@ def train(config: str | Path, model_dir: str | Path, run_dir: str | Path | None 
     bad = [n for n in cfg.denoiser.grow if n not in GROWABLE]
     if bad:
         raise KinemaError(f"denoiser.grow names {bad}; known: {', '.join(GROWABLE)}")
+    lf = cfg.denoiser.long_frames
+    if cfg.denoiser.long_clips and not (len(lf) == 2 and cfg.frames <= lf[0] <= lf[1]):
+        raise KinemaError(f"denoiser.long_frames must be [shortest, longest] clip lengths with {cfg.frames} (frames) "
+                          f"<= shortest <= longest; got {list(lf)}")
     run = Path(run_dir) if run_dir else Path("runs") / Path(config).stem
     model_path = loading.resolve_model_path(model_dir)
     run.mkdir(parents=True, exist_ok=True)

@@ -261,6 +261,8 @@ def test_continue_with_long_windows_trains_the_length_input(full_run, tmp_path):
     assert (cache["clip_frames"][:16] == 4).all() and (cache["clip_frames"][16:] >= 5).all()
     _, r = continue_denoiser(full_run[0], tmp_path / "bad", "  steps: 12\n  long_clips: 8\n  long_share: 0.5\n")
     assert r.returncode == 2 and "length_embedding" in r.stderr
+    _, r = continue_denoiser(full_run[0], tmp_path / "bad2", "  steps: 12\n  long_clips: 8\n  long_frames: [2, 64]\n")
+    assert r.returncode == 2 and "denoiser.long_frames must be" in r.stderr
 
 
 def test_cooldown_factor_decays_linearly_over_the_last_steps():
