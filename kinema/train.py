@@ -74,6 +74,10 @@ class DenoiserStage:
     # weight of a second loss on frame-to-frame differences (pred[f+1] - pred[f] vs target[f+1] - target[f]):
     # static content cancels in it, so it weighs the motion, which the plain loss barely sees
     motion_loss: float = 0.0
+    # frame lags of the motion loss, averaged: 1 compares consecutive frames; a long lag (15: first vs last
+    # of a 16-frame window) gives slowly moving windows of long clips, whose consecutive frames barely
+    # differ, a signal of their direction as large as a fast clip's
+    motion_lags: tuple[int, ...] = (1,)
     # [prob, sigma_min]: with this probability a sample's noise level is drawn uniformly from [sigma_min, 1]
     # instead: the direction of motion is decided in the first, noisiest sampling steps, which the
     # logit-normal rarely trains (P(sigma > 0.95) is about 1.6% at mean 0.8)
@@ -437,6 +441,13 @@ def denoiser_batch(cfg: TrainConfig, cache: dict, caption_index: dict, step: int
     return xt, sigma * 1000, text, cond, noise - x0, frames
 
 
+def motion_term(pred: torch.Tensor, target: torch.Tensor, lags) -> torch.Tensor:
+    """Mean over `lags` of the MSE between frame differences at that lag (static content cancels)."""
+    terms = [F.mse_loss(pred[:, :, k:] - pred[:, :, :-k], target[:, :, k:] - target[:, :, :-k])
+             for k in lags if 0 < k < pred.shape[2]]
+    return torch.stack(terms).mean() if terms else pred.new_zeros(())
+
+
 def train_denoiser(cfg: TrainConfig, model: loading.Model, run: Path, accelerator, start: int, state: dict | None) -> None:
     d = cfg.denoiser
     cache = build_cache(cfg, model, run)
@@ -472,7 +483,7 @@ def train_denoiser(cfg: TrainConfig, model: loading.Model, run: Path, accelerato
         pred, target = pred.float(), target.to(dev)
         loss = F.mse_loss(pred, target)
         if d.motion_loss > 0:
-            loss = loss + d.motion_loss * F.mse_loss(pred.diff(dim=2), target.diff(dim=2))
+            loss = loss + d.motion_loss * motion_term(pred, target, d.motion_lags)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()

@@ -300,3 +300,15 @@ def test_high_noise_share_draws_noisy_levels():
     share = (levels(high_noise=(0.5, 0.9)) >= 0.9).float().mean()
     assert 0.35 < share < 0.65
     assert (levels(high_noise=(1.0, 0.95)) >= 0.95).all()
+
+
+def test_motion_term_lags():
+    """Lag 1 is the consecutive-frame loss; a long lag sees a slow drift that consecutive frames hardly show."""
+    from kinema.train import motion_term
+
+    t = torch.arange(16.0)[None, None, :, None, None].expand(1, 1, 16, 2, 2) * 0.01  # slow drift
+    still = torch.zeros_like(t)
+    assert torch.allclose(motion_term(still, t, (1,)), torch.nn.functional.mse_loss(still.diff(dim=2), t.diff(dim=2)))
+    assert motion_term(still, t, (15,)) > 100 * motion_term(still, t, (1,))
+    assert motion_term(t, t, (1, 15)) == 0
+    assert motion_term(still, t, (16,)) == 0  # no lag fits: no term
