@@ -57,8 +57,9 @@ def child(args) -> None:
     out = Path(args.child_out)
     argv = ["generate", args.prompt, "-o", str(out), "--frames", str(args.child), "--steps", str(args.steps),
             "--seed", str(args.seed), "--device", args.device, "--quiet"]
-    for flag in ("model", "height", "width", "guidance", "context_length", "context_stride", "mode", "attention"):
-        value = getattr(args, flag)
+    for flag in ("model", "height", "width", "guidance", "context_length", "context_stride", "mode", "attention",
+                 "motion_length"):
+        value = getattr(args, flag, None)
         if value is not None:
             argv += [f"--{flag.replace('_', '-')}", str(value)]
     code = main(argv)
@@ -206,8 +207,8 @@ def print_quality(q: dict, label: str) -> None:
 def run_child(args, frames: int, tmp: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", str(frames), "--child-out", str(tmp / f"clip{frames}.mp4")]
     for flag in ("prompt", "model", "height", "width", "steps", "guidance", "seed", "device", "context_length",
-                 "context_stride", "mode", "attention"):
-        value = getattr(args, flag)
+                 "context_stride", "mode", "attention", "motion_length"):
+        value = getattr(args, flag, None)
         if value is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(value)]
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -238,6 +239,8 @@ def main() -> None:
     p.add_argument("--context-length", type=int, default=None, help="latent frames per window (default: the model's)")
     p.add_argument("--context-stride", type=int, default=None, help="window stride (default: a quarter window)")
     p.add_argument("--mode", default=None, choices=["window", "continue"], help="long-clip mode (default: window)")
+    p.add_argument("--motion-length", type=int, default=None,
+                   help="pace the motion as in a clip of this many frames (default: each clip's own frames)")
     p.add_argument("--attention", default=None, choices=["sdpa", "xformers", "chunked"], help="attention backend")
     p.add_argument("--prompt", default=PROMPT, help="prompt of both clips")
     p.add_argument("--json-out", default=None, help="also write the figures here as JSON")
