@@ -72,6 +72,8 @@ def settings_for(info: dict, **overrides):
     values = {k: d[k] for k in keys}
     if overrides.get("scheduler") is None and "scheduler" in d:
         values["scheduler"] = d["scheduler"]  # the checkpoint's own solver (UniPC for Wan)
+    if overrides.get("motion_length") is None and "motion_length" in d:
+        values["motion_length"] = d["motion_length"]  # the pace this model makes clips of any length at
     values.update({k: v for k, v in overrides.items() if v is not None})
     s = Settings(**values)
     m = info["multiple"]
@@ -260,7 +262,8 @@ def extend_inputs(info: dict, video, frames: int | None = None, resize: str = "c
     else:
         source, source_fps = video_io.read_video(video)
     total = frames if frames is not None else len(source) + int(info["defaults"]["frames"])
-    if overrides.get("motion_length") is None:  # go on at the pace of the given clip, not of the longer output
+    if overrides.get("motion_length") is None and "motion_length" not in info["defaults"]:
+        # go on at the pace of the given clip, not of the longer output
         overrides["motion_length"] = max(len(source), int(info["defaults"]["frames"]))
     settings = settings_for(info, frames=total, fps=fps if fps is not None else source_fps, **overrides)
     if source.shape[1:3] != (settings.height, settings.width):

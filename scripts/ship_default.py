@@ -23,6 +23,12 @@ DEST = Path(__file__).resolve().parent.parent / "kinema" / "weights" / "default"
 # Restyle settings of the shipped model, chosen on the tuning clips (`bench_restyle.py --first-clip 1000`)
 # of the 21,000-step weights; see the README's model card.
 RESTYLE = dict(restyle_strength=0.9, restyle_structure=0.3, restyle_guidance=7.5)
+# The pace of long clips: the 25,500-step weights told a 256-frame clip's length crept at about the world's
+# pace in single windows (direction 85%, scripts/probe_pace.py) but lost the direction when windows were
+# fused (7 of 16 chunks, worst seam 5.6, scripts/bench_long.py); told 16 frames: 16 of 16 chunks, seam 1.81
+# at the re-entries. So this model makes clips of any length at a 16-frame clip's pace unless
+# --motion-length says otherwise.
+PACE = dict(motion_length=16)
 
 
 def ship(src: Path, dest: Path = DEST) -> Path:
@@ -41,7 +47,7 @@ def ship(src: Path, dest: Path = DEST) -> Path:
                 elif f.suffix == ".json":
                     shutil.copy2(f, tmp / sub / f.name)
         index = json.loads((src / "kinema.json").read_text())
-        index["defaults"] = {**index.get("defaults", {}), **RESTYLE}
+        index["defaults"] = {**index.get("defaults", {}), **RESTYLE, **PACE}
         (tmp / "kinema.json").write_text(json.dumps(index, indent=2))
         if (dest / "README.md").is_file():
             shutil.copy2(dest / "README.md", tmp / "README.md")
