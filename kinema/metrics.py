@@ -28,6 +28,11 @@ Thresholds (module constants, all relative so they hold at any resolution and le
   motion travels 1/3 of the side, 2.7x more, at every length; a still object moves 0, so jitter of
   a few pixels in generated clips does not read as motion. A window of a longer clip is read at
   that clip's pace (``analyse_video(window, clip_frames=...)``).
+- Wrapping clips (``world.World(wrap=True)``): an object across an edge shows as blobs touching
+  opposite sides in the same row or column, which are read as one object with its centre on the
+  torus, and a centroid step of more than half the frame is read the short way round (no world
+  object moves more than ~3 px a frame). World clips that do not wrap never touch both sides,
+  so their readings are unchanged by this.
 - ``flicker`` is in grey levels (0..255), the mean absolute change between consecutive frames
   over pixels outside the (dilated) object masks of both frames: 0 for a static background.
 """
@@ -129,15 +134,40 @@ def analyse_frame(frame: np.ndarray) -> FrameReading:
     n, comp, stats, centroids = cv2.connectedComponentsWithStats(candidates, connectivity=4)
     if n < 2:
         return FrameReading(background=NAMES[bg])
-    # 2. largest component, unless it is a speck
-    k = 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
-    area = int(stats[k, cv2.CC_STAT_AREA])
+    # 2. an object across an edge of a wrapping clip (`world.World(wrap=True)`) shows as blobs touching
+    # opposite sides in the same row or column: they are one object
+    across_x = {(int(a), int(b)) for a, b in zip(comp[:, 0], comp[:, -1]) if a and b}
+    across_y = {(int(a), int(b)) for a, b in zip(comp[0, :], comp[-1, :]) if a and b}
+    if across_x or across_y:
+        parent = list(range(n))
+
+        def find(a: int) -> int:
+            while parent[a] != a:
+                a = parent[a]
+            return a
+
+        for a, b in across_x | across_y:
+            parent[find(a)] = find(b)
+        comp = np.array([find(i) for i in range(n)])[comp]
+    areas = np.bincount(comp.ravel(), minlength=n)
+    areas[0] = 0
+    # 3. largest component, unless it is a speck
+    k = int(areas.argmax())
+    area = int(areas[k])
     if area < MIN_OBJECT_FRACTION * h * w:
         return FrameReading(background=NAMES[bg])
-    # 3. its majority colour, centre and size
+    # 4. its majority colour, centre and size
     mask = comp == k
     colour = int(np.bincount(labels[mask], minlength=len(NAMES)).argmax())
-    cx, cy = (float(c) for c in centroids[k])
+    if across_x or across_y:  # the centre on the torus: the part past an edge counted one side over
+        ys, xs = np.nonzero(mask)
+        wrapped_x = any(find(a) == k for a, _ in across_x)
+        wrapped_y = any(find(a) == k for a, _ in across_y)
+        xs = np.where(xs < w / 2, xs + w, xs) if wrapped_x else xs
+        ys = np.where(ys < h / 2, ys + h, ys) if wrapped_y else ys
+        cx, cy = float(xs.mean()) % w, float(ys.mean()) % h
+    else:
+        cx, cy = (float(c) for c in centroids[k])
     return FrameReading(NAMES[bg], NAMES[colour], (cx, cy), area / (h * w), mask)
 
 
@@ -172,6 +202,9 @@ def _direction(readings: list[FrameReading], h: int, w: int, clip_frames: int | 
     if len(t) < 2:
         return None, None
     xy = np.array([r.centroid for r in readings if r.found], dtype=np.float64)  # (T, 2)
+    # a step of more than half the frame is an object crossing an edge of a wrapping clip: read it as the
+    # short way round (no world object moves more than ~3 px per frame at 64 px)
+    xy[:, 0], xy[:, 1] = np.unwrap(xy[:, 0], period=w), np.unwrap(xy[:, 1], period=h)
     span = len(readings) - 1
     dx, dy = _theil_sen(t, xy[:, 0]) * span, _theil_sen(t, xy[:, 1]) * span
     fx, fy = dx / w, dy / h  # fractions of the frame side, comparable across axes

@@ -89,6 +89,9 @@ class DenoiserStage:
     long_clips: int = 0
     long_frames: tuple[int, ...] = (17, 512)
     long_share: float = 0.0
+    # the longer clips wrap (`world.World(wrap=True)`): they keep the 16-frame pace on a torus, starting anywhere,
+    # so a window of one looks like any other: a stationary motion that sliding windows can extend without end
+    long_wrap: bool = False
 
 
 @dataclass
@@ -332,7 +335,7 @@ def long_window(cfg: TrainConfig, seed: int) -> tuple[np.ndarray, world.ClipSpec
     rng = np.random.default_rng([seed, 7])
     lo, hi = d.long_frames
     length = int(round(float(np.exp(rng.uniform(np.log(lo), np.log(hi))))))
-    spec = world.World(split="train", frames=length, size=cfg.size).spec(seed)
+    spec = world.World(split="train", frames=length, size=cfg.size, wrap=d.long_wrap).spec(seed)
     start = int(rng.integers(0, length - cfg.frames + 1))
     video = world.render(spec, length, cfg.size, cfg.size, seed=seed, times=range(start, start + cfg.frames))
     return video, spec, length
@@ -343,7 +346,7 @@ def build_cache(cfg: TrainConfig, model: loading.Model, run: Path) -> dict:
     d = cfg.denoiser
     name = f"latents-{d.clips}-{cfg.frames}-{cfg.size}"
     if d.long_clips:
-        name += f"-long-{d.long_clips}-{d.long_frames[0]}-{d.long_frames[1]}"
+        name += f"-long-{d.long_clips}-{d.long_frames[0]}-{d.long_frames[1]}" + ("-wrap" if d.long_wrap else "")
     path = run / "cache" / f"{name}.safetensors"
     if path.is_file():
         data = load_file(path)

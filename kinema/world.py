@@ -105,8 +105,10 @@ class ClipSpec:
     start: tuple[float, float]  # centre (x, y) at frame 0, pixels
     velocity: tuple[float, float]  # pixels per frame
     texture: float  # amplitude of the background texture, 0..1 of 255
+    wrap: bool = False  # the frame is a torus: what leaves one side comes back on the other
 
     def centre(self, t: int) -> tuple[float, float]:
+        """Centre at frame t, pixels; for a wrapping clip, unwrapped (render draws it modulo the side)."""
         return (self.start[0] + self.velocity[0] * t, self.start[1] + self.velocity[1] * t)
 
 
@@ -170,7 +172,8 @@ def all_captions() -> list[str]:
 
 
 def _sample_spec(
-    rng: np.random.Generator, combo: tuple[str, str, str], background: str | None, size_px: int, frames: int
+    rng: np.random.Generator, combo: tuple[str, str, str], background: str | None, size_px: int, frames: int,
+    wrap: bool = False,
 ) -> ClipSpec:
     colour, shape, direction = combo
     if background is None:
@@ -183,17 +186,22 @@ def _sample_spec(
     # speed is defined over 16 frames so clips of other lengths move at the same pace
     travel = float(rng.uniform(side / 3, min(0.6 * side, hi - lo))) if direction != "still" else 0.0
     speed = min(travel / 15.0, (hi - lo) / max(frames - 1, 1))  # longer clips move slower rather than leave
+    if wrap:  # or keep the 16-frame pace at any length, leaving one side and coming back on the other
+        speed = travel / 15.0
     span = speed * (frames - 1)
     start = []
     for d in (dx, dy):
-        if d == 0:
+        if wrap and d != 0:  # anywhere along the way: a window of a wrapping clip has no first frame
+            start.append(float(rng.uniform(0, side)))
+        elif d == 0:
             start.append(float(rng.uniform(lo, hi)))
         elif d > 0:
             start.append(float(rng.uniform(lo, max(lo, hi - span))))
         else:
             start.append(float(rng.uniform(min(hi, lo + span), hi)))
     texture = float(rng.uniform(0.01, 0.03)) if rng.random() < 0.5 else 0.0
-    return ClipSpec(colour, shape, direction, background, size, (start[0], start[1]), (dx * speed, dy * speed), texture)
+    return ClipSpec(colour, shape, direction, background, size, (start[0], start[1]), (dx * speed, dy * speed), texture,
+                    wrap)
 
 
 def pace_ratio(frames: int, side: float = 64.0) -> float:
@@ -246,7 +254,17 @@ def render(
     scale_y = height / width
     for i, t in enumerate(times):
         cx, cy = spec.centre(t)
-        cov = _coverage(spec.shape, cx, cy * scale_y, spec.size, height, width)[..., None]
+        if spec.wrap:  # draw the copies one side over too, so an object across an edge shows on both sides
+            cx, cy = cx % width, cy % width
+            cov = np.zeros((height, width), np.float64)
+            xs = (-width, 0, width) if spec.velocity[0] else (0,)
+            ys = (-width, 0, width) if spec.velocity[1] else (0,)
+            for ox in xs:
+                for oy in ys:
+                    cov = np.maximum(cov, _coverage(spec.shape, cx + ox, (cy + oy) * scale_y, spec.size, height, width))
+            cov = cov[..., None]
+        else:
+            cov = _coverage(spec.shape, cx, cy * scale_y, spec.size, height, width)[..., None]
         out[i] = np.clip(base * (1 - cov) + fg * cov, 0, 255).round().astype(np.uint8)
     return out
 
@@ -254,17 +272,21 @@ def render(
 class World:
     """Seeded source of captioned clips from one split ("train", "heldout" or "all")."""
 
-    def __init__(self, split: str = "train", frames: int = 16, size: int = 64, canonical: bool = False):
+    def __init__(self, split: str = "train", frames: int = 16, size: int = 64, canonical: bool = False,
+                 wrap: bool = False):
+        """`wrap`: clips keep the 16-frame pace at any length, on a torus (the object leaves one side and comes
+        back on the other), starting anywhere; otherwise clips longer than ~33 frames move more slowly so the
+        object stays in frame (`pace_ratio`)."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {sorted(SPLITS)}")
-        self.split, self.frames, self.size, self.canonical = split, frames, size, canonical
+        self.split, self.frames, self.size, self.canonical, self.wrap = split, frames, size, canonical, wrap
         self.combos = SPLITS[split]
 
     def spec(self, seed: int, combo: tuple[str, str, str] | None = None, background: str | None = None) -> ClipSpec:
         rng = np.random.default_rng([seed, 1])
         if combo is None:
             combo = self.combos[int(rng.integers(len(self.combos)))]
-        return _sample_spec(rng, combo, background, self.size, self.frames)
+        return _sample_spec(rng, combo, background, self.size, self.frames, self.wrap)
 
     def clip(self, seed: int, combo: tuple[str, str, str] | None = None, background: str | None = None) -> Clip:
         spec = self.spec(seed, combo, background)

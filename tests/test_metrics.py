@@ -217,3 +217,20 @@ def test_still_threshold_follows_the_world_pace():
     chunk = world.World(split="all", frames=256).clip(3, ("red", "circle", "down"), "blue").video[100:116]
     assert metrics.analyse_video(chunk, clip_frames=256).direction == "down"
     assert metrics.analyse_video(chunk).direction == "still"
+
+
+@pytest.mark.parametrize("direction", ["right", "left", "up", "down"])
+def test_an_object_across_the_edges_of_a_wrapping_clip_is_one_object(direction):
+    """Split across an edge, the object is one reading (both parts, its centre on the torus), and a clip
+    that wraps reads in its direction over any window, including the ones where it crosses the edge."""
+    clip = world.World(split="all", frames=64, wrap=True, canonical=True).clip(4, ("red", "circle", direction), "blue")
+    readings = metrics.analyse_video(clip.video)
+    assert readings.colour == "red" and readings.direction == direction and readings.object_found_fraction == 1.0
+    side = clip.spec.size
+    areas = [f.area * 64 * 64 for f in readings.frames]
+    assert min(areas) >= 0.9 * max(areas)  # never half an object
+    for t, f in enumerate(readings.frames):  # centre on the torus = the drawn centre, modulo the frame
+        cx, cy = clip.spec.centre(t)
+        dx, dy = (f.centroid[0] - cx % 64 + 32) % 64 - 32, (f.centroid[1] - cy % 64 + 32) % 64 - 32
+        assert abs(dx) < side / 4 and abs(dy) < side / 4
+    assert all(metrics.analyse_video(clip.video[i:i + 16]).direction == direction for i in range(0, 49, 4))

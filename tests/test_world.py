@@ -44,6 +44,27 @@ def test_long_clips_stay_inside():
             assert 0 <= x <= 64 and 0 <= y <= 64
 
 
+def test_wrapping_clips_keep_the_pace_and_come_back_on_the_other_side():
+    """A wrapping clip moves at the 16-frame pace at any length, starts anywhere, and draws the object on the
+    torus: it is always wholly present (same area), leaving one edge as it enters the opposite one, and every
+    frame changes by the same amount (no frame where it jumps)."""
+    short = world.World(split="all", frames=16).spec(5)
+    long = world.World(split="all", frames=256, wrap=True).spec(5)
+    assert long.wrap and not short.wrap
+    assert np.hypot(*long.velocity) == pytest.approx(np.hypot(*short.velocity))  # same draw, same pace
+    clip = world.World(split="all", frames=96, wrap=True, canonical=True).clip(3, ("red", "square", "right"), "blue")
+    v = clip.video
+    fg = (np.abs(v.astype(int) - np.array(world.COLOURS["blue"])).sum(-1) > 60).sum(axis=(1, 2))
+    assert fg.min() >= 0.9 * fg.max()  # the whole object in every frame, split across the edge or not
+    split = [t for t in range(96) if fg[t] and (v[t, :, 0] != v[t, 0, 32]).any() and (v[t, :, -1] != v[t, 0, 32]).any()]
+    assert split  # some frames show it on both edges at once
+    change = np.abs(np.diff(v.astype(np.int16), axis=0)).mean(axis=(1, 2, 3))
+    assert change.max() <= 1.2 * np.median(change)
+    starts = {round(world.World(split="all", frames=256, wrap=True).spec(s).start[0] // 16) for s in range(40)
+              if world.World(split="all", frames=256, wrap=True).spec(s).direction in ("left", "right")}
+    assert len(starts) == 4  # horizontal movers start in every quarter of the frame
+
+
 def test_caption_agrees_with_content():
     w = world.World(split="all", canonical=True)
     for seed in range(25):
