@@ -23,11 +23,12 @@ DEST = Path(__file__).resolve().parent.parent / "kinema" / "weights" / "default"
 # Restyle settings of the shipped model, chosen on the tuning clips (`bench_restyle.py --first-clip 1000`)
 # of the 21,000-step weights; see the README's model card.
 RESTYLE = dict(restyle_strength=0.9, restyle_structure=0.3, restyle_guidance=7.5)
-# The pace of long clips: the 29,000-step weights were trained on windows of wrapping world clips (the
-# 16-frame pace at every length, the object leaving one side as it comes back on the other), so each clip is
-# told its own length (no `defaults.motion_length`); the 25,500-step weights, trained on slow long clips, set
-# 16 here.
-PACE: dict = {}
+# The pace of long clips: the 25,500-step weights told a 256-frame clip's length crept at about the world's
+# pace in single windows (direction 85%, scripts/probe_pace.py) but lost the direction when windows were
+# fused (6 of 16 chunks, worst seam 5.56, scripts/bench_long.py); told 16 frames: 16 of 16 chunks, seam 1.83
+# at the re-entries. So this model makes clips of any length at a 16-frame clip's pace unless
+# --motion-length says otherwise.
+PACE = dict(motion_length=16)
 
 
 def ship(src: Path, dest: Path = DEST) -> Path:
@@ -46,8 +47,7 @@ def ship(src: Path, dest: Path = DEST) -> Path:
                 elif f.suffix == ".json":
                     shutil.copy2(f, tmp / sub / f.name)
         index = json.loads((src / "kinema.json").read_text())
-        defaults = {k: v for k, v in index.get("defaults", {}).items() if k != "motion_length"}
-        index["defaults"] = {**defaults, **RESTYLE, **PACE}
+        index["defaults"] = {**index.get("defaults", {}), **RESTYLE, **PACE}
         (tmp / "kinema.json").write_text(json.dumps(index, indent=2))
         if (dest / "README.md").is_file():
             shutil.copy2(dest / "README.md", tmp / "README.md")

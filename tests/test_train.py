@@ -249,6 +249,23 @@ def test_long_windows_are_frames_of_a_longer_world_clip():
     assert min(lengths) < 60 and max(lengths) > 150  # log-uniform over the range
 
 
+def test_long_wrap_windows_come_from_wrapping_clips_at_the_16_frame_pace():
+    """`long_wrap`: the windows are of wrapping clips (same pace as a 16-frame clip), named apart in the cache."""
+    from kinema import world
+    from kinema.train import DenoiserStage, TrainConfig, long_window
+
+    cfg = TrainConfig(frames=8, size=32, denoiser=DenoiserStage(long_frames=(17, 512), long_wrap=True))
+    for seed in range(10):
+        video, spec, length = long_window(cfg, seed)
+        assert spec.wrap and video.shape == (8, 32, 32, 3)
+        short = world.World(split="train", frames=8, size=32).spec(seed)
+        if spec.direction != "still":
+            assert np.hypot(*spec.velocity) <= 0.6 * 32 / 15 + 1e-9  # at most the 16-frame pace's fastest
+        full = world.render(spec, length, 32, 32, seed=seed)
+        assert any(np.array_equal(full[s:s + 8], video) for s in range(length - 7))
+        assert short.wrap is False
+
+
 def test_continue_with_long_windows_trains_the_length_input(full_run, tmp_path):
     """`long_clips` windows of longer clips join the cache with their lengths; the length MLP trains."""
     stage = ("  steps: 10\n  grow: [length_embedding]\n  long_clips: 8\n  long_frames: [5, 64]\n"
