@@ -360,9 +360,9 @@ def add_sampling_options(s) -> None:
     s.add_argument("--shift", type=finite_float, default=None, help="timestep shift of the schedule (default: the model's)")
     s.add_argument("--decode-chunk-size", type=positive_int, default=16, help="latent frames decoded at once")
     s.add_argument("--motion-length", type=positive_int, default=None,
-                   help="tell the denoiser the clip has this many frames (models with a length embedding; the default "
-                        "model moves a clip of more than 16 frames at the 16-frame pace, wrapping around the frame; "
-                        "default: the model folder's defaults.motion_length if it sets one, else the clip's frames)")
+                   help="pace the motion as in a clip of this many frames (models with a length embedding: longer "
+                        "clips move more slowly, so the object stays in frame; default: the model folder's "
+                        "defaults.motion_length, 16 for the default model, else the clip's frames)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     add_model_options(s)

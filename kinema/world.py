@@ -257,8 +257,8 @@ def render(
         if spec.wrap:  # draw the copies one side over too, so an object across an edge shows on both sides
             cx, cy = cx % width, cy % width
             cov = np.zeros((height, width), np.float64)
-            xs = (-width, 0, width) if spec.velocity[0] else (0,)
-            ys = (-width, 0, width) if spec.velocity[1] else (0,)
+            xs = [0] + ([width] if cx < spec.size else []) + ([-width] if cx > width - spec.size else [])
+            ys = [0] + ([width] if cy < spec.size else []) + ([-width] if cy > width - spec.size else [])
             for ox in xs:
                 for oy in ys:
                     cov = np.maximum(cov, _coverage(spec.shape, cx + ox, (cy + oy) * scale_y, spec.size, height, width))

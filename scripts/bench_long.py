@@ -31,9 +31,9 @@ canonical world caption:
   from the median frame-to-frame move of the object with the jumps left out: a diagnosis of where large
   changes come from, not a replacement for the targets.
 
-The reference printed last is the world's own clip of the prompt at the long length as the default model
-was trained on it (`world.World(wrap=True)`: the 16-frame pace, wrapping around the frame), scored at the
-same boundaries.
+The reference printed last is the world's own wrapping clip of the prompt at the long length
+(`world.World(wrap=True)`: the 16-frame pace, the object leaving one side as it comes back on the other, the
+stationary motion a seamless long clip at that pace would show), scored at the same boundaries.
 """
 
 from __future__ import annotations
@@ -177,6 +177,7 @@ def quality(path: Path, prompt: str, long: dict | None) -> dict | None:
                 worst_seam_ratio_floored=round(max(floored), 3) if floored else None,
                 median_change=round(median, 3), boundaries=len(seams))
 
+
 def reference(prompt: str, frames: int, seed: int, long: dict | None, tmp: Path) -> dict | None:
     """The figures of the world's own wrapping clip of a canonical prompt at this length, written as mp4 like the output."""
     from kinema import world
@@ -211,6 +212,7 @@ def print_quality(q: dict, label: str) -> None:
     if q.get("direction_chunks_between_jumps") is not None:
         print(f"  direction from each chunk's median frame-to-frame move (jumps left out): right in "
               f"{q['direction_chunks_between_jumps']:.0%} of chunks ({q['chunk_step_directions']})")
+
 
 def run_child(args, frames: int, tmp: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", str(frames), "--child-out", str(tmp / f"clip{frames}.mp4")]

@@ -26,7 +26,7 @@ RESTYLE = dict(restyle_strength=0.9, restyle_structure=0.3, restyle_guidance=7.5
 # The pace of long clips: the 25,500-step weights told a 256-frame clip's length crept at about the world's
 # pace in single windows (direction 85%, scripts/probe_pace.py) but lost the direction when windows were
 # fused (6 of 16 chunks, worst seam 5.56, scripts/bench_long.py); told 16 frames: 16 of 16 chunks, seam 1.83
-# at the re-entries. So this model makes clips of any length at a 16-frame clip's pace unless
+# where the object jumps back. So this model makes clips of any length at a 16-frame clip's pace unless
 # --motion-length says otherwise.
 PACE = dict(motion_length=16)
 
