@@ -157,12 +157,15 @@ def generate(
     prompt_transition: int = 0,
     adain: bool = False,
     motion_length: int | None = None,
+    follow_motion: bool | None = None,
 ):
     """Text-to-video: uint8 frames (F, H, W, 3) for `prompt` (or the full Result with `return_result`).
 
     Past the model's trained length (or when a context option or a prompt schedule is given) the clip
     is made in windows of `context_length` latent frames: fused every step (`mode="window"`) or one
-    after another (`mode="continue"`); see kinema.pipelines.long_video.
+    after another (`mode="continue"`); see kinema.pipelines.long_video. `follow_motion` (default: the
+    model folder's `defaults.follow_motion`, else off) rolls each window's view with the clip's motion
+    (`long_video.follow_path`).
     """
     from .pipelines.text_to_video import text_to_video
 
@@ -175,7 +178,7 @@ def generate(
     check_memory(info, settings, context_length, True, **_placed(loaded, device, dtype))
     long = long_options(info, settings, context_length=context_length, context_stride=context_stride,
                         window_weights=window_weights, mode=mode, prompt_schedule=prompt_schedule,
-                        prompt_transition=prompt_transition, adain=adain)
+                        prompt_transition=prompt_transition, adain=adain, follow_motion=follow_motion)
     m = loaded() if callable(loaded) else loaded
     if long is None:
         result = text_to_video(m, prompt, settings, progress=progress)
@@ -190,7 +193,13 @@ def long_options(info: dict, settings, source_frames: int = 0, **options):
     """Checked long-clip options (LongOptions fields), or None when plain text-to-video makes the clip."""
     from .pipelines.long_video import LongOptions, is_plain, resolve_options
 
-    opts = LongOptions(**options)
+    follow = options.pop("follow_motion", None)
+    mode = options.get("mode", "window")
+    if follow is None:  # the model folder's default, for context windows (continuation has its own known frames)
+        follow = bool(info["defaults"].get("follow_motion", False)) and mode == "window"
+    require(not (follow and mode != "window"), "--follow-motion works with context windows only (--mode window); "
+                                               "drop it or use --mode window")
+    opts = LongOptions(**options, follow_motion=follow)
     if opts.prompt_schedule is not None:
         check_text(opts.prompt_schedule, "--prompt-schedule")
     trained = int(info["defaults"]["frames"])
@@ -446,7 +455,7 @@ def restyle_inputs(
         long = None
         if run:
             long = long_options(info, settings, mode="window", context_length=context_length,
-                                context_stride=context_stride, window_weights=window_weights)
+                                context_stride=context_stride, window_weights=window_weights, follow_motion=False)
         need = v2v.host_bytes(frames, source_hw, settings.height, settings.width)
         window = frames if long is None else min(frames, (long.context_length - 1) * tc + 1)
         model_bytes = _model_memory(sized, window, settings, dtype_bytes)

@@ -69,7 +69,8 @@ def long_options_from_args(args) -> dict:
     """LongOptions fields from `add_long_options` (extend has no --mode or --window-weights)."""
     return dict(context_length=args.context_length, context_stride=args.context_stride,
                 window_weights=getattr(args, "window_weights", "pyramid"), mode=getattr(args, "mode", "continue"),
-                prompt_schedule=args.prompt_schedule, prompt_transition=args.prompt_transition, adain=args.adain)
+                prompt_schedule=args.prompt_schedule, prompt_transition=args.prompt_transition, adain=args.adain,
+                **({"follow_motion": args.follow_motion} if hasattr(args, "follow_motion") else {}))
 
 
 def cmd_extend(args) -> None:
@@ -380,6 +381,11 @@ def add_long_options(s, windows: bool = True) -> None:
                        help="window: fuse overlapping windows every step; continue: window after window")
         s.add_argument("--window-weights", default="pyramid", choices=["pyramid", "flat"],
                        help="per-frame weights when fusing windows")
+        s.add_argument("--follow-motion", action=argparse.BooleanOptionalAction, default=None,
+                       help="windows follow the clip's motion: each sees the latents rolled back by how far the "
+                            "content has moved (measured on the first window made alone), so they agree on one "
+                            "continuous motion that wraps round the frame (default: the model folder's "
+                            "defaults.follow_motion, on for the default model, else off)")
     s.add_argument("--prompt-schedule", default=None,
                    help='change the prompt along the clip, replacing PROMPT: "0:first prompt|96:second prompt" '
                         "(keys are output frames, increasing, the first 0)")

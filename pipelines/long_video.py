@@ -67,6 +67,7 @@ class LongOptions:
     prompt_transition: int = 0  # output frames of cross-fade at each schedule key
     adain: bool = False  # pin each continuation window's latent statistics to the first window's
     batch_windows: int = 1  # windows per denoiser call (more is faster on a GPU, costs memory)
+    follow_motion: bool = False  # roll each window's view with the clip's motion (window mode; see follow_path)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -169,21 +170,118 @@ def mix_text(texts: list[TextEmbeds], weights: torch.Tensor) -> TextEmbeds:
     return TextEmbeds(hidden, mask)
 
 
-def window_texts(
-    model, prompt: str, settings: Settings, options: LongOptions, spans: list[Span], timings: Timings
-) -> tuple[list[TextEmbeds], TextEmbeds | None]:
-    """The text of each window (the prompt, or the schedule's mix over its frames) and the negative."""
+def prompt_texts(
+    model, prompt: str, settings: Settings, options: LongOptions, timings: Timings
+) -> tuple[list[TextEmbeds], torch.Tensor | None, TextEmbeds | None]:
+    """The clip's prompts encoded, their (P, latent frames) schedule weights (None: one prompt), the negative."""
     if options.prompt_schedule is None:
         text, uncond = encode_prompts(model, prompt, settings, timings)
-        return [text] * len(spans), uncond
+        return [text], None, uncond
     schedule = parse_prompt_schedule(options.prompt_schedule, settings.frames)
     encoded = [encode_prompts(model, p, settings, timings) for _, p in schedule]
-    texts, uncond = [t for t, _ in encoded], encoded[0][1]
     weights = schedule_weights(schedule, settings.frames, options.prompt_transition)  # (P, frames)
     tc = getattr(model.vae, "temporal_compression", 1)
     f = latent_count(settings.frames, tc)
     weights = weights[:, (torch.arange(f) * tc).clamp(max=settings.frames - 1)]  # (P, f) at latent frames
-    return [mix_text(texts, weights[:, s:e].mean(1)) for s, e in spans], uncond
+    return [t for t, _ in encoded], weights, encoded[0][1]
+
+
+def mix_windows(texts: list[TextEmbeds], weights: torch.Tensor | None, spans: list[Span]) -> list[TextEmbeds]:
+    """The text of each window: the prompt, or the schedule's mix averaged over the window's frames."""
+    if weights is None:
+        return [texts[0]] * len(spans)
+    return [mix_text(texts, weights[:, s:e].mean(1)) for s, e in spans]
+
+
+def window_texts(
+    model, prompt: str, settings: Settings, options: LongOptions, spans: list[Span], timings: Timings
+) -> tuple[list[TextEmbeds], TextEmbeds | None]:
+    """The text of each window (the prompt, or the schedule's mix over its frames) and the negative."""
+    texts, weights, uncond = prompt_texts(model, prompt, settings, options, timings)
+    return mix_windows(texts, weights, spans), uncond
+
+
+#################################################################################
+#                               Following motion                                #
+#################################################################################
+
+def translations(x: torch.Tensor, lag: int = 1) -> torch.Tensor:
+    """(F - lag, 2) sub-pixel (dy, dx) moving latent frame t onto frame t + lag of x (B, C, F, h, w), on the torus.
+
+    Phase correlation: the whitened cross-power spectrum of two frames, summed over samples and channels
+    (each frame's mean removed), peaks at their shift; a parabola through the peak and its neighbours gives
+    the fraction. One shift per frame pair: a camera pan, or the one moving object of a plain background.
+    """
+    f = x.float() - x.float().mean((-2, -1), keepdim=True)
+    X = torch.fft.fft2(f)
+    R = (X[:, :, lag:] * X[:, :, :-lag].conj()).sum((0, 1))  # (F - lag, h, w)
+    c = torch.fft.ifft2(R / R.abs().clamp_min(1e-12)).real
+    n, h, w = c.shape
+    k = c.flatten(1).argmax(1)
+    py, px = k // w, k % w
+    rows = torch.arange(n)
+
+    def fraction(minus, mid, plus):
+        den = minus - 2 * mid + plus
+        return torch.where(den.abs() > 1e-12, 0.5 * (minus - plus) / den, torch.zeros_like(den)).clamp(-0.5, 0.5)
+
+    mid = c[rows, py, px]
+    dy = py + fraction(c[rows, (py - 1) % h, px], mid, c[rows, (py + 1) % h, px])
+    dx = px + fraction(c[rows, py, (px - 1) % w], mid, c[rows, py, (px + 1) % w])
+    dy = (dy + h / 2) % h - h / 2  # the short way round
+    dx = (dx + w / 2) % w - w / 2
+    return torch.stack([dy, dx], 1)
+
+
+def clip_velocity(x: torch.Tensor, lag: int) -> torch.Tensor:
+    """(dy, dx) latent pixels per frame of x (B, C, F, h, w): the median over t of its t -> t + lag shift, / lag.
+
+    A lag of several frames makes the shift several pixels (a one-frame shift of a fraction of a pixel is
+    read poorly); the median leaves out frame pairs across a jump.
+    """
+    if x.shape[2] < 2:
+        return torch.zeros(2)
+    lag = max(1, min(lag, x.shape[2] - 1))
+    return translations(x, lag).median(0).values / lag
+
+
+def motion_path(velocities: torch.Tensor) -> torch.Tensor:
+    """(F, 2) displacement of each latent frame from frame 0, from (F, 2) velocities (trapezoids between frames)."""
+    steps = (velocities[1:] + velocities[:-1]) / 2
+    return torch.cat([torch.zeros(1, 2), steps.cumsum(0)])
+
+
+def follow_shifts(path: torch.Tensor, plan: list[Span]) -> list[tuple[int, int]]:
+    """Each window's (dy, dx) roll: the path's mean over its frames less the first window's, rounded."""
+    ref = path[plan[0][0]:plan[0][1]].mean(0)
+    return [tuple(int(round(float(v))) for v in path[s:e].mean(0) - ref) for s, e in plan]
+
+
+def follow_path(model, texts: list[TextEmbeds], uncond, settings: Settings, timings: Timings, noise: torch.Tensor,
+                plan: list[Span], weights: torch.Tensor | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Where each latent frame's content is, in latent pixels from frame 0: the motion windows follow.
+
+    Why: a model trained on short clips makes each window a short clip; fused windows of a long clip then
+    agree on a short clip's trajectory repeated (the object drawn back every window or so). Following the
+    motion, each window sees the latents (and its FreeNoise noise) rolled back by the clip's displacement
+    at that window, i.e. its content where the first window had it, so the windows agree on one
+    continuous motion. The motion is measured, not guessed: the first window is made alone, as a plain
+    clip, once per prompt (`clip_velocity` of its latents, one velocity each); a prompt schedule's
+    frames move at their prompts' velocities mixed with the schedule's weights (P, F). The motion wraps
+    round the frame (the latents are rolled on a torus): content leaving one edge comes back at the other.
+    Costs one window's denoising per prompt.
+    """
+    L = plan[0][1] - plan[0][0]
+    velocities = []
+    for text in texts:
+        first = sample(model, text, uncond, settings, timings, noise=noise[:, :, :L], progress=False, desc="follow")
+        velocities.append(clip_velocity(first, max(1, L // 2)))
+    F = noise.shape[2]
+    if weights is None:
+        per_frame = velocities[0].expand(F, 2)
+    else:
+        per_frame = weights.T.float() @ torch.stack(velocities)  # (F, P) x (P, 2)
+    return motion_path(per_frame), velocities
 
 
 #################################################################################
@@ -193,6 +291,7 @@ def window_texts(
 def fused_predict(
     denoiser, texts: list[TextEmbeds], uncond: TextEmbeds | None, guidance: float, plan: list[Span],
     weights: str = "pyramid", batch_windows: int = 1, watch: Stopwatch | None = None, bar=None, per_windows=None,
+    shifts=None,
 ) -> Predict:
     """A `predict` for the loop: the guided denoiser on each window of `plan`, fused per frame.
 
@@ -216,7 +315,7 @@ def fused_predict(
                 bar.update(len(ks))
             return v
 
-        return fuse_batched(run, latents, plan, weights, batch_windows)
+        return fuse_batched(run, latents, plan, weights, batch_windows, shifts)
 
     return predict
 
@@ -257,19 +356,28 @@ def windowed_video(model, prompt: str, settings: Settings, options: LongOptions,
     o = _resolve_for(model, settings, options)
     shape = latent_shape(model, settings)
     plan = window_plan(shape[2], o.context_length, o.context_stride)  # 1. window plan
-    texts, uncond = window_texts(model, prompt, settings, o, plan, timings)  # 2. a text per window
+    prompts, weights, uncond = prompt_texts(model, prompt, settings, o, timings)
+    texts = mix_windows(prompts, weights, plan)  # 2. a text per window
     g = torch.Generator("cpu").manual_seed(int(settings.seed))
     noise = freenoise_noise(shape, o.context_length, o.context_stride, generator=g)  # 3. FreeNoise noise
+    shifts, extra = None, {}
+    if o.follow_motion and len(plan) > 1:  # 3b. the motion the windows follow, and the noise rolled with it
+        path, velocities = follow_path(model, prompts, uncond, settings, timings, noise, plan, weights)
+        shifts = follow_shifts(path, plan)
+        g = torch.Generator("cpu").manual_seed(int(settings.seed))  # the same draws, rolled with the motion
+        noise = freenoise_noise(shape, o.context_length, o.context_stride, generator=g, path=path)
+        extra["follow"] = dict(velocities=[[round(float(v), 4) for v in vel] for vel in velocities],
+                               last_shift=list(shifts[-1]))
     bar = tqdm(total=settings.steps * len(plan), desc=f"denoise {len(plan)} windows x {settings.steps} steps",
                unit="window", disable=not progress, leave=False)
     predict = fused_predict(model.denoiser, texts, uncond, settings.guidance, plan, o.window_weights,
-                            o.batch_windows, timings.denoiser, bar)  # 4. windows fused before each step
+                            o.batch_windows, timings.denoiser, bar, shifts=shifts)  # 4. windows fused before each step
     with bar:
         latents = sample(model, texts[0], uncond, settings, timings, noise=noise, predict=predict, progress=False)
     sink = FrameSink(model, settings, timings)  # 5. decode in chunks
     sink.decode_until(latents, shape[2])
     timings.add("total", time.perf_counter() - t0)
-    return Result(sink.frames, latents, timings, _info(o, plan))
+    return Result(sink.frames, latents, timings, _info(o, plan, **extra))
 
 
 def continued_video(

@@ -78,12 +78,16 @@ def fuse_batched(
     plan: Sequence[Span],
     weights: str | torch.Tensor = "pyramid",
     batch_windows: int = 1,
+    shifts: Sequence[tuple[int, int]] | None = None,
 ) -> torch.Tensor:
     """Weighted per-frame average of window predictions, up to `batch_windows` equal-length windows per call.
 
     `predict_windows(x, spans)` gets the `n = len(spans)` windows stacked sample-major on the batch,
     `x[b * n + k] = latents[b, :, s_k:e_k]` (so text embeddings line up with `TextEmbeds.repeat(n)`), and
     returns a prediction of the same shape. Frames covered by one window get its prediction exactly.
+    `shifts[k] = (dy, dx)`, when given, rolls window k's latents by (-dy, -dx) latent pixels (on the torus)
+    before it is predicted and its prediction back by (dy, dx): the window sees the clip in coordinates
+    that move with it (`long_video.follow_shifts`).
     """
     if batch_windows < 1:
         raise ValueError(f"batch_windows must be >= 1, got {batch_windows}")
@@ -97,13 +101,22 @@ def fuse_batched(
     out = torch.zeros(latents.shape, device=latents.device, dtype=torch.float32)
     for group in _groups(list(range(len(plan))), plan, batch_windows):
         spans = [plan[k] for k in group]
-        x = torch.stack([latents[:, :, s:e] for s, e in spans], 1).flatten(0, 1)  # (B*n, C, L, h, w)
-        pred = predict_windows(x, spans).unflatten(0, (B, len(spans)))  # (B, n, C, L, h, w)
+        x = torch.stack([_roll(latents[:, :, s:e], shifts, k, -1) for (s, e), k in zip(spans, group)], 1)
+        pred = predict_windows(x.flatten(0, 1), spans).unflatten(0, (B, len(spans)))  # (B, n, C, L, h, w)
         for j, k in enumerate(group):
             s, e = plan[k]
+            pred_k = _roll(pred[:, j], shifts, k, 1)
             share = (w[k] / total[s:e]).view(1, 1, -1, 1, 1)  # (1, 1, L, 1, 1); exactly 1 where k is alone
-            out[:, :, s:e] += pred[:, j].float() * share
+            out[:, :, s:e] += pred_k.float() * share
     return out.to(latents.dtype)
+
+
+def _roll(x: torch.Tensor, shifts: Sequence[tuple[int, int]] | None, k: int, sign: int) -> torch.Tensor:
+    """x (.., h, w) rolled by sign * shifts[k] over its last two dims; x itself when there is no shift."""
+    if shifts is None or shifts[k] == (0, 0):
+        return x
+    dy, dx = shifts[k]
+    return torch.roll(x, (sign * dy, sign * dx), dims=(-2, -1))
 
 
 def _groups(indices: list[int], plan: Sequence[Span], size: int) -> list[list[int]]:
@@ -150,6 +163,7 @@ def freenoise_noise(
     generator: torch.Generator | None = None,
     shuffle: bool = True,
     dtype: torch.dtype = torch.float32,
+    path: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Initial noise (B, C, F, h, w) rescheduled as FreeNoise: later frames reuse shuffled earlier noise.
 
@@ -160,6 +174,11 @@ def freenoise_noise(
     `shuffle=False`, which makes the noise periodic with period L); a last block shorter than S takes the
     first F - i entries of the permuted sources. So every frame's noise is one of the first L frames'.
     The noise is on the generator's device (CPU when no generator).
+
+    `path` (F, 2), each frame's (dy, dx) displacement in latent pixels (windows that follow the clip's
+    motion, `long_video.follow_path`): a frame whose noise comes from frame o < L is that noise rolled by
+    round(path[t] - path[o]), so a window that sees the latents rolled back by the motion sees the noise
+    its predecessors saw. The same random draws in the same order: a zero path gives the noise above.
     """
     _check_context(context_length, context_stride)
     B, C, F, h, w = shape
@@ -167,12 +186,18 @@ def freenoise_noise(
     L, S = context_length, context_stride
     noise = torch.empty((B, C, F, h, w), device=device)
     noise[:, :, : min(F, L)] = torch.randn((B, C, min(F, L), h, w), generator=generator, device=device)
+    origin = torch.arange(F, device=device)  # the frame < L whose draw each frame's noise is
     for i in range(L, F, S):
         src = torch.arange(i - L, i - L + S, device=device)
         if shuffle:
             src = src[torch.randperm(S, generator=generator, device=device)]
         n = min(S, F - i)
         noise[:, :, i:i + n] = noise[:, :, src[:n]]
+        origin[i:i + n] = origin[src[:n]]
+    if path is not None:
+        for t in range(L, F):
+            dy, dx = (int(round(float(v))) for v in path[t] - path[int(origin[t])])
+            noise[:, :, t] = torch.roll(noise[:, :, t], (dy, dx), dims=(-2, -1))
     return noise.to(dtype)
 
 

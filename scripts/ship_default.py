@@ -29,6 +29,10 @@ RESTYLE = dict(restyle_strength=0.9, restyle_structure=0.3, restyle_guidance=7.5
 # where the object jumps back. So this model makes clips of any length at a 16-frame clip's pace unless
 # --motion-length says otherwise.
 PACE = dict(motion_length=16)
+# Long clips at that pace: windows that follow the clip's motion (--follow-motion) make one continuous motion
+# that wraps round the frame instead of a 16-frame trajectory repeated (256 frames: no centroid jumps, worst
+# seam 1.26 vs 1.84 without; scripts/bench_long.py).
+FOLLOW = dict(follow_motion=True)
 
 
 def ship(src: Path, dest: Path = DEST) -> Path:
@@ -47,7 +51,7 @@ def ship(src: Path, dest: Path = DEST) -> Path:
                 elif f.suffix == ".json":
                     shutil.copy2(f, tmp / sub / f.name)
         index = json.loads((src / "kinema.json").read_text())
-        index["defaults"] = {**index.get("defaults", {}), **RESTYLE, **PACE}
+        index["defaults"] = {**index.get("defaults", {}), **RESTYLE, **PACE, **FOLLOW}
         (tmp / "kinema.json").write_text(json.dumps(index, indent=2))
         if (dest / "README.md").is_file():
             shutil.copy2(dest / "README.md", tmp / "README.md")
