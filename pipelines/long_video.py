@@ -208,11 +208,14 @@ def window_texts(
 def translations(x: torch.Tensor, lag: int = 1) -> torch.Tensor:
     """(F - lag, 2) sub-pixel (dy, dx) moving latent frame t onto frame t + lag of x (B, C, F, h, w), on the torus.
 
-    Phase correlation: the whitened cross-power spectrum of two frames, summed over samples and channels
-    (each frame's mean removed), peaks at their shift; a parabola through the peak and its neighbours gives
-    the fraction. One shift per frame pair: a camera pan, or the one moving object of a plain background.
+    Phase correlation: the whitened cross-power spectrum of two frames, summed over samples and channels,
+    peaks at their shift; a parabola through the peak and its neighbours gives the fraction. What does
+    not move (each pixel's mean over the clip) and each frame's mean are removed first, so a still
+    background does not pin the reading at zero. One shift per frame pair: a camera pan, or the one
+    moving object of a plain background.
     """
-    f = x.float() - x.float().mean((-2, -1), keepdim=True)
+    f = x.float() - x.float().mean(2, keepdim=True)  # the still part (a static background) pins nothing at 0
+    f = f - f.mean((-2, -1), keepdim=True)
     X = torch.fft.fft2(f)
     R = (X[:, :, lag:] * X[:, :, :-lag].conj()).sum((0, 1))  # (F - lag, h, w)
     c = torch.fft.ifft2(R / R.abs().clamp_min(1e-12)).real
@@ -323,18 +326,31 @@ def fused_predict(
 class FrameSink:
     """Decodes latent frames once they are final into one preallocated uint8 (F, H, W, 3) array."""
 
-    def __init__(self, model, settings: Settings, timings: Timings):
+    def __init__(self, model, settings: Settings, timings: Timings, path: torch.Tensor | None = None):
         self.model, self.settings, self.timings = model, settings, timings
         self.frames = np.zeros((settings.frames, settings.height, settings.width, 3), np.uint8)
         self.decoded = 0  # latent frames decoded so far
         self.filled = 0  # output frames filled so far
+        # a followed motion (frame-wise VAEs): each frame is decoded rolled back to where frame 0's content
+        # was and rolled on again in pixels, so content crossing an edge is decoded whole, not cut in two
+        frame_wise = getattr(model.vae, "temporal_compression", 1) == 1
+        self.rolls = None if path is None or not frame_wise else path.round().long()  # (F, 2) latent pixels
 
     def decode_until(self, latents: torch.Tensor, end: int) -> None:
         """Decode latent frames [decoded, end), `decode_chunk_size` at a time (frame-wise VAE: any range)."""
         t0 = time.perf_counter()
+        part = latents[:, :, self.decoded:end]
+        if self.rolls is not None:
+            part = torch.stack([torch.roll(part[:, :, i], tuple((-self.rolls[self.decoded + i]).tolist()), dims=(-2, -1))
+                                for i in range(part.shape[2])], 2)
         with torch.inference_mode():
-            for video in self.model.vae.decode_chunks(latents[:, :, self.decoded:end], self.settings.decode_chunk_size):
+            for video in self.model.vae.decode_chunks(part, self.settings.decode_chunk_size):
                 x = to_uint8(video)[: len(self.frames) - self.filled]
+                if self.rolls is not None:
+                    sy, sx = x.shape[1] // latents.shape[3], x.shape[2] // latents.shape[4]
+                    for i in range(len(x)):
+                        dy, dx = self.rolls[self.filled + i].tolist()
+                        x[i] = np.roll(x[i], (dy * sy, dx * sx), axis=(0, 1))
                 self.frames[self.filled:self.filled + len(x)] = x
                 self.filled += len(x)
         self.decoded = end
@@ -360,7 +376,7 @@ def windowed_video(model, prompt: str, settings: Settings, options: LongOptions,
     texts = mix_windows(prompts, weights, plan)  # 2. a text per window
     g = torch.Generator("cpu").manual_seed(int(settings.seed))
     noise = freenoise_noise(shape, o.context_length, o.context_stride, generator=g)  # 3. FreeNoise noise
-    shifts, extra = None, {}
+    shifts, path, extra = None, None, {}
     if o.follow_motion and len(plan) > 1:  # 3b. the motion the windows follow, and the noise rolled with it
         path, velocities = follow_path(model, prompts, uncond, settings, timings, noise, plan, weights)
         shifts = follow_shifts(path, plan)
@@ -374,7 +390,7 @@ def windowed_video(model, prompt: str, settings: Settings, options: LongOptions,
                             o.batch_windows, timings.denoiser, bar, shifts=shifts)  # 4. windows fused before each step
     with bar:
         latents = sample(model, texts[0], uncond, settings, timings, noise=noise, predict=predict, progress=False)
-    sink = FrameSink(model, settings, timings)  # 5. decode in chunks
+    sink = FrameSink(model, settings, timings, path)  # 5. decode in chunks
     sink.decode_until(latents, shape[2])
     timings.add("total", time.perf_counter() - t0)
     return Result(sink.frames, latents, timings, _info(o, plan, **extra))

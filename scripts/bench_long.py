@@ -65,6 +65,8 @@ def child(args) -> None:
         value = getattr(args, flag, None)
         if value is not None:
             argv += [f"--{flag.replace('_', '-')}", str(value)]
+    if getattr(args, "follow_motion", None) is not None:
+        argv.append("--follow-motion" if args.follow_motion else "--no-follow-motion")
     code = main(argv)
     if code != 0:
         sys.exit(code)
@@ -221,6 +223,8 @@ def run_child(args, frames: int, tmp: Path) -> dict:
         value = getattr(args, flag, None)
         if value is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(value)]
+    if args.follow_motion is not None:
+        cmd.append("--follow-motion" if args.follow_motion else "--no-follow-motion")
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"bench_long: the {frames}-frame run failed (exit {r.returncode}):\n{r.stderr.strip()}")
@@ -251,6 +255,8 @@ def main() -> None:
     p.add_argument("--mode", default=None, choices=["window", "continue"], help="long-clip mode (default: window)")
     p.add_argument("--motion-length", type=int, default=None,
                    help="pace the motion as in a clip of this many frames (default: each clip's own frames)")
+    p.add_argument("--follow-motion", action=argparse.BooleanOptionalAction, default=None,
+                   help="windows follow the clip's motion (default: the model folder's defaults.follow_motion)")
     p.add_argument("--attention", default=None, choices=["sdpa", "xformers", "chunked"], help="attention backend")
     p.add_argument("--prompt", default=PROMPT, help="prompt of both clips")
     p.add_argument("--json-out", default=None, help="also write the figures here as JSON")

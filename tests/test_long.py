@@ -352,3 +352,135 @@ def test_benchmark_reads_a_long_wrapping_world_clip(tmp_path):
     still = bench_long.reference("a yellow square standing still on a purple background", 256, 0, long, tmp_path)
     assert still["direction_chunks"] == 1.0 and still["direction_chunks_clip_pace"] == 1.0
     assert bench_long.reference("not a world caption", 256, 0, long, tmp_path) is None
+
+
+#################################################################################
+#                          Windows that follow motion                           #
+#################################################################################
+
+def _moving_square(frames: int, dy: float, dx: float, h: int = 16, w: int = 16, jump_every: int = 0) -> torch.Tensor:
+    """(1, 4, F, h, w): a blurred square on a textured background moving (dy, dx) px a frame, on the torus."""
+    g = torch.Generator().manual_seed(0)
+    background = 0.05 * torch.randn(4, h, w, generator=g)
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    out = []
+    for t in range(frames):
+        k = t % jump_every if jump_every else t
+        cy, cx = 5 + dy * k, 4 + dx * k
+        ry = (yy - cy + h / 2) % h - h / 2
+        rx = (xx - cx + w / 2) % w - w / 2
+        blob = torch.exp(-(ry ** 2 + rx ** 2) / 4)
+        out.append(background + blob * torch.tensor([1.0, -0.5, 0.3, 0.8])[:, None, None])
+    return torch.stack(out, 1)[None]
+
+
+@pytest.mark.parametrize("dy,dx", [(0.0, 0.5), (0.0, -0.75), (0.4, 0.0), (-0.25, 0.25), (0.0, 0.0)])
+def test_clip_velocity_reads_the_motion(dy, dx):
+    v = lv.clip_velocity(_moving_square(16, dy, dx), lag=8)
+    assert v.tolist() == pytest.approx([dy, dx], abs=0.07)
+
+
+def test_clip_velocity_leaves_out_jumps_and_translations_wrap():
+    x = _moving_square(40, 0.0, 0.5, jump_every=20)  # drawn back every 20 frames
+    assert lv.clip_velocity(x, lag=4).tolist() == pytest.approx([0.0, 0.5], abs=0.07)
+    texture = torch.nn.functional.avg_pool2d(torch.randn(4, 16, 16, generator=torch.Generator().manual_seed(1))[None],
+                                             3, 1, 1, count_include_pad=False)[0]
+    pan = torch.stack([torch.roll(texture, (t, 3 * t), dims=(-2, -1)) for t in range(12)], 1)[None]  # a camera pan
+    assert lv.translations(pan)[:, 0].tolist() == pytest.approx([1.0] * 11, abs=0.05)
+    wrapped = lv.translations(pan, lag=4)  # 12 px right on a 16 px torus reads as 4 px left, the short way
+    assert wrapped[:, 0].tolist() == pytest.approx([4.0] * 8, abs=0.05)
+    assert wrapped[:, 1].tolist() == pytest.approx([-4.0] * 8, abs=0.05)
+
+
+def test_motion_path_and_shifts():
+    v = torch.tensor([[0.0, 0.5]]).expand(24, 2)
+    path = lv.motion_path(v)
+    assert path[:, 1].tolist() == pytest.approx([0.5 * t for t in range(24)])
+    plan = window_plan(24, 8, 4)  # (0,8) (4,12) .. (16,24)
+    assert lv.follow_shifts(path, plan) == [(0, 0), (0, 2), (0, 4), (0, 6), (0, 8)]
+    turn = torch.cat([torch.tensor([[0.0, 1.0]]).expand(10, 2), torch.tensor([[0.0, -1.0]]).expand(10, 2)])
+    back = lv.motion_path(turn)[:, 1]
+    assert back[9] == pytest.approx(9) and back[-1] == pytest.approx(0)  # right, then back left
+
+
+def test_follow_motion_rolls_windows_by_the_first_windows_motion(trained_like_model, monkeypatch):
+    m = trained_like_model
+    calls = {"n": 0}
+    velocity = torch.tensor([0.0, 0.5])
+    monkeypatch.setattr(lv, "clip_velocity", lambda x, lag: calls.__setitem__("n", calls["n"] + 1) or velocity)
+    seen = []
+    original = lv.fuse_batched
+    monkeypatch.setattr(lv, "fuse_batched", lambda *a: seen.append(a[-1]) or original(*a))
+    o = lv.LongOptions(context_length=4, context_stride=2, follow_motion=True)
+    r = lv.long_video(m, PROMPT, small(12), o, progress=False)
+    plan = window_plan(12, 4, 2)  # window centres 2, 4, .. 10: 0.5 px a frame -> rolls 0, 1, .. 4
+    assert seen[0] == [(0, k) for k in range(len(plan))] and calls["n"] == 1
+    assert r.info["long"]["follow"] == dict(velocities=[[0.0, 0.5]], last_shift=[0, len(plan) - 1])
+    # a still motion rolls nothing: the same clip as without following
+    monkeypatch.setattr(lv, "clip_velocity", lambda x, lag: torch.zeros(2))
+    still = lv.long_video(m, PROMPT, small(12), o, progress=False)
+    plain = lv.long_video(m, PROMPT, small(12), lv.LongOptions(context_length=4, context_stride=2), progress=False)
+    assert torch.equal(still.latents, plain.latents)
+    # one window: following changes nothing (no trial, plain generation)
+    one = lv.long_video(m, PROMPT, small(4), lv.LongOptions(context_length=4, follow_motion=True), progress=False)
+    assert torch.equal(one.latents, text_to_video(m, PROMPT, small(4), progress=False).latents)
+
+
+def test_follow_motion_with_a_prompt_schedule_measures_each_prompt(trained_like_model, monkeypatch):
+    speeds = iter([torch.tensor([0.0, 1.0]), torch.tensor([0.0, -1.0])])
+    monkeypatch.setattr(lv, "clip_velocity", lambda x, lag: next(speeds))
+    o = lv.LongOptions(context_length=4, context_stride=2, follow_motion=True,
+                       prompt_schedule=f"0:{PROMPT}|6:a red circle moving left on a blue background")
+    r = lv.long_video(trained_like_model, PROMPT, small(12), o, progress=False)
+    assert r.info["long"]["follow"]["velocities"] == [[0.0, 1.0], [0.0, -1.0]]
+    assert r.info["long"]["follow"]["last_shift"][1] < 4  # came back part of the way
+
+
+def test_follow_motion_defaults_and_errors(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    info = api.peek(tiny_model_dir)
+    s = small(12)
+    assert api.long_options(info, s, context_length=4).follow_motion is False  # no folder default: off
+    on = dict(info, defaults=dict(info["defaults"], follow_motion=True))
+    assert api.long_options(on, s, context_length=4).follow_motion is True
+    assert api.long_options(on, s, context_length=4, follow_motion=False).follow_motion is False
+    assert api.long_options(on, s, context_length=4, mode="continue").follow_motion is False  # windows only
+    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    code = main(["generate", PROMPT, "--model", str(tiny_model_dir), "-o", str(tmp_path / "x.mp4"), "--frames", "32",
+                 "--mode", "continue", "--follow-motion"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--follow-motion" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+class _NearestVAE:
+    """A frame-wise 'VAE' that upsamples latents 2x (nearest): it commutes with whole-pixel rolls."""
+
+    temporal_compression = 1
+
+    def __init__(self):
+        self.seen = []
+
+    def decode_chunks(self, latents, chunk):
+        self.seen.append(latents.clone())
+        up = latents[:, :3].repeat_interleave(2, -2).repeat_interleave(2, -1).clamp(-1, 1)
+        for i in range(0, up.shape[2], chunk):
+            yield up[:, :, i:i + chunk]
+
+
+def test_frame_sink_decodes_a_followed_motion_rolled_back():
+    class M:
+        vae = _NearestVAE()
+
+    latents = torch.rand(1, 4, 6, 5, 7) * 2 - 1
+    settings = small(6, height=10, width=14, decode_chunk_size=4)
+    path = torch.stack([torch.arange(6) * 0.4, -torch.arange(6) * 1.1], 1)
+    plain = lv.FrameSink(M, settings, Timings())
+    plain.decode_until(latents, 6)
+    rolled = lv.FrameSink(M, settings, Timings(), path)
+    rolled.decode_until(latents, 3)  # in two parts, as continuation would
+    rolled.decode_until(latents, 6)
+    assert np.array_equal(plain.frames, rolled.frames)  # a roll-equivariant decoder: the same frames
+    seen = torch.cat(M.vae.seen[1:], 2)
+    for t in range(6):  # what the decoder saw: each frame rolled back by the rounded path
+        dy, dx = path[t].round().long().tolist()
+        assert torch.equal(seen[:, :, t], torch.roll(latents[:, :, t], (-dy, -dx), dims=(-2, -1)))

@@ -249,3 +249,46 @@ def test_schedule_weights_shapes_of_fades():
     torch.testing.assert_close(fade + fade.flip(0), torch.ones(16))  # symmetric about the change point
     with pytest.raises(KinemaError, match="transition"):
         W.schedule_weights(schedule, 16, -1)
+
+
+#################################################################################
+#                           Windows that follow motion                          #
+#################################################################################
+
+def test_fuse_with_shifts_rolls_each_window_and_back():
+    x = _latents(10)
+    x = torch.randn(2, 3, 10, 4, 5, generator=torch.Generator().manual_seed(0))
+    plan = W.window_plan(10, 4, 3)
+    shifts = [(0, 0), (1, 2), (-1, 7)]
+    seen = []
+
+    def probe(chunk, spans):  # position-dependent, so a roll changes what it returns
+        seen.append(chunk.clone())
+        return chunk * torch.arange(5.0) + spans[0][0]
+
+    fused = W.fuse_batched(probe, x, plan, "flat", 1, shifts)
+    for k, ((s, e), (dy, dx)) in enumerate(zip(plan, shifts)):
+        assert torch.equal(seen[k], torch.roll(x[:, :, s:e], (-dy, -dx), dims=(-2, -1)))  # the window's view
+    # frames 0-2 are window 0's alone (no roll); frames 4-5 are window 1's alone, rolled back
+    torch.testing.assert_close(fused[:, :, :3], x[:, :, :3] * torch.arange(5.0))
+    view = torch.roll(x[:, :, 4:6], (-1, -2), dims=(-2, -1))
+    torch.testing.assert_close(fused[:, :, 4:6], torch.roll(view * torch.arange(5.0) + 3, (1, 2), dims=(-2, -1)))
+    # shifts of a model that does not care where things are change nothing
+    same = W.fuse_batched(lambda c, sp: c * 2, x, plan, "pyramid", 2, shifts)
+    torch.testing.assert_close(same, x * 2)
+
+
+def test_freenoise_rolled_with_a_path():
+    shape, L, S = (1, 2, 40, 6, 8), 16, 4
+    plain = W.freenoise_noise(shape, L, S, torch.Generator().manual_seed(3))
+    zero = W.freenoise_noise(shape, L, S, torch.Generator().manual_seed(3), path=torch.zeros(40, 2))
+    assert torch.equal(plain, zero)
+    path = torch.stack([torch.zeros(40), torch.arange(40) * 0.5], 1)  # half a latent pixel right per frame
+    rolled = W.freenoise_noise(shape, L, S, torch.Generator().manual_seed(3), path=path)
+    assert torch.equal(rolled[:, :, :L], plain[:, :, :L])  # the first window's draws are untouched
+    for t in range(L, 40):
+        # each frame is its source frame's noise, rolled by how far the path moved between them
+        sources = [o for o in range(L) if torch.equal(plain[:, :, t], plain[:, :, o])]
+        assert len(sources) == 1
+        o = sources[0]
+        assert torch.equal(rolled[:, :, t], torch.roll(plain[:, :, o], (0, round(0.5 * (t - o))), dims=(-2, -1)))
