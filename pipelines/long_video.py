@@ -47,6 +47,7 @@ from .windows import (
 )
 
 MODES = ("window", "continue")
+WRAP_MARGIN = 4  # latent pixels of wrap-around padding when decoding a clip whose motion wraps (FrameSink)
 MAX_CONTEXT_FACTOR = 4  # the longest window: 4x the model's trained length (its temporal attention is
 # untrained beyond that; the sinusoidal frame positions would accept more)
 
@@ -326,31 +327,29 @@ def fused_predict(
 class FrameSink:
     """Decodes latent frames once they are final into one preallocated uint8 (F, H, W, 3) array."""
 
-    def __init__(self, model, settings: Settings, timings: Timings, path: torch.Tensor | None = None):
+    def __init__(self, model, settings: Settings, timings: Timings, wrap: bool = False):
         self.model, self.settings, self.timings = model, settings, timings
         self.frames = np.zeros((settings.frames, settings.height, settings.width, 3), np.uint8)
         self.decoded = 0  # latent frames decoded so far
         self.filled = 0  # output frames filled so far
-        # a followed motion (frame-wise VAEs): each frame is decoded rolled back to where frame 0's content
-        # was and rolled on again in pixels, so content crossing an edge is decoded whole, not cut in two
-        frame_wise = getattr(model.vae, "temporal_compression", 1) == 1
-        self.rolls = None if path is None or not frame_wise else path.round().long()  # (F, 2) latent pixels
+        # a followed motion wraps round the frame: frame-wise VAEs decode each frame as a torus, padded on
+        # every side with WRAP_MARGIN latent pixels from the opposite side and cropped back, so content
+        # crossing an edge is decoded whole rather than cut in two at zero-padded borders
+        self.wrap = wrap and getattr(model.vae, "temporal_compression", 1) == 1
 
     def decode_until(self, latents: torch.Tensor, end: int) -> None:
         """Decode latent frames [decoded, end), `decode_chunk_size` at a time (frame-wise VAE: any range)."""
         t0 = time.perf_counter()
         part = latents[:, :, self.decoded:end]
-        if self.rolls is not None:
-            part = torch.stack([torch.roll(part[:, :, i], tuple((-self.rolls[self.decoded + i]).tolist()), dims=(-2, -1))
-                                for i in range(part.shape[2])], 2)
+        m = min(WRAP_MARGIN, latents.shape[3], latents.shape[4]) if self.wrap else 0
+        if m:
+            part = torch.nn.functional.pad(part, (m, m, m, m, 0, 0), mode="circular")
         with torch.inference_mode():
             for video in self.model.vae.decode_chunks(part, self.settings.decode_chunk_size):
                 x = to_uint8(video)[: len(self.frames) - self.filled]
-                if self.rolls is not None:
-                    sy, sx = x.shape[1] // latents.shape[3], x.shape[2] // latents.shape[4]
-                    for i in range(len(x)):
-                        dy, dx = self.rolls[self.filled + i].tolist()
-                        x[i] = np.roll(x[i], (dy * sy, dx * sx), axis=(0, 1))
+                if m:
+                    sy, sx = x.shape[1] // part.shape[3], x.shape[2] // part.shape[4]
+                    x = x[:, m * sy:x.shape[1] - m * sy, m * sx:x.shape[2] - m * sx]
                 self.frames[self.filled:self.filled + len(x)] = x
                 self.filled += len(x)
         self.decoded = end
@@ -390,7 +389,7 @@ def windowed_video(model, prompt: str, settings: Settings, options: LongOptions,
                             o.batch_windows, timings.denoiser, bar, shifts=shifts)  # 4. windows fused before each step
     with bar:
         latents = sample(model, texts[0], uncond, settings, timings, noise=noise, predict=predict, progress=False)
-    sink = FrameSink(model, settings, timings, path)  # 5. decode in chunks
+    sink = FrameSink(model, settings, timings, wrap=path is not None)  # 5. decode in chunks
     sink.decode_until(latents, shape[2])
     timings.add("total", time.perf_counter() - t0)
     return Result(sink.frames, latents, timings, _info(o, plan, **extra))

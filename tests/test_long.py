@@ -467,20 +467,21 @@ class _NearestVAE:
             yield up[:, :, i:i + chunk]
 
 
-def test_frame_sink_decodes_a_followed_motion_rolled_back():
+def test_frame_sink_decodes_a_wrapping_motion_as_a_torus():
     class M:
         vae = _NearestVAE()
 
     latents = torch.rand(1, 4, 6, 5, 7) * 2 - 1
     settings = small(6, height=10, width=14, decode_chunk_size=4)
-    path = torch.stack([torch.arange(6) * 0.4, -torch.arange(6) * 1.1], 1)
     plain = lv.FrameSink(M, settings, Timings())
     plain.decode_until(latents, 6)
-    rolled = lv.FrameSink(M, settings, Timings(), path)
-    rolled.decode_until(latents, 3)  # in two parts, as continuation would
-    rolled.decode_until(latents, 6)
-    assert np.array_equal(plain.frames, rolled.frames)  # a roll-equivariant decoder: the same frames
-    seen = torch.cat(M.vae.seen[1:], 2)
-    for t in range(6):  # what the decoder saw: each frame rolled back by the rounded path
-        dy, dx = path[t].round().long().tolist()
-        assert torch.equal(seen[:, :, t], torch.roll(latents[:, :, t], (-dy, -dx), dims=(-2, -1)))
+    wrapped = lv.FrameSink(M, settings, Timings(), wrap=True)
+    wrapped.decode_until(latents, 3)  # in two parts, as continuation would
+    wrapped.decode_until(latents, 6)
+    assert np.array_equal(plain.frames, wrapped.frames)  # a local decoder: the same frames, cropped back
+    seen = torch.cat(M.vae.seen[1:], 2)  # what the decoder saw: each frame padded from the opposite sides
+    m = min(lv.WRAP_MARGIN, 5)
+    assert seen.shape[-2:] == (5 + 2 * m, 7 + 2 * m)
+    torch.testing.assert_close(seen[..., m:m + 5, m:m + 7], latents, atol=0, rtol=0)
+    torch.testing.assert_close(seen[..., m:m + 5, :m], latents[..., -m:], atol=0, rtol=0)
+    torch.testing.assert_close(seen[..., :m, m:m + 7], latents[..., -m:, :], atol=0, rtol=0)
