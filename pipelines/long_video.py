@@ -210,13 +210,12 @@ def translations(x: torch.Tensor, lag: int = 1) -> torch.Tensor:
     """(F - lag, 2) sub-pixel (dy, dx) moving latent frame t onto frame t + lag of x (B, C, F, h, w), on the torus.
 
     Phase correlation: the whitened cross-power spectrum of two frames, summed over samples and channels,
-    peaks at their shift; a parabola through the peak and its neighbours gives the fraction. What does
-    not move (each pixel's mean over the clip) and each frame's mean are removed first, so a still
-    background does not pin the reading at zero. One shift per frame pair: a camera pan, or the one
-    moving object of a plain background.
+    peaks at their shift; a parabola through the peak and its neighbours gives the fraction; each
+    frame's mean is removed first. One shift per frame pair: a camera pan, or the one moving object of
+    a plain background. Whatever does not move counts: a still clip reads 0, and a textured still
+    background pulls the reading towards 0 (rolling it with a moving object would be wrong anyway).
     """
-    f = x.float() - x.float().mean(2, keepdim=True)  # the still part (a static background) pins nothing at 0
-    f = f - f.mean((-2, -1), keepdim=True)
+    f = x.float() - x.float().mean((-2, -1), keepdim=True)
     X = torch.fft.fft2(f)
     R = (X[:, :, lag:] * X[:, :, :-lag].conj()).sum((0, 1))  # (F - lag, h, w)
     c = torch.fft.ifft2(R / R.abs().clamp_min(1e-12)).real
@@ -334,18 +333,22 @@ class FrameSink:
         self.filled = 0  # output frames filled so far
         # a followed motion wraps round the frame: frame-wise VAEs decode each frame as a torus, padded on
         # every side with WRAP_MARGIN latent pixels from the opposite side and cropped back, so content
-        # crossing an edge is decoded whole rather than cut in two at zero-padded borders
+        # crossing an edge is decoded whole rather than cut in two at zero-padded borders (fewer frames per
+        # chunk, so the decoder's activations stay the size of an unpadded chunk's)
         self.wrap = wrap and getattr(model.vae, "temporal_compression", 1) == 1
 
     def decode_until(self, latents: torch.Tensor, end: int) -> None:
         """Decode latent frames [decoded, end), `decode_chunk_size` at a time (frame-wise VAE: any range)."""
         t0 = time.perf_counter()
         part = latents[:, :, self.decoded:end]
-        m = min(WRAP_MARGIN, latents.shape[3], latents.shape[4]) if self.wrap else 0
+        h, w = latents.shape[3:]
+        m = min(WRAP_MARGIN, h, w) if self.wrap else 0
+        chunk = self.settings.decode_chunk_size
         if m:
             part = torch.nn.functional.pad(part, (m, m, m, m, 0, 0), mode="circular")
+            chunk = max(1, chunk * h * w // ((h + 2 * m) * (w + 2 * m)))  # fewer frames at once: the same memory
         with torch.inference_mode():
-            for video in self.model.vae.decode_chunks(part, self.settings.decode_chunk_size):
+            for video in self.model.vae.decode_chunks(part, chunk):
                 x = to_uint8(video)[: len(self.frames) - self.filled]
                 if m:
                     sy, sx = x.shape[1] // part.shape[3], x.shape[2] // part.shape[4]
