@@ -15,6 +15,12 @@ trained length and the default stride a quarter of it (window mode) or three qua
 overlap of a quarter window (continue mode, where the stride is how far each new window moves on).
 
 Decisions:
+- Following motion (`follow_motion`, window mode): fused windows of a model trained on short clips
+  agree on a short clip's trajectory repeated; rolling each window's view (and its FreeNoise noise)
+  back by the clip's displacement makes them agree on one motion, which wraps round the frame. The
+  displacement is read once, from the first window made alone (per prompt of a schedule), not
+  re-read while sampling: read from the fused clip itself it follows the repeated trajectory it
+  should undo. Off unless the model folder or the caller asks (`defaults.follow_motion`).
 - Prompt schedules: the denoiser's cross-attention takes one text per sample, so a text per frame
   would need a model change. Each window gets its own text instead: the prompts' token states mixed
   with the schedule's weights averaged over the window's frames (`mix_text`). Overlapping windows,
