@@ -223,8 +223,9 @@ def run_child(args, frames: int, tmp: Path) -> dict:
         value = getattr(args, flag, None)
         if value is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(value)]
-    if args.follow_motion is not None:
-        cmd.append("--follow-motion" if args.follow_motion else "--no-follow-motion")
+    follow = getattr(args, "follow_motion", None)  # callers may pass their own namespace (bench_memory)
+    if follow is not None:
+        cmd.append("--follow-motion" if follow else "--no-follow-motion")
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"bench_long: the {frames}-frame run failed (exit {r.returncode}):\n{r.stderr.strip()}")
