@@ -256,7 +256,6 @@ def test_schedule_weights_shapes_of_fades():
 #################################################################################
 
 def test_fuse_with_shifts_rolls_each_window_and_back():
-    x = _latents(10)
     x = torch.randn(2, 3, 10, 4, 5, generator=torch.Generator().manual_seed(0))
     plan = W.window_plan(10, 4, 3)
     shifts = [(0, 0), (1, 2), (-1, 7)]
