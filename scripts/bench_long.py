@@ -53,6 +53,13 @@ SEAM_FLOOR = 0.5  # grey levels: about the frame-to-frame change of the world's 
 # window that put a 13-px object 1 px off would change its frame by ~1 level
 
 
+def follow_flag(args) -> list[str]:
+    """--follow-motion / --no-follow-motion when asked; none for the model folder's default (or a caller's
+    own namespace without the option, as bench_memory's)."""
+    follow = getattr(args, "follow_motion", None)
+    return [] if follow is None else ["--follow-motion" if follow else "--no-follow-motion"]
+
+
 def child(args) -> None:
     """One generate call in this fresh process; print its peak memory and timings as JSON."""
     from kinema.cli import main
@@ -65,8 +72,7 @@ def child(args) -> None:
         value = getattr(args, flag, None)
         if value is not None:
             argv += [f"--{flag.replace('_', '-')}", str(value)]
-    if getattr(args, "follow_motion", None) is not None:
-        argv.append("--follow-motion" if args.follow_motion else "--no-follow-motion")
+    argv += follow_flag(args)
     code = main(argv)
     if code != 0:
         sys.exit(code)
@@ -223,9 +229,7 @@ def run_child(args, frames: int, tmp: Path) -> dict:
         value = getattr(args, flag, None)
         if value is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(value)]
-    follow = getattr(args, "follow_motion", None)  # callers may pass their own namespace (bench_memory)
-    if follow is not None:
-        cmd.append("--follow-motion" if follow else "--no-follow-motion")
+    cmd += follow_flag(args)
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"bench_long: the {frames}-frame run failed (exit {r.returncode}):\n{r.stderr.strip()}")
