@@ -66,9 +66,37 @@ class FrameCondition:
         return bool(self.mask.any())
 
 
+@dataclass(frozen=True)
+class DenoiserInputs:
+    """Per-call inputs besides latents, timestep, text and frame condition; each denoiser reads what it has.
+
+    They reach the network through its call, never through attributes set on it, so one loaded model
+    serves interleaved calls (two requests of a UI, a batch runner, a cache hook).
+    """
+
+    clip_frames: int | None = None  # the whole clip's frames (a length embedding paces motion); None: the window's
+    injection: object = None  # structure injection of one call (SpaceTimeUNet's `Injection`: record or inject)
+    image: object = None  # the family's image context (Wan I2V: CLIP states, pixel-frame mask)
+
+
+@dataclass(frozen=True)
+class ImageCondition:
+    """What a family makes of the image(s) of image-to-video (`ModelFamily.image_condition`).
+
+    `cond` is what the denoiser sees (noise-augmented latents); `known` is what KnownFrames re-injects
+    after every step (the clean latents; None: nothing is re-injected, as Wan's channel-concat I2V);
+    `inputs` are per-call denoiser inputs (Wan's CLIP states).
+    """
+
+    cond: FrameCondition
+    known: FrameCondition | None
+    inputs: DenoiserInputs = DenoiserInputs()
+
+
 class Denoiser(Protocol):
-    """Predicts the flow-matching velocity (noise - x0) for noisy latents at a timestep."""
+    """Predicts the family's model output (flow velocity noise - x0 for kinema and Wan) at a timestep."""
 
     def predict(
-        self, latents: torch.Tensor, timestep: torch.Tensor, text: TextEmbeds, cond: FrameCondition | None
+        self, latents: torch.Tensor, timestep: torch.Tensor, text: TextEmbeds, cond: FrameCondition | None = None,
+        inputs: DenoiserInputs | None = None,
     ) -> torch.Tensor: ...
