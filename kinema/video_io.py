@@ -477,3 +477,70 @@ def resize_frames(frames: np.ndarray, height: int, width: int, policy: str = "cr
         out = np.zeros((len(batch), height, width, batch.shape[3]), batch.dtype)
         out[:, top : top + inner_h, left : left + inner_w] = _resize(batch, inner_h, inner_w)
     return out[0] if frames.ndim == 3 else out
+
+
+#################################################################################
+#                          Choosing and probing sources                         #
+#################################################################################
+
+
+def select_frames(video: np.ndarray, start: int = 0, stride: int = 1, max_frames: int | None = None) -> np.ndarray:
+    """Frames start, start + stride, ... (at most `max_frames`) of uint8 (F, H, W, 3), as `read_video` picks them."""
+    ok = isinstance(video, np.ndarray) and video.dtype == np.uint8 and video.ndim == 4 and video.shape[-1] == 3
+    require(ok, f"the source must be a video file, a folder of frames or uint8 (F, H, W, 3) frames; got "
+                f"{getattr(video, 'dtype', type(video).__name__)} {getattr(video, 'shape', '')}")
+    require(stride >= 1 and start >= 0, f"--stride must be >= 1 and --start >= 0 (got {stride}, {start})")
+    require(len(video) > start, f"--start {start} is beyond the end of the source ({len(video)} frames)")
+    return video[start::stride][:max_frames]
+
+
+def read_frames(video, start: int, stride: int, max_frames: int | None) -> tuple[np.ndarray, float | None]:
+    """The chosen frames of a file, folder or array, and their fps (None for an array)."""
+    if isinstance(video, np.ndarray):
+        return select_frames(video, start, stride, max_frames), None
+    require(isinstance(video, (str, os.PathLike)), f"the source must be a path or uint8 frames, got {type(video).__name__}")
+    return read_video(video, max_frames=max_frames, stride=stride, start=start)
+
+
+def source_size(video, start: int = 0, stride: int = 1, max_frames: int | None = None) -> tuple[int | None, int, int] | None:
+    """(frames that will be read, or None when the file does not say; height; width) from headers only.
+
+    None when the source cannot be probed: `read_video` then reads it and reports what is wrong.
+    """
+    if isinstance(video, np.ndarray):
+        return len(select_frames(video, start, stride, max_frames)), video.shape[1], video.shape[2]
+    try:
+        with warnings.catch_warnings():  # an oversized image: read_video refuses it in one line, without this warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            count, height, width = probe(Path(video).expanduser())
+    except Exception:  # a damaged file: read_video gives the one-line reason
+        return None
+    if count is not None:
+        count = len(range(start, count, stride))
+        count = count if max_frames is None else min(count, max_frames)
+    return count, height, width
+
+
+def probe(src: Path) -> tuple[int | None, int, int]:
+    """(frame count or None, height, width) of a folder, animation, container or image, from headers only."""
+    if src.is_dir():
+        files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
+        with Image.open(files[0]) as im:
+            return len(files), im.height, im.width
+    suffix = src.suffix.lower()
+    if suffix in CONTAINER_EXTS:
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # quiet as read_video: its error is the one to show
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        capture = cv2.VideoCapture(str(src), cv2.CAP_FFMPEG)
+        try:
+            count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+            height, width = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        finally:
+            capture.release()
+            cv2.utils.logging.setLogLevel(level)
+        if height <= 0 or width <= 0:
+            raise ValueError("no size in the header")
+        return (count if count > 0 else None), height, width
+    with Image.open(src) as im:
+        return getattr(im, "n_frames", 1), im.height, im.width

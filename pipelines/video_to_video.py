@@ -64,18 +64,12 @@ denoiser memory is set by the window; the source, its flows and the output are h
 from __future__ import annotations
 
 import math
-import os
 import time
-import warnings
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
-from PIL import Image
 
-from kinema import video_io
 from kinema.errors import require
 
 from kinema.models.seams import TextEmbeds
@@ -84,10 +78,6 @@ from .common import Result, Settings, decode, encode_prompts, initial_noise, lat
 from .flow import FlowGuide, pixel_fusion, source_flow
 from .loop import Hook, Timings, guided, x0_from_velocity
 
-# Host bytes per output pixel per frame besides the model: source and output (uint8, 6), DIS flows both
-# ways (16), the guide at source size (12), consistency/warp temporaries (float64, ~40), pixel fusion (24).
-BYTES_PER_PIXEL = 96
-HEADROOM = 0.8  # use at most this share of the free memory
 MIN_FLOW_SIDE = 16  # DIS needs frames of at least 16x16 (flow._check_frames)
 
 
@@ -155,119 +145,6 @@ def check_options(options: RestyleOptions, steps: int | None = None) -> RestyleO
                 f"--strength {options.strength} runs no denoising step at --steps {steps} (round(steps x strength) = 0); "
                 "raise --strength or --steps, or pass --strength 0 to keep the source unchanged")
     return options
-
-
-#################################################################################
-#                              Source and memory                                #
-#################################################################################
-
-
-def select_frames(video: np.ndarray, start: int = 0, stride: int = 1, max_frames: int | None = None) -> np.ndarray:
-    """Frames start, start + stride, ... (at most `max_frames`) of uint8 (F, H, W, 3), as `read_video` picks them."""
-    ok = isinstance(video, np.ndarray) and video.dtype == np.uint8 and video.ndim == 4 and video.shape[-1] == 3
-    require(ok, f"the source must be a video file, a folder of frames or uint8 (F, H, W, 3) frames; got "
-                f"{getattr(video, 'dtype', type(video).__name__)} {getattr(video, 'shape', '')}")
-    require(stride >= 1 and start >= 0, f"--stride must be >= 1 and --start >= 0 (got {stride}, {start})")
-    require(len(video) > start, f"--start {start} is beyond the end of the source ({len(video)} frames)")
-    return video[start::stride][:max_frames]
-
-
-def read_source(video, start: int, stride: int, max_frames: int | None) -> tuple[np.ndarray, float | None]:
-    """The chosen frames of a file, folder or array, and their fps (None for an array)."""
-    if isinstance(video, np.ndarray):
-        return select_frames(video, start, stride, max_frames), None
-    require(isinstance(video, (str, os.PathLike)), f"the source must be a path or uint8 frames, got {type(video).__name__}")
-    return video_io.read_video(video, max_frames=max_frames, stride=stride, start=start)
-
-
-def source_size(video, start: int = 0, stride: int = 1, max_frames: int | None = None) -> tuple[int | None, int, int] | None:
-    """(frames that will be read, or None when the file does not say; height; width) from headers only.
-
-    None when the source cannot be probed: `read_video` then reads it and reports what is wrong.
-    """
-    if isinstance(video, np.ndarray):
-        return len(select_frames(video, start, stride, max_frames)), video.shape[1], video.shape[2]
-    try:
-        with warnings.catch_warnings():  # an oversized image: read_video refuses it in one line, without this warning
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            count, height, width = _probe(Path(video).expanduser())
-    except Exception:  # a damaged file: read_video gives the one-line reason
-        return None
-    if count is not None:
-        count = len(range(start, count, stride))
-        count = count if max_frames is None else min(count, max_frames)
-    return count, height, width
-
-
-def _probe(src: Path) -> tuple[int | None, int, int]:
-    """(frame count or None, height, width) of a folder, animation, container or image, without decoding."""
-    from PIL import Image
-
-    if src.is_dir():
-        files = sorted(p for p in src.iterdir() if p.suffix.lower() in video_io.IMAGE_EXTS and not p.name.startswith("."))
-        with Image.open(files[0]) as im:
-            return len(files), im.height, im.width
-    suffix = src.suffix.lower()
-    if suffix in video_io.CONTAINER_EXTS:
-        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # quiet as read_video: its error is the one to show
-        level = cv2.utils.logging.getLogLevel()
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-        capture = cv2.VideoCapture(str(src), cv2.CAP_FFMPEG)
-        try:
-            count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-            height, width = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-        finally:
-            capture.release()
-            cv2.utils.logging.setLogLevel(level)
-        if height <= 0 or width <= 0:
-            raise ValueError("no size in the header")
-        return (count if count > 0 else None), height, width
-    with Image.open(src) as im:
-        return getattr(im, "n_frames", 1), im.height, im.width
-
-
-def available_memory(device: torch.device | str = "cpu") -> int | None:
-    """Free bytes on `device` (CUDA: the driver's count; CPU: MemAvailable), None when unknown."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        with open("/proc/meminfo") as f:
-            kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
-        return kib * 1024
-    except (OSError, StopIteration, ValueError):
-        return None
-
-
-def _gib(n: float) -> str:
-    return f"{n / 2**30:,.1f} GiB"
-
-
-def check_memory(need: int, available: int | None, what: str) -> None:
-    """A one-line error when `need` bytes exceed HEADROOM of `available` (no check when that is unknown)."""
-    if available is None:
-        return
-    require(need <= HEADROOM * available,
-            f"{what} needs ~{_gib(need)} but only {_gib(available)} is free; pass --max-frames, a larger --stride "
-            "or a smaller --height/--width")
-
-
-def host_bytes(frames: int, source_hw: tuple[int, int], height: int, width: int) -> int:
-    """Host memory of the source as read (and its stacked copy) plus `BYTES_PER_PIXEL` at the output size."""
-    return frames * (2 * 3 * source_hw[0] * source_hw[1] + BYTES_PER_PIXEL * height * width)
-
-
-def frames_that_fit(available: int | None, source_hw: tuple[int, int], height: int, width: int) -> int | None:
-    """The most frames whose host memory fits (None when memory is unknown): the read cap for unsized files."""
-    if available is None:
-        return None
-    return max(1, int(HEADROOM * available) // host_bytes(1, source_hw, height, width))
 
 
 #################################################################################
