@@ -51,19 +51,18 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from kinema.errors import KinemaError, require
-from kinema.loading import Model
 
+from .family import Model, ModelDefaults, ModelFamily, ModelInfo, quiet_libraries, register, safetensors_parameters
 from .seams import FrameCondition, TextEmbeds
 
 INDEX = "model_index.json"
@@ -182,7 +181,7 @@ def frame_conditions(fam: str, transformer: dict, vae: dict, has_clip: bool) -> 
     return ["first", "first_last"] if last else ["first"]
 
 
-def peek(path: Path) -> dict:
+def describe(path: Path) -> ModelInfo:
     """The folder's configs and kinema's view of them (defaults, sizes, tasks), without loading weights."""
     wan = read_wan_index(path)
     tr = _json(path / "transformer" / "config.json")
@@ -194,23 +193,24 @@ def peek(path: Path) -> dict:
     patch = tr.get("patch_size", [1, 2, 2])
     shift = float(sched.get("flow_shift", sched.get("shift", 1.0)) or 1.0)
     kind = "unipc" if sched.get("_class_name") == "UniPCMultistepScheduler" else "euler"
-    defaults = dict(FAMILY_DEFAULTS[fam], shift=shift, image_noise=0.0, scheduler=kind)
+    defaults = ModelDefaults(**FAMILY_DEFAULTS[fam], shift=shift, image_noise=0.0, scheduler=kind)
     conds = frame_conditions(fam, tr, vae, "image_encoder" in wan["components"])
-    index = dict(format="diffusers-wan", pipeline=wan["pipeline"], family=fam, defaults=defaults,
+    index = dict(format="diffusers-wan", pipeline=wan["pipeline"], family=fam, defaults=defaults.as_dict(),
                  frame_conditions=conds, boundary_ratio=wan["boundary_ratio"],
                  expand_timesteps=wan["expand_timesteps"], components=wan["components"],
                  text_encoder="UMT5 (text_encoder/)", preset=f"wan-{fam}")
-    multiple = spatial * int(patch[1])
-    return dict(path=path, index=index, denoiser=tr, vae=vae, scheduler=sched, spatial=spatial, multiple=multiple,
-                temporal_compression=temporal, defaults=index["defaults"], family="wan",
-                tasks=tasks(tr, vae))
+    params = {name: safetensors_parameters(path / name)[0] for name in WEIGHTED if name in wan["components"]}
+    return ModelInfo(family="wan", path=path, name=wan["pipeline"], defaults=defaults, parameters=params,
+                     tasks=tasks(tr, vae), frame_conditions=tuple(conds), size_multiple=spatial * int(patch[1]),
+                     spatial_compression=spatial, temporal_compression=temporal, latent_channels=vae["z_dim"],
+                     configs=dict(denoiser=tr, vae=vae, scheduler=sched), index=index)
 
 
-def tasks(transformer: dict, vae: dict) -> list[str]:
+def tasks(transformer: dict, vae: dict) -> tuple[str, ...]:
     """What the checkpoint can do: an image-conditioned (channel-concat) one only animates."""
     if transformer["in_channels"] > vae["z_dim"]:
-        return ["animate"]
-    return ["generate", "extend", "restyle", "animate"]
+        return ("animate",)
+    return ("generate", "extend", "restyle", "animate")
 
 
 #################################################################################
@@ -531,20 +531,11 @@ def image_to_video(model, prompt: str, image: np.ndarray, settings, last_image: 
 
 @dataclass
 class WanModel(Model):
-    """A loaded Wan folder: the attributes of `loading.Model`, plus the CLIP image encoder when there is one."""
+    """A loaded Wan folder: the seams of `Model`, plus the CLIP image encoder when there is one."""
 
     image_encoder: object = None
     image_processor: object = None
     offload: str = "none"
-    info: dict = field(default_factory=dict)
-
-    @property
-    def size_multiple(self) -> int:
-        """Height and width: multiples of the VAE's compression x the transformer's patch."""
-        return self.vae.spatial_compression * int(self.denoiser.config.patch_size[1])
-
-    def image_to_video(self, prompt, image, settings, last_image=None, image_noise=None, progress=True):
-        return image_to_video(self, prompt, image, settings, last_image, image_noise, progress)
 
 
 def _hf_kwargs(dtype: torch.dtype) -> dict:
@@ -555,61 +546,70 @@ def _hf_kwargs(dtype: torch.dtype) -> dict:
     return {"local_files_only": True, "use_safetensors": True, key: dtype}
 
 
-def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+def load(info: ModelInfo, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
          attention: str = "sdpa", offload: str | None = None, vae_tiling: bool = False) -> WanModel:
-    """Load a Wan diffusers folder: transformer(s) and UMT5 in `dtype`, the VAE and CLIP in float32.
+    """Load a described Wan folder: transformer(s) and UMT5 in `dtype`, the VAE and CLIP in float32.
 
     `offload` keeps weights on the CPU and moves each component to `device` while it runs: "model" one
     component at a time (accelerate's cpu_offload_with_hook, diffusers' enable_model_cpu_offload),
     "sequential" one layer at a time (accelerate's cpu_offload; slowest, least memory).
     """
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from diffusers import AutoencoderKLWan
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    path = Path(path)
-    info = peek(path)
-    wan = info["index"]
+    path, wan = info.path, info.index
     require(attention in ATTENTION, f"--attention {attention} is not available for Wan checkpoints; use sdpa or xformers")
     require(offload in (None, "none", "model", "sequential"), f"unknown --offload {offload!r}; use none, model or sequential")
     device = torch.device(device)
     require(offload in (None, "none") or device.type == "cuda", "--offload moves weights to a GPU as they run; it needs --device cuda")
     place = torch.device("cpu") if offload in ("model", "sequential") else device
-    kw = dict(local_files_only=True, use_safetensors=True)
-    experts = []
-    for name in ("transformer", "transformer_2") if wan["boundary_ratio"] is not None else ("transformer",):
-        m = WanTransformer3DModel.from_pretrained(path / name, torch_dtype=dtype, **kw).to(place)
-        if attention != "sdpa":
-            m.set_attention_backend(ATTENTION[attention])
-        experts.append(m)
-    sched = info["scheduler"]
-    denoiser = WanDenoiser(experts[0], experts[1] if len(experts) > 1 else None, wan["boundary_ratio"],
-                           wan["expand_timesteps"], int(sched.get("num_train_timesteps", 1000)))
-    vae = WanVAE(AutoencoderKLWan.from_pretrained(path / "vae", torch_dtype=torch.float32, **kw).to(place))
+    quiet_libraries()
+    denoiser = _load_denoiser(info, dtype, attention, place)
+    vae = WanVAE(AutoencoderKLWan.from_pretrained(path / "vae", torch_dtype=torch.float32, local_files_only=True,
+                                                  use_safetensors=True).to(place))
     if vae_tiling:
         vae.autoencoder.enable_tiling()
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True, trust_remote_code=False)
     text = UMT5TextEncoder(tokenizer, UMT5EncoderModel.from_pretrained(path / "text_encoder", **_hf_kwargs(dtype)).to(place))
-    image_encoder = image_processor = None
-    if "image_encoder" in wan["components"]:
-        import importlib.util
-
-        import transformers as tf
-
-        image_encoder = tf.CLIPVisionModel.from_pretrained(path / "image_encoder", **_hf_kwargs(torch.float32))
-        image_encoder = image_encoder.to(place).eval()
-        processor = tf.CLIPImageProcessor  # without torchvision transformers 5 falls back to the PIL one: ask for it
-        if importlib.util.find_spec("torchvision") is None:
-            processor = getattr(tf, "CLIPImageProcessorPil", processor)
-        image_processor = processor.from_pretrained(path / "image_processor", local_files_only=True)
+    image_encoder, image_processor = _load_image_encoder(path, place) if "image_encoder" in wan["components"] else (None, None)
     require(text.dim == denoiser.config.text_dim,
             f"the transformer expects text dim {denoiser.config.text_dim} but text_encoder/ gives {text.dim}")
-    scheduler_config = dict(sched, shift=info["defaults"]["shift"])  # kinema's make_scheduler reads `shift`
+    scheduler_config = dict(info.configs["scheduler"], shift=info.defaults.shift)  # kinema's make_scheduler reads `shift`
     check_scheduler(scheduler_config)
-    model = WanModel(text, vae, denoiser, scheduler_config, wan, path, device, dtype,
-                     image_encoder=image_encoder, image_processor=image_processor, offload=offload or "none", info=info)
+    model = WanModel(text, vae, denoiser, scheduler_config, dict(wan), path, device, dtype, info=info, family=FAMILY,
+                     image_encoder=image_encoder, image_processor=image_processor, offload=offload or "none")
     if offload in ("model", "sequential"):
         enable_offload(model, offload, device)
     return model
+
+
+def _load_denoiser(info: ModelInfo, dtype: torch.dtype, attention: str, place: torch.device) -> "WanDenoiser":
+    """The transformer (and Wan 2.2's second expert) behind the denoiser seam."""
+    from diffusers import WanTransformer3DModel
+
+    wan = info.index
+    experts = []
+    for name in ("transformer", "transformer_2") if wan["boundary_ratio"] is not None else ("transformer",):
+        m = WanTransformer3DModel.from_pretrained(info.path / name, torch_dtype=dtype, local_files_only=True,
+                                                  use_safetensors=True).to(place)
+        if attention != "sdpa":
+            m.set_attention_backend(ATTENTION[attention])
+        experts.append(m)
+    return WanDenoiser(experts[0], experts[1] if len(experts) > 1 else None, wan["boundary_ratio"],
+                       wan["expand_timesteps"], int(info.configs["scheduler"].get("num_train_timesteps", 1000)))
+
+
+def _load_image_encoder(path: Path, place: torch.device) -> tuple[object, object]:
+    """CLIP vision model and its image processor (Wan 2.1 image-to-video)."""
+    import importlib.util
+
+    import transformers as tf
+
+    image_encoder = tf.CLIPVisionModel.from_pretrained(path / "image_encoder", **_hf_kwargs(torch.float32))
+    processor = tf.CLIPImageProcessor  # without torchvision transformers 5 falls back to the PIL one: ask for it
+    if importlib.util.find_spec("torchvision") is None:
+        processor = getattr(tf, "CLIPImageProcessorPil", processor)
+    return image_encoder.to(place).eval(), processor.from_pretrained(path / "image_processor", local_files_only=True)
 
 
 def check_scheduler(config: dict) -> None:
@@ -649,25 +649,8 @@ def enable_offload(model: WanModel, mode: str, device: torch.device) -> None:
 #################################################################################
 
 
-def parameter_counts(path: Path, components) -> dict:
-    """Parameters per weighted component, read from the safetensors headers (no weights loaded)."""
-    from safetensors import safe_open
-
-    counts = {}
-    for name in WEIGHTED:
-        if name not in components:
-            continue
-        n = 0
-        for f in sorted((path / name).glob("*.safetensors")):
-            with safe_open(f, "pt") as st:
-                for k in st.keys():
-                    n += math.prod(st.get_slice(k).get_shape())
-        counts[name] = n
-    return counts
-
-
-def estimate_memory(info: dict, frames: int, height: int, width: int, dtype_bytes: int = 2, cfg: bool = True,
-                    offload: str = "none") -> dict:
+def estimate_memory(info: ModelInfo, frames: int, height: int, width: int, dtype_bytes: int = 2, cfg: bool = True,
+                    offload: str | None = "none") -> dict:
     """Rough peak GPU memory (bytes) of a Wan run: resident weights + the larger of the phases' activations.
 
     Weights: transformer(s) and UMT5 at `dtype_bytes`, the VAE and CLIP in float32. Resident: all of them
@@ -676,10 +659,10 @@ def estimate_memory(info: dict, frames: int, height: int, width: int, dtype_byte
     per token with flash / memory-efficient attention (no L^2 score matrix). VAE decode: ~6 live tensors
     per decoder level for the 4 frames of one latent frame, in float32. An estimate, not a measurement.
     """
-    sizes = {k: v * (4 if k in ("vae", "image_encoder") else dtype_bytes) for k, v in info.get("params", {}).items()}
-    tr, vae = info["denoiser"], info["vae"]
-    s, (_, ph, pw) = info["spatial"], tr.get("patch_size", [1, 2, 2])
-    tokens = ((frames - 1) // info["temporal_compression"] + 1) * (height // s // ph) * (width // s // pw)
+    sizes = {k: v * (4 if k in ("vae", "image_encoder") else dtype_bytes) for k, v in info.parameters.items()}
+    tr, vae = info.configs["denoiser"], info.configs["vae"]
+    s, (_, ph, pw) = info.spatial_compression, tr.get("patch_size", [1, 2, 2])
+    tokens = info.latent_frames(frames) * (height // s // ph) * (width // s // pw)
     dim = tr["num_attention_heads"] * tr["attention_head_dim"]
     act = (2 if cfg else 1) * tokens * (6 * dim + tr["ffn_dim"]) * dtype_bytes
     base, p = vae.get("decoder_base_dim") or vae["base_dim"], vae.get("patch_size") or 1  # 2.2: decodes at H/2
@@ -690,23 +673,68 @@ def estimate_memory(info: dict, frames: int, height: int, width: int, dtype_byte
         total = max(phases)
         weights = max(sizes.values(), default=0)
     else:
-        weights = sum(sizes.values()) if offload == "none" else expert // max(1, tr.get("num_layers", 1))
+        weights = sum(sizes.values()) if offload in (None, "none") else expert // max(1, tr.get("num_layers", 1))
         total = weights + max(act, dec)
     return dict(weights=weights, denoiser_activations=act, vae_decode=dec, total=total)
 
 
-def report(info: dict, frames: int, height: int, width: int, dtype: str = "bfloat16", offload: str = "none") -> dict:
-    """`kinema info` for a Wan folder: components, parameters, defaults and memory estimates."""
-    info["params"] = parameter_counts(info["path"], info["index"]["components"])
+def report(info: ModelInfo, frames: int, height: int, width: int, dtype: str = "bfloat16") -> tuple[dict, list[str]]:
+    """`kinema info` for a Wan folder: components, parameters, defaults and memory with each offload mode."""
     nbytes = {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
-    mib = lambda d: {k: f"{v / 2**30:.2f} GiB" for k, v in d.items()}  # noqa: E731
-    est = {mode: mib(estimate_memory(info, frames, height, width, nbytes, offload=mode))
-           for mode in ("none", "model", "sequential")}
-    idx = info["index"]
-    return dict(model=str(info["path"]), family=idx["family"], pipeline=idx["pipeline"],
-                params={k: v for k, v in info["params"].items()}, boundary_ratio=idx["boundary_ratio"],
-                expand_timesteps=idx["expand_timesteps"], frame_conditions=idx["frame_conditions"], tasks=info["tasks"],
-                defaults=info["defaults"], size_multiple=info["multiple"],
-                vae=dict(latent_channels=info["vae"]["z_dim"], spatial_compression=info["spatial"],
-                         temporal_compression=info["temporal_compression"]),
-                memory_estimate=dict(frames=frames, height=height, width=width, dtype=dtype, offload=est))
+    gib = lambda d: {k: f"{v / 2**30:.2f} GiB" for k, v in d.items()}  # noqa: E731
+    est = {mode: gib(estimate_memory(info, frames, height, width, nbytes, offload=mode)) for mode in ("none", "model", "sequential")}
+    idx, d = info.index, info.defaults
+    report = dict(model=str(info.path), family=idx["family"], pipeline=idx["pipeline"], params=dict(info.parameters),
+                  boundary_ratio=idx["boundary_ratio"], expand_timesteps=idx["expand_timesteps"],
+                  frame_conditions=list(info.frame_conditions), tasks=list(info.tasks), defaults=d.as_dict(),
+                  size_multiple=info.size_multiple,
+                  vae=dict(latent_channels=info.latent_channels, spatial_compression=info.spatial_compression,
+                           temporal_compression=info.temporal_compression),
+                  memory_estimate=dict(frames=frames, height=height, width=width, dtype=dtype, offload=est))
+    experts = f", two experts switched at t = {idx['boundary_ratio']} x 1000" if idx["boundary_ratio"] else ""
+    lines = [
+        f"model     {report['model']} ({idx['pipeline']}, Wan family {idx['family']}{experts})",
+        "params    " + ", ".join(f"{k} {v / 1e9:.2f}B" if v >= 1e8 else f"{k} {v / 1e6:.2f}M" for k, v in info.parameters.items()),
+        f"vae       AutoencoderKLWan, {info.latent_channels} latent channels, {info.spatial_compression}x spatial, "
+        f"{info.temporal_compression}x temporal (frames must be 4k+1)",
+        f"defaults  {d.frames} frames {d.width}x{d.height} @ {d.fps:g} fps, {d.steps} steps, guidance {d.guidance}, "
+        f"{d.scheduler} shift {d.shift}; sizes must be multiples of {info.size_multiple}",
+        f"tasks     {', '.join(info.tasks)}; frame conditions: {', '.join(info.frame_conditions) or 'none'}",
+    ]
+    for mode, m in est.items():
+        lines.append(f"memory    --offload {mode:<10} ~{m['total']} GPU peak for {frames} frames {width}x{height} in "
+                     f"{dtype} (weights {m['weights']}, transformer activations {m['denoiser_activations']}, VAE decode "
+                     f"{m['vae_decode']})")
+    return report, lines
+
+
+#################################################################################
+#                                    Family                                     #
+#################################################################################
+
+
+class WanFamily(ModelFamily):
+    """Wan 2.1 / 2.2 diffusers folders (model_index.json of a Wan pipeline)."""
+
+    name = "wan"
+
+    def recognises(self, path: Path) -> bool:
+        return (Path(path) / INDEX).is_file()
+
+    def describe(self, path: Path) -> ModelInfo:
+        return describe(Path(path))
+
+    def load(self, info, device, dtype, attention="sdpa", offload=None) -> Model:
+        return load(info, device, dtype, attention, offload)
+
+    def estimate_memory(self, info, frames, height, width, dtype_bytes=2, cfg=True, decode_chunk_size=16, offload=None):
+        return estimate_memory(info, frames, height, width, dtype_bytes, cfg, offload)
+
+    def image_condition(self, model, first, last, settings, std, timings):
+        return image_condition(model, first, last, settings, std, timings)
+
+    def report(self, info, frames, height, width, dtype="bfloat16"):
+        return report(info, frames, height, width, "float32" if dtype == "float32" else "bfloat16")
+
+
+FAMILY = register(WanFamily())

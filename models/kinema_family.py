@@ -1,0 +1,286 @@
+"""kinema's own model folders: a small JSON index naming the components, one subfolder per component.
+
+    model/
+      kinema.json          {"format": "kinema-model", "text_encoder": "builtin:minilm", "defaults": {...}}
+      denoiser/            SpaceTimeUNet: config.json + diffusion_pytorch_model.safetensors
+      vae/                 AutoencoderKL: config.json + diffusion_pytorch_model.safetensors
+      scheduler/           FlowMatchEulerDiscreteScheduler config
+
+Loading never touches the network (`local_files_only=True`) and reads safetensors only. `save` and
+`init` write folders atomically (a temporary folder, then a rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+
+from kinema.errors import KinemaError, require
+
+from .family import Model, ModelDefaults, ModelFamily, ModelInfo, quiet_libraries, register, safetensors_parameters
+
+INDEX = "kinema.json"
+FORMAT = "kinema-model"
+COMPONENTS = ("denoiser", "vae", "scheduler")
+WEIGHTED = ("denoiser", "vae")
+# what `init` writes into a new folder's defaults
+INIT_DEFAULTS = dict(frames=16, height=64, width=64, fps=8, steps=25, guidance=5.0, shift=1.0, image_noise=0.02)
+
+#################################################################################
+#                                 Folder checks                                 #
+#################################################################################
+
+
+def read_index(path: Path) -> dict:
+    """The folder's kinema.json, checked, with every component folder present and its weights in safetensors."""
+    try:
+        index = json.loads((path / INDEX).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise KinemaError(f"{path / INDEX} is not valid JSON ({e}); re-create the folder with `kinema init`") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        found = index.get("format") if isinstance(index, dict) else type(index).__name__
+        raise KinemaError(f"{path / INDEX} is not a kinema model index (format {found!r})")
+    _check_index(index, path / INDEX)
+    for name in COMPONENTS:
+        sub = path / name
+        if not sub.is_dir() or sub.resolve().parent != path.resolve():
+            raise KinemaError(f"model folder {path} is incomplete: missing component folder {name}/")
+    for name in WEIGHTED:
+        if not (path / name / "config.json").is_file():
+            raise KinemaError(f"model folder {path} is incomplete: {name}/config.json is missing")
+        weights = list((path / name).glob("*.safetensors"))
+        pickles = [p for p in (path / name).iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+        if not weights:
+            why = " (only pickle weights found; kinema loads safetensors only)" if pickles else ""
+            raise KinemaError(f"model folder {path} is incomplete: no {name}/*.safetensors{why}")
+    return index
+
+
+def _check_index(index: dict, where: Path) -> None:
+    """The index entries kinema reads have the types it needs: a damaged or hostile index fails here, in one line."""
+    checks = {
+        "text_encoder": (lambda v: isinstance(v, str), "a string"),
+        "max_text_length": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number >= 1"),
+        "frame_conditions": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of names"),
+    }
+    for key, (ok, want) in checks.items():
+        if key in index and not ok(index[key]):
+            raise KinemaError(f"{where}: {key} must be {want}, got {index[key]!r}; re-create the folder with `kinema init`")
+
+
+def read_configs(path: Path) -> tuple[dict, dict]:
+    """The denoiser's and the VAE's config.json, with the entries kinema reads before loading checked."""
+    try:
+        den = json.loads((path / "denoiser" / "config.json").read_text())
+        vae = json.loads((path / "vae" / "config.json").read_text())
+        sizes = [*den["channels"], den["head_dim"], *vae["block_out_channels"], vae["latent_channels"]]
+        ok = all(isinstance(v, int) and v >= 1 for v in sizes) and len(den["attention_levels"]) == len(den["channels"])
+        ok = ok and all(c % den["head_dim"] == 0 for c, a in zip(den["channels"], den["attention_levels"]) if a)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+        raise KinemaError(f"model folder {path} has a damaged denoiser/ or vae/ config.json ({type(e).__name__}: "
+                          f"{e}); re-create it with `kinema init`") from None
+    if not ok or not vae["block_out_channels"] or not den["channels"]:
+        raise KinemaError(f"model folder {path} has inconsistent channel sizes in denoiser/ or vae/ config.json; "
+                          "re-create it with `kinema init`")
+    return den, vae
+
+
+#################################################################################
+#                                    Family                                     #
+#################################################################################
+
+
+class KinemaFamily(ModelFamily):
+    """Folders written by `kinema init` / `kinema train`: MiniLM text, a frame-wise AutoencoderKL, SpaceTimeUNet."""
+
+    name = "kinema"
+
+    def recognises(self, path: Path) -> bool:
+        return (Path(path) / INDEX).is_file()
+
+    def describe(self, path: Path) -> ModelInfo:
+        index = read_index(path)
+        den, vae = read_configs(path)
+        defaults = ModelDefaults.parse({**INIT_DEFAULTS, **_mapping(index.get("defaults", {}), path)}, str(path / INDEX))
+        spatial = 2 ** (len(vae["block_out_channels"]) - 1)
+        params = {name: safetensors_parameters(path / name)[0] for name in WEIGHTED}
+        return ModelInfo(
+            family=self.name, path=path, name=f"kinema {index.get('preset', 'model')}", defaults=defaults,
+            parameters=params, frame_conditions=tuple(index.get("frame_conditions", [])), features=frozenset({"structure"}),
+            size_multiple=spatial * 2 ** (len(den["channels"]) - 1), spatial_compression=spatial,
+            latent_channels=vae["latent_channels"], configs=dict(denoiser=den, vae=vae), index=index,
+        )
+
+    def load(self, info, device, dtype, attention="sdpa", offload=None) -> Model:
+        require(offload in (None, "none"), "--offload applies to Wan checkpoints; kinema's own models fit in memory as they are")
+        model = load_folder(info.path, device, dtype, attention)
+        model.info, model.family = info, self
+        return model
+
+    def estimate_memory(self, info, frames, height, width, dtype_bytes=4, cfg=True, decode_chunk_size=16, offload=None):
+        """Weights + denoiser activations + VAE decode chunk (an estimate to choose settings by, not a measurement).
+
+        Activations: the widest level holds ~12 live tensors of (2B, C, F, h, w); attention adds the
+        spatial score matrix of the first attention level. The VAE decoder holds ~8 tensors of its widest
+        block at full resolution for one chunk.
+        """
+        den, vae, s = info.configs["denoiser"], info.configs["vae"], info.spatial_compression
+        h, w, b = height // s, width // s, 2 if cfg else 1
+        weights = sum(info.parameters.values()) * dtype_bytes
+        chans = den["channels"]
+        level_act = max(c * frames * (h // 2**i) * (w // 2**i) for i, c in enumerate(chans)) * b * 12 * dtype_bytes
+        first_attn = next((i for i, a in enumerate(den["attention_levels"]) if a), len(chans) - 1)
+        tokens = (h // 2**first_attn) * (w // 2**first_attn)
+        heads = max(1, chans[first_attn] // den["head_dim"])
+        attn = b * frames * heads * tokens * tokens * dtype_bytes
+        dec = 8 * max(vae["block_out_channels"]) * min(frames, decode_chunk_size) * height * width * dtype_bytes
+        return dict(weights=weights, denoiser_activations=level_act + attn, vae_decode=dec, total=weights + level_act + attn + dec)
+
+    def report(self, info, frames, height, width, dtype="float32"):
+        nbytes = {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
+        est = self.estimate_memory(info, frames, height, width, dtype_bytes=nbytes)
+        dtypes = {name: safetensors_parameters(info.path / name)[1] for name in WEIGHTED}
+        p, d, vae = info.parameters, info.defaults, info.configs["vae"]
+        report = dict(
+            model=str(info.path), family=self.name, preset=info.index.get("preset"), text_encoder=info.index.get("text_encoder"),
+            denoiser=dict(params=p["denoiser"], dtype=dtypes["denoiser"], config=info.configs["denoiser"]),
+            vae=dict(params=p["vae"], dtype=dtypes["vae"], latent_channels=vae["latent_channels"],
+                     spatial_compression=info.spatial_compression, temporal_compression=1),
+            tasks=list(info.tasks), frame_conditions=list(info.frame_conditions), defaults=d.as_dict(),
+            size_multiple=info.size_multiple,
+            training=dict((k, v) for k, v in info.index.get("training", {}).items() if k != "config"),
+            memory_estimate=dict(frames=frames, height=height, width=width, dtype=dtype,
+                                 **{k: f"{v / 2**20:.1f} MiB" for k, v in est.items()}),
+        )
+        m = report["memory_estimate"]
+        lines = [
+            f"model     {report['model']} (preset {report['preset']})",
+            f"text      {report['text_encoder']}",
+            f"denoiser  SpaceTimeUNet, {p['denoiser'] / 1e6:.2f}M parameters ({dtypes['denoiser']})",
+            f"vae       AutoencoderKL (frame-wise), {p['vae'] / 1e6:.2f}M parameters, {vae['latent_channels']} latent "
+            f"channels, {info.spatial_compression}x spatial",
+            f"defaults  {d.frames} frames {d.width}x{d.height} @ {d.fps:g} fps, {d.steps} steps, guidance {d.guidance}; "
+            f"sizes must be multiples of {info.size_multiple}",
+            f"frame conditions trained: {', '.join(info.frame_conditions) or 'none'}",
+            f"memory    ~{m['total']} peak for {frames} frames {width}x{height} in {dtype} (weights {m['weights']}, "
+            f"denoiser activations {m['denoiser_activations']}, VAE decode {m['vae_decode']})",
+        ]
+        return report, lines
+
+
+def _mapping(value, path: Path) -> dict:
+    require(isinstance(value, dict), f"{path / INDEX}: defaults must be a mapping of numbers, got {value!r}; "
+                                     "re-create the folder with `kinema init`")
+    return value
+
+
+register(KinemaFamily())
+
+#################################################################################
+#                           Loading, saving, creating                           #
+#################################################################################
+
+
+def load_folder(path: Path, device: torch.device, dtype: torch.dtype, attention: str = "sdpa") -> Model:
+    """The folder's three seams on `device` (the index checked; damaged weights are a one-line error)."""
+    from diffusers import AutoencoderKL
+
+    from .text import HFTextEncoder, resolve_text_encoder
+    from .unet import SpaceTimeUNet
+    from .vae import FrameVAE
+
+    index = read_index(path)
+    quiet_libraries()
+    text_folder = resolve_text_encoder(index.get("text_encoder", "builtin:minilm"), root=path)
+    kw = dict(local_files_only=True, use_safetensors=True, torch_dtype=dtype)
+    try:  # damaged weights or configs: one line, not the loader's traceback
+        text = HFTextEncoder(text_folder, max_length=int(index.get("max_text_length", 32))).to(device)
+        denoiser = SpaceTimeUNet.from_pretrained(path / "denoiser", **kw).to(device).eval()
+        denoiser.set_attention_backend(attention)
+        vae = FrameVAE(AutoencoderKL.from_pretrained(path / "vae", **kw).to(device).eval())
+        scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+        float(scheduler_config.get("shift", 1.0)), int(scheduler_config.get("num_train_timesteps", 1000))
+    except (OSError, ValueError, RuntimeError, TypeError, AttributeError, KeyError, IndexError, SafetensorError) as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise KinemaError(f"could not load the model in {path} ({type(e).__name__}: {first}); the folder is damaged: "
+                          "re-create or re-download it") from e
+    require(denoiser.config.text_dim == text.dim,
+            f"denoiser expects text dim {denoiser.config.text_dim} but the text encoder gives {text.dim}")
+    return Model(text, vae, denoiser, scheduler_config, index, path, torch.device(device), dtype)
+
+
+def save(model: Model, path: str | Path, overwrite: bool = False) -> Path:
+    """Write a model folder atomically (temporary folder, then rename); an existing one stays until then."""
+    path = Path(path)
+    require(not path.exists() or overwrite, f"{path} already exists; choose another folder or pass --overwrite")
+    empty = path.is_dir() and not any(path.iterdir())
+    require(not path.exists() or empty or (path / INDEX).is_file(),  # --overwrite deletes only model folders
+            f"{path} exists and is not a kinema model folder; --overwrite replaces only those, choose another path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    except OSError as e:  # a read-only or special folder (/proc), a file where a parent folder should be
+        raise KinemaError(f"cannot create {path}: {e.strerror or e}; choose a writable folder") from e
+    try:
+        _write_folder(model, tmp)
+        _replace_folder(tmp, path)
+    except OSError as e:  # disk full, permissions: the temporary goes, an existing model stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise KinemaError(f"could not write {path}: {e.strerror or e}; check free space and permissions") from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _write_folder(model: Model, tmp: Path) -> None:
+    model.denoiser.save_pretrained(tmp / "denoiser", safe_serialization=True)
+    model.vae.autoencoder.save_pretrained(tmp / "vae", safe_serialization=True)
+    (tmp / "scheduler").mkdir()
+    (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(model.scheduler_config, indent=2))
+    (tmp / INDEX).write_text(json.dumps(model.index, indent=2))
+    os.chmod(tmp, 0o755)
+
+
+def _replace_folder(tmp: Path, path: Path) -> None:
+    """Rename `tmp` to `path`; an existing folder is moved aside first and put back if the rename fails."""
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old, path)  # put the existing model back
+        raise
+    shutil.rmtree(old)
+
+
+def init(path: str | Path, preset: str = "small", seed: int = 0, overwrite: bool = False,
+         text_encoder: str = "builtin:minilm") -> Path:
+    """Write a randomly initialised model folder (the start of training, and what tests use)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from .text import HFTextEncoder, resolve_text_encoder
+    from .unet import PRESETS, SpaceTimeUNet
+    from .vae import VAE_PRESETS, FrameVAE, build_autoencoder
+
+    require(preset in PRESETS, f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    require(0 <= seed < 2**63, f"--seed must be in [0, 2**63) (got {seed})")
+    quiet_libraries()
+    text_dim = HFTextEncoder(resolve_text_encoder(text_encoder)).dim
+    torch.manual_seed(seed)
+    vae = FrameVAE(build_autoencoder(preset if preset in VAE_PRESETS else "small"))
+    denoiser = SpaceTimeUNet(latent_channels=vae.latent_channels, text_dim=text_dim, **PRESETS[preset])
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=INIT_DEFAULTS["shift"])
+    index = dict(format=FORMAT, version=1, preset=preset, text_encoder=text_encoder, max_text_length=32,
+                 defaults=dict(INIT_DEFAULTS),
+                 frame_conditions=[])  # filled in by training: which frame conditions the model was trained on
+    return save(Model(None, vae, denoiser, dict(sched.config), index), path, overwrite=overwrite)
