@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PROMPT ?= a red circle moving right on a blue background
-SOURCES := pyproject.toml $(wildcard kinema/*.py models/*.py pipelines/*.py)
+SOURCES := pyproject.toml $(wildcard kinema/*.py kinema/world/*.py models/*.py pipelines/*.py)
 
 .PHONY: setup demo test test-all bench clean
 

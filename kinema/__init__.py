@@ -6,9 +6,9 @@
 
 __version__ = "0.1.0"
 
-from .api import animate, estimate_memory, extend, generate, load, peek  # noqa: E402
-from .api import restyle  # noqa: E402
+from .api import animate, estimate_memory, extend, generate, info, load, restyle  # noqa: E402
 from .errors import KinemaError  # noqa: E402
-from .loading import init, save  # noqa: E402
+from .models.kinema_family import init, save  # noqa: E402
 
-__all__ = ["KinemaError", "animate", "estimate_memory", "extend", "generate", "init", "load", "peek", "restyle", "save", "__version__"]
+__all__ = ["KinemaError", "animate", "estimate_memory", "extend", "generate", "info", "init", "load", "restyle", "save",
+           "__version__"]

@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import threading
-import time
 
 from .errors import KinemaError
 
@@ -36,251 +34,40 @@ from .errors import KinemaError
 #                                   Commands                                    #
 #################################################################################
 
+# argparse names that are not options of a task (the rest are, by the same snake-case names)
+NOT_OPTIONS = ("command", "func", "output", "overwrite", "quiet", "model", "prompt", "video", "image")
 
-def cmd_generate(args) -> None:
-    from . import api, video_io
 
-    api.check_prompt(args.prompt)
+def cmd_task(args) -> None:
+    """generate, animate, restyle, extend: parse -> prepare (every check) -> run -> write."""
+    from . import jobs, video_io
+
     out = video_io.check_output_path(args.output, overwrite=args.overwrite)
-    info = api.peek(args.model)
-    api.check_task(info, "generate")
-    settings = api.settings_for(
-        info, frames=args.frames, height=args.height, width=args.width, steps=args.steps, guidance=args.guidance,
-        seed=args.seed, negative_prompt=args.negative_prompt, scheduler=args.scheduler, shift=args.shift, fps=args.fps,
-        decode_chunk_size=args.decode_chunk_size, motion_length=args.motion_length,
-    )
-    api.check_memory(info, settings, args.context_length, True, args.device, args.dtype, args.offload)
-    long = api.long_options(info, settings, **long_options_from_args(args))
-    t0 = time.perf_counter()
-    model = api.load(info["path"], args.device, args.dtype, args.attention, args.offload)
-    load_s = time.perf_counter() - t0
-    if long is None:
-        from .pipelines.text_to_video import text_to_video
-
-        result = text_to_video(model, args.prompt, settings, progress=not args.quiet)
-    else:
-        from .pipelines.long_video import long_video
-
-        result = long_video(model, args.prompt, settings, long, progress=not args.quiet)
-    write_outputs(args, out, result, settings, model, dict(load=round(load_s, 3)), result.info)
-
-
-def long_options_from_args(args) -> dict:
-    """LongOptions fields from `add_long_options` (extend has no --mode or --window-weights)."""
-    return dict(context_length=args.context_length, context_stride=args.context_stride,
-                window_weights=getattr(args, "window_weights", "pyramid"), mode=getattr(args, "mode", "continue"),
-                prompt_schedule=args.prompt_schedule, prompt_transition=args.prompt_transition, adain=args.adain,
-                **({"follow_motion": args.follow_motion} if hasattr(args, "follow_motion") else {}))
-
-
-def cmd_extend(args) -> None:
-    from . import api, video_io
-
-    api.check_prompt(args.prompt)
-    out = video_io.check_output_path(args.output, overwrite=args.overwrite)
-    info = api.peek(args.model)
-    api.check_task(info, "extend")
-    source, settings = api.extend_inputs(
-        info, args.video, args.frames, args.resize, fps=args.fps, height=args.height, width=args.width,
-        steps=args.steps, guidance=args.guidance, seed=args.seed, negative_prompt=args.negative_prompt,
-        scheduler=args.scheduler, shift=args.shift, decode_chunk_size=args.decode_chunk_size, motion_length=args.motion_length,
-    )
-    api.check_memory(info, settings, args.context_length, True, args.device, args.dtype, args.offload)
-    long = api.long_options(info, settings, source_frames=len(source), **long_options_from_args(args))
-    t0 = time.perf_counter()
-    model = api.load(info["path"], args.device, args.dtype, args.attention, args.offload)
-    load_s = time.perf_counter() - t0
-    from .pipelines.long_video import extend_video
-
-    result = extend_video(model, source, args.prompt, settings, long, progress=not args.quiet)
-    inputs = dict(video=str(args.video), resize=args.resize, **result.info)
-    write_outputs(args, out, result, settings, model, dict(load=round(load_s, 3)), inputs)
-
-
-def write_outputs(args, out, result, settings, model, extra_timings: dict, inputs: dict | None = None) -> None:
-    """Write the clip and its JSON sidecar (both atomically); the sidecar goes first, so no clip lacks one."""
-    from . import __version__, video_io
-
-    t0 = time.perf_counter()
-    record = dict(
-        kinema_version=__version__, command=args.command, prompt=getattr(args, "prompt", None),
-        model=str(model.path), seed=settings.seed, settings=settings.as_dict(), device=str(model.device),
-        dtype=str(model.dtype).replace("torch.", ""), attention=args.attention,
-        frames_written=int(result.frames.shape[0]), size=[int(result.frames.shape[1]), int(result.frames.shape[2])],
-        timings={**extra_timings, **result.timings.as_dict()},
-    )
-    record.update(inputs or {})  # what a driver read besides the prompt (images, their policy)
-    sidecar = video_io.sidecar_path(out)
-    video_io.write_video(out, result.frames, fps=settings.fps, overwrite=args.overwrite)
-    record["timings"]["write"] = round(time.perf_counter() - t0, 4)
-    try:
-        video_io.write_sidecar(out, record, overwrite=True)
-    except BaseException:
-        os.unlink(out) if out.is_file() else None
-        raise
-    if not args.quiet:
-        print(f"wrote {out} ({result.frames.shape[0]} frames, {result.frames.shape[2]}x{result.frames.shape[1]}, "
-              f"{settings.fps:g} fps) and {sidecar.name}")
-
-
-def settings_from_args(info: dict, args):
-    """Settings from the sampling options (`add_sampling_options`), validated against the model's index."""
-    from . import api
-
-    return api.settings_for(
-        info, frames=args.frames, height=args.height, width=args.width, steps=args.steps, guidance=args.guidance,
-        seed=args.seed, negative_prompt=args.negative_prompt, scheduler=args.scheduler, shift=args.shift, fps=args.fps,
-        decode_chunk_size=args.decode_chunk_size, motion_length=args.motion_length,
-    )
-
-
-def cmd_animate(args) -> None:
-    from . import api, video_io
-
-    api.check_prompt(args.prompt)
-    out = video_io.check_output_path(args.output, overwrite=args.overwrite)
-    info = api.peek(args.model)
-    api.check_task(info, "animate")
-    settings = settings_from_args(info, args)
-    api.check_memory(info, settings, device=args.device, dtype=args.dtype, offload=args.offload)
-    first, last, std, warning = api.animate_inputs(
-        info, settings, args.image, args.last_image, args.resize, args.image_noise
-    )
-    if warning:
+    inputs = [getattr(args, name) for name in ("image", "video") if hasattr(args, name)]
+    options = {k: v for k, v in vars(args).items() if k not in NOT_OPTIONS}
+    job = jobs.PREPARE[args.command](*inputs, args.prompt, args.model, **options)
+    for warning in job.warnings:
         print(f"kinema: warning: {warning}", file=sys.stderr)
-    t0 = time.perf_counter()
-    model = api.load(info["path"], args.device, args.dtype, args.attention, args.offload)
-    load_s = time.perf_counter() - t0
-    from .pipelines.image_to_video import image_to_video
-
-    if hasattr(model, "image_to_video"):  # a Wan model builds its own image condition (kinema.models.wan)
-        result = model.image_to_video(args.prompt, first, settings, last, std, progress=not args.quiet)
-    else:
-        result = image_to_video(model, args.prompt, first, settings, last, std, progress=not args.quiet)
-    inputs = dict(image=str(args.image), last_image=args.last_image and str(args.last_image), resize=args.resize,
-                  image_noise=std)
-    write_outputs(args, out, result, settings, model, dict(load=round(load_s, 3)), inputs)
-
-
-def cmd_restyle(args) -> None:
-    from types import SimpleNamespace
-
-    from . import api, video_io
-    from .pipelines.video_to_video import RestyleOptions, restyle_video
-
-    api.check_prompt(args.prompt)
-    if args.frames is not None:
-        raise KinemaError("restyle takes its length from the source; choose frames with --max-frames, --stride and --start")
-    out = video_io.check_output_path(args.output, overwrite=args.overwrite)
-    info = api.peek(args.model)
-    api.check_task(info, "restyle")
-    options = RestyleOptions(args.strength, args.flow, args.flow_steps, args.flow_strength, args.pixel_fusion,
-                             args.structure)
-    source, settings, long = api.restyle_inputs(
-        info, args.video, options, max_frames=args.max_frames, stride=args.stride, start=args.start, resize=args.resize,
-        fps=args.fps, device=args.device, dtype=args.dtype, context_length=args.context_length,
-        context_stride=args.context_stride, window_weights=args.window_weights, height=args.height, width=args.width,
-        steps=args.steps, guidance=args.guidance, seed=args.seed, negative_prompt=args.negative_prompt,
-        scheduler=args.scheduler, shift=args.shift, decode_chunk_size=args.decode_chunk_size, motion_length=args.motion_length,
-    )
-    t0 = time.perf_counter()
-    if options.strength == 0:  # the source comes back unchanged: no model is loaded; the sidecar says so
-        model = SimpleNamespace(path=info["path"], device="none", dtype="none")
-    else:
-        model = api.load(info["path"], args.device, args.dtype, args.attention, args.offload)
-    load_s = time.perf_counter() - t0
-    result = restyle_video(model, args.prompt, source, settings, options, long, progress=not args.quiet)
-    inputs = dict(video=str(args.video), resize=args.resize, start=args.start, stride=args.stride,
-                  max_frames=args.max_frames, **result.info)
-    write_outputs(args, out, result, settings, model, dict(load=round(load_s, 3)), inputs)
+    result = jobs.run(job, progress=not args.quiet)
+    _, sidecar = video_io.write_outputs(out, result, overwrite=args.overwrite)
+    if not args.quiet:
+        f = result.frames
+        print(f"wrote {out} ({f.shape[0]} frames, {f.shape[2]}x{f.shape[1]}, {result.fps:g} fps) and {sidecar.name}")
 
 
 def cmd_info(args) -> None:
-    from . import api
+    from .models.family import describe, family_of
 
-    info = api.peek(args.model)
-    d = info["defaults"]
-    frames, height, width = args.frames or d["frames"], args.height or d["height"], args.width or d["width"]
-    if info.get("family") == "wan":
-        return wan_info(args, info, frames, height, width)
-    from safetensors import SafetensorError, safe_open
-
-    counts = {}
-    for name in ("denoiser", "vae"):
-        n, dtype = 0, None
-        for f in sorted((info["path"] / name).glob("*.safetensors")):
-            try:
-                with safe_open(f, "pt") as st:
-                    for k in st.keys():
-                        sl = st.get_slice(k)
-                        n += _numel(sl.get_shape())
-                        dtype = sl.get_dtype()
-            except (SafetensorError, OSError) as e:
-                raise KinemaError(f"{f} is not a readable safetensors file ({e}); re-create or re-download the model") from None
-        counts[name] = (n, dtype)
-    info["denoiser_params"], info["vae_params"] = counts["denoiser"][0], counts["vae"][0]
-    est = api.estimate_memory(info, frames, height, width, dtype_bytes=4)
-    report = dict(
-        model=str(info["path"]), preset=info["index"].get("preset"), text_encoder=info["index"].get("text_encoder"),
-        denoiser=dict(params=counts["denoiser"][0], dtype=counts["denoiser"][1], config=info["denoiser"]),
-        vae=dict(params=counts["vae"][0], dtype=counts["vae"][1], latent_channels=info["vae"]["latent_channels"],
-                 spatial_compression=info["spatial"], temporal_compression=1),
-        frame_conditions=info["index"].get("frame_conditions", []), defaults=d, size_multiple=info["multiple"],
-        training=dict((k, v) for k, v in info["index"].get("training", {}).items() if k != "config"),
-        memory_estimate=dict(frames=frames, height=height, width=width, dtype="float32",
-                             **{k: f"{v / 2**20:.1f} MiB" for k, v in est.items()}),
-    )
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return
-    print(f"model     {report['model']} (preset {report['preset']})")
-    print(f"text      {report['text_encoder']}")
-    print(f"denoiser  SpaceTimeUNet, {counts['denoiser'][0] / 1e6:.2f}M parameters ({counts['denoiser'][1]})")
-    print(f"vae       AutoencoderKL (frame-wise), {counts['vae'][0] / 1e6:.2f}M parameters, "
-          f"{info['vae']['latent_channels']} latent channels, {info['spatial']}x spatial")
-    print(f"defaults  {d['frames']} frames {d['width']}x{d['height']} @ {d['fps']} fps, {d['steps']} steps, "
-          f"guidance {d['guidance']}; sizes must be multiples of {info['multiple']}")
-    print(f"frame conditions trained: {', '.join(report['frame_conditions']) or 'none'}")
-    m = report["memory_estimate"]
-    print(f"memory    ~{m['total']} peak for {frames} frames {width}x{height} in float32 "
-          f"(weights {m['weights']}, denoiser activations {m['denoiser_activations']}, VAE decode {m['vae_decode']})")
-
-
-def wan_info(args, info: dict, frames: int, height: int, width: int) -> None:
-    """`kinema info` for a Wan diffusers folder: components, parameters, memory with and without offload."""
-    from .models import wan
-
-    dtype = "float32" if getattr(args, "dtype", None) == "float32" else "bfloat16"  # bfloat16: the CUDA default
-    report = wan.report(info, frames, height, width, dtype)
-    if args.json:
-        print(json.dumps(report, indent=2, default=str))
-        return
-    d, p = report["defaults"], report["params"]
-    experts = f", two experts switched at t = {report['boundary_ratio']} x 1000" if report["boundary_ratio"] else ""
-    print(f"model     {report['model']} ({report['pipeline']}, Wan family {report['family']}{experts})")
-    print("params    " + ", ".join(f"{k} {v / 1e9:.2f}B" if v >= 1e8 else f"{k} {v / 1e6:.2f}M" for k, v in p.items()))
-    print(f"vae       AutoencoderKLWan, {report['vae']['latent_channels']} latent channels, "
-          f"{report['vae']['spatial_compression']}x spatial, {report['vae']['temporal_compression']}x temporal "
-          f"(frames must be 4k+1)")
-    print(f"defaults  {d['frames']} frames {d['width']}x{d['height']} @ {d['fps']} fps, {d['steps']} steps, "
-          f"guidance {d['guidance']}, {d['scheduler']} shift {d['shift']}; sizes must be multiples of {report['size_multiple']}")
-    print(f"tasks     {', '.join(report['tasks'])}; frame conditions: {', '.join(report['frame_conditions']) or 'none'}")
-    for mode, m in report["memory_estimate"]["offload"].items():
-        print(f"memory    --offload {mode:<10} ~{m['total']} GPU peak for {frames} frames {width}x{height} in {dtype} "
-              f"(weights {m['weights']}, transformer activations {m['denoiser_activations']}, VAE decode {m['vae_decode']})")
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
+    info = describe(args.model)
+    d = info.defaults
+    report, lines = family_of(info).report(info, args.frames or d.frames, args.height or d.height, args.width or d.width)
+    print(json.dumps(report, indent=2, default=str) if args.json else "\n".join(lines))
 
 
 def cmd_init(args) -> None:
-    from . import loading
+    from .models.kinema_family import init
 
-    path = loading.init(args.dir, preset=args.preset, seed=args.seed, overwrite=args.overwrite)
+    path = init(args.dir, preset=args.preset, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote a randomly initialised {args.preset} model to {path}")
 
 
@@ -292,7 +79,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .evaluate import run_eval
+    from .world.evaluate import run_eval
 
     run_eval(args)
 
@@ -333,14 +120,36 @@ def finite_float(text: str) -> float:
 
 
 
+class Choices:
+    """argparse choices read from a registry (presets, schedulers, backends...) when first needed.
+
+    argparse looks at choices only when the option is given or help is shown, so `kinema` parses its
+    arguments without importing torch; the registry stays the one list of names.
+    """
+
+    def __init__(self, module: str, name: str, first: tuple[str, ...] = ()):
+        self.module, self.name, self.first = module, name, first
+
+    def names(self) -> tuple[str, ...]:
+        import importlib
+
+        return (*self.first, *getattr(importlib.import_module(self.module), self.name))
+
+    def __contains__(self, value) -> bool:
+        return value in self.names()
+
+    def __iter__(self):
+        return iter(self.names())
+
+
 def add_model_options(s) -> None:
     """Options every model-running command shares."""
     s.add_argument("--model", default=None, help="model folder (default: the weights shipped with kinema)")
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
-    s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+    s.add_argument("--device", default="auto", choices=Choices("kinema.resources", "DEVICES"), help="where to run")
+    s.add_argument("--dtype", default="auto", choices=Choices("kinema.resources", "DTYPES", first=("auto",)),
                    help="weights and activations dtype (auto: bfloat16 on CUDA, float32 on CPU)")
-    s.add_argument("--attention", default="sdpa", choices=["sdpa", "xformers", "chunked"], help="attention backend")
-    s.add_argument("--offload", default="none", choices=["none", "model", "sequential"],
+    s.add_argument("--attention", default="sdpa", choices=Choices("kinema.models.attention", "BACKENDS"), help="attention backend")
+    s.add_argument("--offload", default="none", choices=Choices("kinema.resources", "OFFLOAD_MODES"),
                    help="Wan checkpoints on CUDA: keep weights on the CPU and move each component (model) or each "
                         "layer (sequential) to the GPU while it runs")
 
@@ -356,7 +165,7 @@ def add_sampling_options(s) -> None:
     s.add_argument("--negative-prompt", default="", help="what to steer away from (the unconditional prompt)")
     s.add_argument("--seed", type=nonneg_int, default=0, help="random seed; the same seed gives the same clip")
     s.add_argument("--fps", type=finite_float, default=None, help="frames per second of the written file")
-    s.add_argument("--scheduler", default=None, choices=["euler", "unipc"],
+    s.add_argument("--scheduler", default=None, choices=Choices("kinema.pipelines.loop", "SCHEDULERS"),
                    help="flow-matching solver (default: the model's; euler for kinema models, UniPC for Wan)")
     s.add_argument("--shift", type=finite_float, default=None, help="timestep shift of the schedule (default: the model's)")
     s.add_argument("--decode-chunk-size", type=positive_int, default=16, help="latent frames decoded at once")
@@ -377,9 +186,9 @@ def add_long_options(s, windows: bool = True) -> None:
                    help="latent frames between window starts (default: a quarter of the context length in window "
                         "mode; three quarters in continuation, so windows overlap by a quarter)")
     if windows:
-        s.add_argument("--mode", default="window", choices=["window", "continue"],
+        s.add_argument("--mode", default="window", choices=Choices("kinema.pipelines.long_video", "MODES"),
                        help="window: fuse overlapping windows every step; continue: window after window")
-        s.add_argument("--window-weights", default="pyramid", choices=["pyramid", "flat"],
+        s.add_argument("--window-weights", default="pyramid", choices=Choices("kinema.pipelines.windows", "WEIGHT_KINDS"),
                        help="per-frame weights when fusing windows")
         s.add_argument("--follow-motion", action=argparse.BooleanOptionalAction, default=None,
                        help="windows follow the clip's motion: each sees the latents rolled back by how far the "
@@ -413,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("prompt", help="what the clip shows")
     add_sampling_options(s)
     add_long_options(s)
-    s.set_defaults(func=cmd_generate)
+    s.set_defaults(func=cmd_task)
 
     s = sub.add_parser("extend", help="continue a clip window by window", formatter_class=fmt,
                        description="Continue VIDEO as PROMPT says. --frames counts the whole output, the source "
@@ -421,22 +230,22 @@ def build_parser() -> argparse.ArgumentParser:
                                    "defaults to the source's.")
     s.add_argument("video", help="the clip to continue: mp4, gif, webp, or a folder of frames")
     s.add_argument("prompt", help="what happens next")
-    s.add_argument("--resize", default="crop", choices=["crop", "pad", "stretch"],
+    s.add_argument("--resize", default="crop", choices=Choices("kinema.video_io", "RESIZE_POLICIES"),
                    help="fit the clip to --height/--width: centre-crop to aspect, black bars, or stretch")
     add_sampling_options(s)
     add_long_options(s, windows=False)
-    s.set_defaults(func=cmd_extend)
+    s.set_defaults(func=cmd_task)
 
     s = sub.add_parser("animate", help="image-to-video: a clip that starts on an image", formatter_class=fmt)
     s.add_argument("image", help="anchor image: PNG, JPEG, WebP, GIF (first frame), BMP or TIFF")
     s.add_argument("prompt", help="the motion and scene")
     s.add_argument("--last-image", default=None, help="also end on this image (models trained for first-and-last frames)")
-    s.add_argument("--resize", default="crop", choices=["crop", "pad", "stretch"],
+    s.add_argument("--resize", default="crop", choices=Choices("kinema.video_io", "RESIZE_POLICIES"),
                    help="fit images to the clip: centre-crop to aspect, black bars, or stretch")
     s.add_argument("--image-noise", type=finite_float, default=None,
                    help="std of the anchor's noise augmentation in latent space (default: the model's, 0.02)")
     add_sampling_options(s)
-    s.set_defaults(func=cmd_animate)
+    s.set_defaults(func=cmd_task)
 
     s = sub.add_parser("restyle", help="video-to-video: restyle a clip, keeping its motion", formatter_class=fmt,
                        description="Restyle VIDEO as PROMPT says: its frames are encoded, noised to --strength and "
@@ -465,16 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-frames", type=positive_int, default=None, help="restyle at most this many frames")
     s.add_argument("--stride", type=positive_int, default=1, help="take every k-th frame of the source")
     s.add_argument("--start", type=nonneg_int, default=0, help="first source frame to take")
-    s.add_argument("--resize", default="crop", choices=["crop", "pad", "stretch"],
+    s.add_argument("--resize", default="crop", choices=Choices("kinema.video_io", "RESIZE_POLICIES"),
                    help="fit frames to --height/--width: centre-crop to aspect, black bars, or stretch")
     s.add_argument("--context-length", type=positive_int, default=None,
                    help="latent frames per window for sources longer than the model's trained length (default: that length)")
     s.add_argument("--context-stride", type=positive_int, default=None,
                    help="latent frames between window starts (default: a quarter of the context length)")
-    s.add_argument("--window-weights", default="pyramid", choices=["pyramid", "flat"],
+    s.add_argument("--window-weights", default="pyramid", choices=Choices("kinema.pipelines.windows", "WEIGHT_KINDS"),
                    help="per-frame weights when fusing windows")
     add_sampling_options(s)
-    s.set_defaults(func=cmd_restyle)
+    s.set_defaults(func=cmd_task)
 
     s = sub.add_parser("info", help="a model's components, parameters and a memory estimate", formatter_class=fmt)
     s.add_argument("model", nargs="?", default=None, help="model folder (default: the shipped weights)")
@@ -486,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("init", help="write a randomly initialised model folder", formatter_class=fmt)
     s.add_argument("dir", help="model folder to create")
-    s.add_argument("--preset", default="small", choices=["tiny", "small", "base"], help="backbone preset")
+    s.add_argument("--preset", default="small", choices=Choices("kinema.models.unet", "PRESETS"), help="backbone preset")
     s.add_argument("--seed", type=nonneg_int, default=0, help="initialisation seed")
     s.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     s.set_defaults(func=cmd_init)

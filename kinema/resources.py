@@ -13,6 +13,7 @@ from .errors import KinemaError, require
 HEADROOM = 0.8  # use at most this share of the free memory
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("auto", "cpu", "cuda")
+OFFLOAD_MODES = ("none", "model", "sequential")  # accelerate's hooks: per component, per layer
 # Host bytes per output pixel per frame of a restyle besides the model: source and output (uint8, 6), DIS
 # flows both ways (16), the guide at source size (12), consistency/warp temporaries (float64, ~40), pixel
 # fusion (24).

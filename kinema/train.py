@@ -29,8 +29,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from . import loading, world
+from . import world
 from .config import load_yaml
+from .models.family import Model, load_model, resolve_model_path
+from .models.kinema_family import save
 from .errors import KinemaError
 from .models import FrameCondition, TextEmbeds
 from .models.unet import GROWN_PREFIXES
@@ -265,7 +267,7 @@ def object_weights(x: torch.Tensor, weight: float) -> torch.Tensor:
     return 1 + (weight - 1) * obj
 
 
-def train_vae(cfg: TrainConfig, model: loading.Model, run: Path, accelerator, start: int, state: dict | None) -> None:
+def train_vae(cfg: TrainConfig, model: Model, run: Path, accelerator, start: int, state: dict | None) -> None:
     ae = model.vae.autoencoder.float().train()
     opt = torch.optim.AdamW(ae.parameters(), lr=cfg.vae.lr, weight_decay=0.0)
     history = []
@@ -311,7 +313,7 @@ def train_vae(cfg: TrainConfig, model: loading.Model, run: Path, accelerator, st
     plot_curve(history, run / "vae_loss.png", "VAE loss (L1 + MSE + KL)")
 
 
-def finish_vae(cfg: TrainConfig, model: loading.Model, run: Path, accelerator) -> None:
+def finish_vae(cfg: TrainConfig, model: Model, run: Path, accelerator) -> None:
     """Set latent scale/shift so latents have unit variance, and save the model folder."""
     ae = model.vae.autoencoder.eval()
     ae.register_to_config(scaling_factor=1.0, shift_factor=0.0)
@@ -320,7 +322,7 @@ def finish_vae(cfg: TrainConfig, model: loading.Model, run: Path, accelerator) -
         z = model.vae.encode(x[:, :, None])
     ae.register_to_config(scaling_factor=float(1.0 / z.std()), shift_factor=float(z.mean()))
     if accelerator.is_main_process:
-        loading.save(model, model.path, overwrite=True)
+        save(model, model.path, overwrite=True)
     ae.train()
 
 
@@ -341,7 +343,7 @@ def long_window(cfg: TrainConfig, seed: int) -> tuple[np.ndarray, world.ClipSpec
     return video, spec, length
 
 
-def build_cache(cfg: TrainConfig, model: loading.Model, run: Path) -> dict:
+def build_cache(cfg: TrainConfig, model: Model, run: Path) -> dict:
     """Encode `clips` training clips (and `long_clips` windows of longer ones) to latents and every caption to token states, once."""
     d = cfg.denoiser
     name = f"latents-{d.clips}-{cfg.frames}-{cfg.size}"
@@ -451,7 +453,7 @@ def motion_term(pred: torch.Tensor, target: torch.Tensor, lags) -> torch.Tensor:
     return torch.stack(terms).mean() if terms else pred.new_zeros(())
 
 
-def train_denoiser(cfg: TrainConfig, model: loading.Model, run: Path, accelerator, start: int, state: dict | None) -> None:
+def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start: int, state: dict | None) -> None:
     d = cfg.denoiser
     cache = build_cache(cfg, model, run)
     caption_index = {c: i for i, c in enumerate(cache["captions"])}
@@ -508,13 +510,13 @@ def train_denoiser(cfg: TrainConfig, model: loading.Model, run: Path, accelerato
     log.close()
     if accelerator.is_main_process:
         plot_curve(history, run / "denoiser_loss.png", "denoiser loss (flow matching MSE)")
-        sample_grid(loading.load(model.path), cfg.sample_prompts, run / "samples.gif", steps=cfg.sample_steps)
+        sample_grid(load_model(model.path), cfg.sample_prompts, run / "samples.gif", steps=cfg.sample_steps)
 
 
 GROWABLE = ("motion_embedding", "coord_channels", "length_embedding")
 
 
-def grow_denoiser(model: loading.Model, inputs) -> None:
+def grow_denoiser(model: Model, inputs) -> None:
     """Add the named inputs (`DenoiserStage.grow`) the model's denoiser lacks; a no-op when it has them all."""
     known = GROWABLE
     missing = {n: True for n in inputs if not model.denoiser.config.get(n, False)}
@@ -523,7 +525,7 @@ def grow_denoiser(model: loading.Model, inputs) -> None:
         model.denoiser = model.denoiser.grow(**{k: model.denoiser.config.get(k, False) or k in missing for k in known})
 
 
-def sample_grid(model: loading.Model, prompts, path: Path, seeds=(0, 1), steps: int | None = None) -> Path:
+def sample_grid(model: Model, prompts, path: Path, seeds=(0, 1), steps: int | None = None) -> Path:
     """A GIF grid of samples: one row per prompt, one column per seed."""
     from .pipelines.common import Settings
     from .pipelines.text_to_video import text_to_video
@@ -554,13 +556,13 @@ def _ema_update(ema, net, decay: float) -> None:
         e.lerp_(p.detach(), 1 - decay)
 
 
-def export(cfg: TrainConfig, model: loading.Model, ema, step: int) -> None:
+def export(cfg: TrainConfig, model: Model, ema, step: int) -> None:
     """Write the EMA weights into the model folder (atomically), recording how they were made."""
-    out = loading.Model(None, model.vae, ema, model.scheduler_config, dict(model.index), model.path)
+    out = Model(None, model.vae, ema, model.scheduler_config, dict(model.index), model.path)
     out.index["frame_conditions"] = ["first", "first_k", "first_last"] if sum(cfg.denoiser.cond_probs[1:]) > 0 else []
     out.index["training"] = dict(step=step, config=asdict(cfg))
     out.index["defaults"] = {**out.index.get("defaults", {}), "frames": cfg.frames, "height": cfg.size, "width": cfg.size}
-    loading.save(out, model.path, overwrite=True)
+    save(out, model.path, overwrite=True)
 
 
 def plot_curve(history: list, path: Path, title: str) -> None:
@@ -609,11 +611,11 @@ def train(config: str | Path, model_dir: str | Path, run_dir: str | Path | None 
         raise KinemaError(f"denoiser.long_frames must be [shortest, longest] clip lengths with {cfg.frames} (frames) "
                           f"<= shortest <= longest; got {list(lf)}")
     run = Path(run_dir) if run_dir else Path("runs") / Path(config).stem
-    model_path = loading.resolve_model_path(model_dir)
+    model_path = resolve_model_path(model_dir)
     run.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no")
     torch.manual_seed(cfg.seed)
-    model = loading.load(model_path, device=accelerator.device)
+    model = load_model(model_path, device=accelerator.device)
     ckpt = latest_checkpoint(run)
     state = None
     if ckpt is not None:

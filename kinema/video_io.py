@@ -253,6 +253,26 @@ def write_video(
     return out
 
 
+def write_outputs(path: PathLike, result, overwrite: bool = False) -> tuple[Path, Path]:
+    """Write a job's clip and its JSON sidecar (`result.frames`, `.fps`, `.record`), each atomically.
+
+    The clip is written first and removed again if its sidecar cannot be written, so no clip is left
+    without one. The record's timings gain the seconds spent writing. Returns (clip, sidecar).
+    """
+    import time
+
+    t0 = time.perf_counter()
+    record = dict(result.record)
+    out = write_video(path, result.frames, fps=result.fps, overwrite=overwrite)
+    record["timings"] = {**record.get("timings", {}), "write": round(time.perf_counter() - t0, 4)}
+    try:
+        sidecar = write_sidecar(out, record, overwrite=True)
+    except BaseException:
+        _remove(out) if out.exists() else None
+        raise
+    return out, sidecar
+
+
 def _is_utf8(text: str) -> bool:
     try:
         text.encode("utf-8")

@@ -156,6 +156,8 @@ class Model:
     dtype: torch.dtype = torch.float32
     info: ModelInfo | None = None
     family: "ModelFamily | None" = None
+    attention: str = "sdpa"  # the attention backend it was loaded with
+    offload: str = "none"  # none, model or sequential (accelerate's hooks move weights to the device as they run)
 
     @property
     def defaults(self) -> dict:

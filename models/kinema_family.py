@@ -120,7 +120,7 @@ class KinemaFamily(ModelFamily):
     def load(self, info, device, dtype, attention="sdpa", offload=None) -> Model:
         require(offload in (None, "none"), "--offload applies to Wan checkpoints; kinema's own models fit in memory as they are")
         model = load_folder(info.path, device, dtype, attention)
-        model.info, model.family = info, self
+        model.info, model.family, model.attention = info, self, attention
         return model
 
     def estimate_memory(self, info, frames, height, width, dtype_bytes=4, cfg=True, decode_chunk_size=16, offload=None):

@@ -53,7 +53,6 @@ import html
 import json
 import re
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +62,7 @@ import torch
 from kinema.errors import KinemaError, require
 
 from .family import Model, ModelDefaults, ModelFamily, ModelInfo, quiet_libraries, register, safetensors_parameters
-from .seams import FrameCondition, TextEmbeds
+from .seams import DenoiserInputs, FrameCondition, TextEmbeds
 
 INDEX = "model_index.json"
 PIPELINES = ("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline")
@@ -370,7 +369,6 @@ class WanDenoiser(torch.nn.Module):
         self.transformer_2 = None if transformer_2 is None else transformer_2.eval().requires_grad_(False)
         self.boundary = None if boundary_ratio is None else boundary_ratio * num_train_timesteps
         self.expand_timesteps = expand_timesteps
-        self.context: ImageContext | None = None
 
     @property
     def config(self):
@@ -391,16 +389,13 @@ class WanDenoiser(torch.nn.Module):
             return self.transformer
         return self.transformer_2
 
-    @contextmanager
-    def conditioned(self, context: ImageContext):
-        """Every predict inside sees `context` (CLIP states, pixel-frame mask)."""
-        old, self.context = self.context, context
-        try:
-            yield self
-        finally:
-            self.context = old
-
-    def predict(self, latents: torch.Tensor, timestep: torch.Tensor, text: TextEmbeds, cond: FrameCondition | None) -> torch.Tensor:
+    def predict(self, latents: torch.Tensor, timestep: torch.Tensor, text: TextEmbeds, cond: FrameCondition | None = None,
+                inputs: DenoiserInputs | None = None) -> torch.Tensor:
+        """Velocity for the latents; `inputs.image` is the image context of Wan's I2V (CLIP states, pixel mask)."""
+        inputs = inputs or DenoiserInputs()
+        require(inputs.injection is None, "Wan's transformer cannot take the source's layout (structure injection); "
+                                          "pass --structure 0")
+        ctx = inputs.image
         model = self.expert(timestep)
         b = latents.shape[0]
         t = timestep.reshape(-1).expand(b)
@@ -408,8 +403,7 @@ class WanDenoiser(torch.nn.Module):
         if self.expand_timesteps:  # TI2V: known frames enter clean and their tokens get timestep 0
             x, t = self.known_frames_input(latents, t, cond)
         elif self.condition_channels:  # I2V: mask and condition latents as extra channels
-            x = torch.cat([latents, self.condition_input(latents, cond)], dim=1)  # (B, C + 4 + C, F, h, w)
-        ctx = self.context
+            x = torch.cat([latents, self.condition_input(latents, cond, ctx)], dim=1)  # (B, C + 4 + C, F, h, w)
         image = None
         if model.config.image_dim is not None:
             require(ctx is not None and ctx.image_embeds is not None,
@@ -431,10 +425,9 @@ class WanDenoiser(torch.nn.Module):
         tokens = keep[:, 0].expand(b, f, h // ph, w // pw)  # (B, F, h', w'), float32 like the timesteps
         return x, (tokens * t.float()[:, None, None, None]).flatten(1)
 
-    def condition_input(self, latents, cond):
+    def condition_input(self, latents, cond, ctx: ImageContext | None = None):
         """Wan's image condition (B, 4 + C, F, h, w): the pixel-frame mask, then the condition latents."""
         b, c, f, h, w = latents.shape
-        ctx = self.context
         if cond is None:
             return latents.new_zeros(b, 4 + c, f, h, w)
         if ctx is not None and ctx.mask is not None:
@@ -516,9 +509,9 @@ def image_to_video(model, prompt: str, image: np.ndarray, settings, last_image: 
     cond = i2v.augment(cond, std, settings.seed)
     timings.add("image_encode", time.perf_counter() - t1)
     mask = pixel_mask(settings.frames, last_image is not None, model.vae.temporal_compression)
-    with model.denoiser.conditioned(ImageContext(embeds, mask)):  # 4. denoise, the condition in every forward
-        predict = guided(model.denoiser, text, uncond, settings.guidance, cond, timings.denoiser)
-        latents = sample(model, text, uncond, settings, timings, predict=predict, progress=progress)
+    inputs = DenoiserInputs(image=ImageContext(embeds, mask))  # 4. denoise, the condition in every forward
+    predict = guided(model.denoiser, text, uncond, settings.guidance, cond, timings.denoiser, inputs)
+    latents = sample(model, text, uncond, settings, timings, predict=predict, progress=progress)
     frames = decode(model, latents, settings, timings)  # 5. decode in chunks
     timings.add("total", time.perf_counter() - t0)
     return Result(frames, latents, timings)
@@ -535,7 +528,6 @@ class WanModel(Model):
 
     image_encoder: object = None
     image_processor: object = None
-    offload: str = "none"
 
 
 def _hf_kwargs(dtype: torch.dtype) -> dict:
@@ -577,7 +569,8 @@ def load(info: ModelInfo, device: str | torch.device = "cpu", dtype: torch.dtype
     scheduler_config = dict(info.configs["scheduler"], shift=info.defaults.shift)  # kinema's make_scheduler reads `shift`
     check_scheduler(scheduler_config)
     model = WanModel(text, vae, denoiser, scheduler_config, dict(wan), path, device, dtype, info=info, family=FAMILY,
-                     image_encoder=image_encoder, image_processor=image_processor, offload=offload or "none")
+                     attention=attention, offload=offload or "none", image_encoder=image_encoder,
+                     image_processor=image_processor)
     if offload in ("model", "sequential"):
         enable_offload(model, offload, device)
     return model

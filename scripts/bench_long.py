@@ -13,11 +13,11 @@ each child reports its own peak resident memory (ru_maxrss) and its sidecar's ti
   plan_cost(long) / plan_cost(short), the latent frames the denoiser sees (per step in window mode, in
   all in continue mode, where every window runs all steps); target <= 1.3.
 
-And what the long clip shows, read by `kinema.metrics` (the `kinema eval` oracle) when the prompt is a
+And what the long clip shows, read by `kinema.world.metrics` (the `kinema eval` oracle) when the prompt is a
 canonical world caption:
 - colour: share of frames whose object reads as the prompt's colour; target >= 95%;
 - direction: the clip cut into consecutive chunks of the trained length (one window's worth); share of
-  chunks whose object moves in the prompt's direction at a 16-frame clip's pace (`kinema.metrics`' reading,
+  chunks whose object moves in the prompt's direction at a 16-frame clip's pace (`kinema.world.metrics`' reading,
   which follows an object across the edges of a wrapping clip); target: every chunk. Also printed: the
   same at the slower pace at which the non-wrapping world moves a clip that long (its object never
   leaves: `metrics.still_threshold`);
@@ -108,7 +108,8 @@ def quality(path: Path, prompt: str, long: dict | None) -> dict | None:
     """Colour per frame, direction per trained-length chunk, and the worst seam of the clip at `path`."""
     import numpy as np
 
-    from kinema import metrics, world
+    from kinema import world
+    from kinema.world import metrics
     from kinema.video_io import read_video
 
     parsed = world.parse_caption(prompt)

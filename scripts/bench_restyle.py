@@ -75,7 +75,7 @@ def reference(source: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 
 def motion_px(out: np.ndarray, source_track: list, size: int) -> float:
     """Mean centroid distance (px at 64x64) over frames where both clips show an object; nan if none do."""
-    from kinema import metrics
+    from kinema.world import metrics
 
     track = metrics.analyse_video(out).trajectory
     d = [np.hypot(a[0] - b[0], a[1] - b[1]) for a, b in zip(track, source_track) if a is not None and b is not None]
@@ -83,7 +83,7 @@ def motion_px(out: np.ndarray, source_track: list, size: int) -> float:
 
 
 def score(out: np.ndarray, fw, mask, source_track, target: str, background: str, size: int) -> dict:
-    from kinema import metrics
+    from kinema.world import metrics
     from kinema.pipelines import flow
 
     reading = metrics.analyse_video(out)
@@ -122,7 +122,7 @@ def main() -> None:
     args = p.parse_args()
 
     import kinema
-    from kinema import metrics
+    from kinema.world import metrics
     from kinema.pipelines.flow import warp_error
 
     try:

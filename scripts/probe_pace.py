@@ -4,7 +4,7 @@
     python scripts/probe_pace.py --model runs/long/model --lengths 16 64 256 --json-out pace.json
 
 For each moving held-out prompt (`world.eval_prompts`, the `kinema eval` suite's), one 16-frame clip is
-generated per told length (`motion_length`: same seed, same noise), and `kinema.metrics` reads the
+generated per told length (`motion_length`: same seed, same noise), and `kinema.world.metrics` reads the
 object's speed (px per frame, the robust fit of its centroid) and direction at that length's world pace
 (`metrics.still_threshold`). Printed per length: the median speed beside the world's own speed range at
 that length (`World(frames=L)` specs of the same prompts), and the share of clips read in the prompted
@@ -38,7 +38,8 @@ def probe(model, lengths, split: str = "heldout", steps: int | None = None) -> l
     from tqdm import tqdm
 
     import kinema
-    from kinema import metrics, world
+    from kinema import world
+    from kinema.world import metrics
 
     prompts = [(p, s) for p, s in world.eval_prompts(split) if s.direction != "still"]
     rows = []

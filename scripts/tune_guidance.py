@@ -18,7 +18,8 @@ import numpy as np
 
 
 def main(argv=None) -> int:
-    from kinema import api, metrics, world
+    from kinema import api, world
+    from kinema.world import metrics
     from kinema.video_io import write_json_atomic
     from kinema.pipelines.text_to_video import text_to_video
 

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from kinema import metrics, world
+from kinema import world
+from kinema.world import metrics
 
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up", "still": "still"}
 

@@ -15,7 +15,7 @@ def test_wheel_installs_and_imports(tmp_path):
                     "-w", str(tmp_path / "dist")], check=True, capture_output=True, timeout=300)
     wheel = next((tmp_path / "dist").glob("kinema-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for must in ("kinema/cli.py", "kinema/models/unet.py", "kinema/models/seams.py", "kinema/pipelines/loop.py"):
+    for must in ("kinema/cli.py", "kinema/world/metrics.py", "kinema/models/unet.py", "kinema/models/seams.py", "kinema/pipelines/loop.py"):
         assert must in names, must
     assert not any(n.startswith(("models/", "pipelines/", "tests/")) for n in names)
     shipped = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "kinema" / "weights").rglob("*") if p.is_file())
@@ -26,7 +26,7 @@ def test_wheel_installs_and_imports(tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, timeout=300)
-    code = "import kinema, kinema.models.unet, kinema.pipelines.loop; print(kinema.__file__)"
+    code = "import kinema, kinema.world.metrics, kinema.models.unet, kinema.pipelines.loop; print(kinema.__file__)"
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-1000:]

@@ -279,7 +279,7 @@ def test_structure_keeps_the_layout_with_the_shipped_weights():
     Scored over the clips whose output shows an object; at least 3 of the 4 must (on the 25,500-step
     weights one clip at structure 0.5 comes out with no object the reader finds, as clip 10 of
     bench_restyle.py does at the default settings)."""
-    from kinema import metrics
+    from kinema.world import metrics
 
     m = kinema.load(None)
     w = world.World(split="all", frames=16, size=64, canonical=True)

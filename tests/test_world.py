@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kinema import metrics, world
+from kinema import world
+from kinema.world import metrics
 
 
 def test_same_seed_same_clip():

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics, world
-from .errors import KinemaError, require
+from .. import world
+from ..errors import KinemaError, require
+from . import metrics
 
 
 def run_eval(args) -> dict:
     """Dispatch on the arguments; print a Markdown table and optionally write JSON."""
     if args.json_out:
-        from .video_io import check_output_path
+        from ..video_io import check_output_path
 
         require(Path(args.json_out).suffix == ".json", "--json-out must name a .json file")
         check_output_path(Path(args.json_out).with_suffix(".mp4"))  # parent exists
@@ -36,14 +37,14 @@ def run_eval(args) -> dict:
     else:
         result = vae_suite(args)
     if args.json_out:
-        from .video_io import write_json_atomic
+        from ..video_io import write_json_atomic
 
         write_json_atomic(args.json_out, result)
     return result
 
 
 def score_files(videos: list[str], caption: str | None) -> dict:
-    from .video_io import read_video
+    from ..video_io import read_video
 
     require(bool(videos), "nothing to evaluate: give video files with --caption, or --suite world")
     require(caption is not None and world.parse_caption(caption) is not None,
@@ -66,12 +67,12 @@ def _ok(b: bool) -> str:
 
 def world_suite(args) -> dict:
     """Generate a clip for every eval prompt of the split with the model's defaults, and score it."""
-    from . import api
+    from .. import api
 
     info = api.peek(args.model)
     settings = api.settings_for(info, steps=args.steps, guidance=args.guidance)
     model = api.load(info["path"], args.device, args.dtype, args.attention)
-    from .pipelines.text_to_video import text_to_video
+    from ..pipelines.text_to_video import text_to_video
 
     seconds = []
 
@@ -92,8 +93,8 @@ def world_suite(args) -> dict:
 
 def animate_suite(args) -> dict:
     """Image-to-video on world anchors: frame-0 fidelity, colour and direction, and the last frame with `--last-image`."""
-    from . import api
-    from .pipelines.image_to_video import image_to_video
+    from .. import api
+    from ..pipelines.image_to_video import image_to_video
 
     info = api.peek(args.model)
     settings = api.settings_for(info, steps=args.steps, guidance=args.guidance)
@@ -130,7 +131,7 @@ def vae_suite(args, n_clips: int = 24) -> dict:
     """PSNR of VAE reconstructions of world frames (median, 5th percentile, worst)."""
     import torch
 
-    from . import api
+    from .. import api
 
     info = api.peek(args.model)
     model = api.load(info["path"], args.device, args.dtype, args.attention)
@@ -152,6 +153,6 @@ def vae_suite(args, n_clips: int = 24) -> dict:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from .cli import main
+    from ..cli import main
 
     sys.exit(main(["eval", *sys.argv[1:]]))

@@ -3,7 +3,8 @@
 Works on uint8 ``(F, H, W, 3)`` clips of any size, ground truth or generated (noisy, blurry
 approximations), by snapping pixels to the world palette and tracking the largest blob.
 
-    >>> from kinema import metrics, world
+    >>> from kinema import world
+    >>> from kinema.world import metrics
     >>> clip = world.World(split="all").clip(seed=0)
     >>> metrics.analyse_video(clip.video).direction
     >>> metrics.score(clip.video, "a red circle moving left on a blue background")
@@ -49,7 +50,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from kinema import world
+from .. import world
 
 UNKNOWN_DISTANCE = 80.0
 MIN_OBJECT_FRACTION = 0.005
