@@ -1,11 +1,12 @@
-"""Train a kinema model on the world: first the frame VAE, then the denoiser in its latent space.
+"""Train a kinema model on a clip dataset (the world by default): first the frame VAE, then the denoiser in its latent space.
 
     kinema init runs/default/model --preset small
     kinema train configs/default.yaml --model runs/default/model
     kinema train configs/default.yaml --model FOLDER --stages denoiser   # continue a trained folder's denoiser
     accelerate launch -m kinema.cli train configs/default.yaml --model runs/default/model   # many GPUs
 
-Reads top to bottom: config, data, checkpoints, the VAE stage, the denoiser stage.
+Reads top to bottom: config, data, checkpoints, the VAE stage, the denoiser stage. Every stage reads
+clips through a `ClipDataset` that the config names (`dataset: world`).
 Both stages run through accelerate, resume from the newest complete checkpoint in
 `RUN/checkpoints/` after a kill (written to a temporary folder, then renamed), and log
 loss, steps/s and ETA to stderr and `RUN/train.log`. The model folder is rewritten
@@ -22,6 +23,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +31,6 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from . import world
 from .config import load_yaml
 from .models.family import Model, load_model, resolve_model_path
 from .models.kinema_family import save
@@ -101,6 +102,7 @@ class TrainConfig:
     seed: int = 0
     frames: int = 16
     size: int = 64
+    dataset: str = "world"  # where clips come from: a name in DATASETS
     bf16: bool = True
     log_every: int = 25
     checkpoint_every: int = 250
@@ -114,6 +116,58 @@ class TrainConfig:
         "a white triangle moving left on a green background",
         "a purple circle standing still on an orange background",
     )
+
+
+#################################################################################
+#                                      Data                                     #
+#################################################################################
+
+
+class ClipDataset(Protocol):
+    """Where training reads clips: a seeded, endless source, every clip a pure function of its seed.
+
+    Made by a `DATASETS` factory as `factory(split, size, wrap)`: `split` "train", or "heldout" (the VAE's PSNR),
+    frames `size` pixels square, `wrap` for long clips that keep the short clips' pace (`denoiser.long_wrap`;
+    a dataset without them raises KinemaError). A label is a JSON-able dict naming a clip's content: the
+    latent cache keeps it, and each training sample draws its caption from it at every step.
+    """
+
+    def clip(self, seed: int, frames: int, times: Sequence[int] | None = None) -> tuple[np.ndarray, dict]:
+        """Frames `times` (default: all) of the `frames`-frame clip `seed`, uint8 (len(times), H, W, 3), and its label."""
+
+    def captions(self, label: dict) -> list[str]:
+        """Every caption `caption` can draw for the label (the text cache encodes each once)."""
+
+    def caption(self, label: dict, rng: np.random.Generator) -> str:
+        """One caption of the label, drawn with `rng`."""
+
+
+class WorldDataset:
+    """The kinema world as a ClipDataset; a label is the clip's colour, shape, direction and background."""
+
+    def __init__(self, split: str = "train", size: int = 64, wrap: bool = False):
+        from . import world  # imported where the world is chosen: training itself knows no world
+
+        self.world, self.split, self.size, self.wrap = world, split, size, wrap
+
+    def clip(self, seed: int, frames: int, times: Sequence[int] | None = None) -> tuple[np.ndarray, dict]:
+        spec = self.world.World(split=self.split, frames=frames, size=self.size, wrap=self.wrap).spec(seed)
+        video = self.world.render(spec, frames, self.size, self.size, seed=seed, times=times)
+        return video, dict(colour=spec.colour, shape=spec.shape, direction=spec.direction, background=spec.background)
+
+    def captions(self, label: dict) -> list[str]:
+        return self.world.captions_for(**label)
+
+    def caption(self, label: dict, rng: np.random.Generator) -> str:
+        spec = self.world.ClipSpec(**label, size=0, start=(0, 0), velocity=(0, 0), texture=0)
+        return self.world.paraphrase(spec, rng)
+
+
+DATASETS = {"world": WorldDataset}  # TrainConfig.dataset -> factory(split, size, wrap) -> ClipDataset
+
+
+def open_dataset(cfg: TrainConfig, split: str = "train", wrap: bool = False) -> ClipDataset:
+    return DATASETS[cfg.dataset](split=split, size=cfg.size, wrap=wrap)
 
 
 #################################################################################
@@ -226,18 +280,17 @@ def _to_tensor(video: np.ndarray) -> torch.Tensor:
 
 
 def vae_frames(cfg: TrainConfig, rng: np.random.Generator, n: int, split: str = "train") -> torch.Tensor:
-    """n world frames (n, 3, H, W) in [-1, 1], each from a different clip (diverse batches train faster)."""
-    w = world.World(split=split, frames=cfg.frames, size=cfg.size)
+    """n frames (n, 3, H, W) in [-1, 1] of the dataset, each from a different clip (diverse batches train faster)."""
+    data = open_dataset(cfg, split)
     frames = []
     for seed in rng.integers(0, 2**31, size=n):
-        spec = w.spec(int(seed))
         t = int(rng.integers(cfg.frames))
-        frames.append(world.render(spec, cfg.frames, cfg.size, cfg.size, seed=int(seed), times=[t])[0])
+        frames.append(data.clip(int(seed), cfg.frames, times=[t])[0][0])
     return torch.from_numpy(np.stack(frames)).float().div(127.5).sub(1).permute(0, 3, 1, 2)  # (n, 3, H, W)
 
 
 def heldout_psnr(vae, cfg: TrainConfig, n: int = 64) -> tuple[float, float]:
-    """Median and worst PSNR (dB) of VAE reconstructions of held-out world frames."""
+    """Median and worst PSNR (dB) of VAE reconstructions of held-out frames."""
     x = vae_frames(cfg, np.random.default_rng(12345), n, split="heldout")
     with torch.no_grad():
         rec = vae.decode(vae.encode(x[:, :, None]))[:, :, 0]
@@ -331,16 +384,16 @@ def finish_vae(cfg: TrainConfig, model: Model, run: Path, accelerator) -> None:
 #################################################################################
 
 
-def long_window(cfg: TrainConfig, seed: int) -> tuple[np.ndarray, world.ClipSpec, int]:
-    """A `frames`-frame window (uint8) of a longer world clip: its frames, spec and the clip's length."""
+def long_window(cfg: TrainConfig, seed: int, data: ClipDataset | None = None) -> tuple[np.ndarray, dict, int]:
+    """A `frames`-frame window (uint8) of a longer clip: its frames, label and the clip's length."""
     d = cfg.denoiser
     rng = np.random.default_rng([seed, 7])
     lo, hi = d.long_frames
     length = int(round(float(np.exp(rng.uniform(np.log(lo), np.log(hi))))))
-    spec = world.World(split="train", frames=length, size=cfg.size, wrap=d.long_wrap).spec(seed)
     start = int(rng.integers(0, length - cfg.frames + 1))
-    video = world.render(spec, length, cfg.size, cfg.size, seed=seed, times=range(start, start + cfg.frames))
-    return video, spec, length
+    data = open_dataset(cfg, wrap=d.long_wrap) if data is None else data
+    video, label = data.clip(seed, length, times=range(start, start + cfg.frames))
+    return video, label, length
 
 
 def build_cache(cfg: TrainConfig, model: Model, run: Path) -> dict:
@@ -349,30 +402,31 @@ def build_cache(cfg: TrainConfig, model: Model, run: Path) -> dict:
     name = f"latents-{d.clips}-{cfg.frames}-{cfg.size}"
     if d.long_clips:
         name += f"-long-{d.long_clips}-{d.long_frames[0]}-{d.long_frames[1]}" + ("-wrap" if d.long_wrap else "")
+    if cfg.dataset != "world":  # the world's caches keep the names they had before datasets were named
+        name = f"{cfg.dataset}-{name}"
     path = run / "cache" / f"{name}.safetensors"
     if path.is_file():
         data = load_file(path)
         meta = json.loads((path.with_suffix(".json")).read_text())
         return {**data, **meta}
     path.parent.mkdir(parents=True, exist_ok=True)
-    w = world.World(split="train", frames=cfg.frames, size=cfg.size)
-    latents, specs, lengths = [], [], []
+    data, long_data = open_dataset(cfg), open_dataset(cfg, wrap=d.long_wrap)
+    latents, specs, lengths = [], [], []  # specs: the clips' labels (the cache's name for them)
     vae = model.vae.eval()
     total = d.clips + d.long_clips
     for i in tqdm(range(0, total, 16), desc="encode clips"):
-        videos, batch_specs = [], []
+        videos = []
         for j in range(i, min(i + 16, total)):
             if j < d.clips:
-                c = w.clip(cfg.seed * 10_000_000 + j)
-                videos.append(c.video), batch_specs.append(c.spec), lengths.append(cfg.frames)
+                video, label = data.clip(cfg.seed * 10_000_000 + j, cfg.frames)
+                length = cfg.frames
             else:  # seeds of long windows sit apart from the short clips'
-                video, spec, length = long_window(cfg, cfg.seed * 10_000_000 + 5_000_000 + j)
-                videos.append(video), batch_specs.append(spec), lengths.append(length)
+                video, label, length = long_window(cfg, cfg.seed * 10_000_000 + 5_000_000 + j, long_data)
+            videos.append(video), specs.append(label), lengths.append(length)
         x = _to_tensor(np.stack(videos))
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             latents.append(vae.encode(x).float().half())
-        specs += [dict(colour=s.colour, shape=s.shape, direction=s.direction, background=s.background) for s in batch_specs]
-    captions = [""] + sorted({c for s in specs for c in world.captions_for(**s)})
+    captions = [""] + sorted({c for s in specs for c in data.captions(s)})
     hidden, mask = [], []
     for i in tqdm(range(0, len(captions), 256), desc="encode captions"):
         t = model.text_encoder.encode(captions[i : i + 256])
@@ -415,9 +469,11 @@ def logit_mean_at(d: DenoiserStage, step: int) -> float:
     return mean
 
 
-def denoiser_batch(cfg: TrainConfig, cache: dict, caption_index: dict, step: int, rank: int):
+def denoiser_batch(cfg: TrainConfig, cache: dict, caption_index: dict, step: int, rank: int,
+                   data: ClipDataset | None = None):
     """The batch of one step, a pure function of (seed, step, rank): resuming replays it exactly."""
     d = cfg.denoiser
+    data = open_dataset(cfg) if data is None else data
     rng = np.random.default_rng([cfg.seed, 2, step, rank])
     short = len(cache["specs"]) - d.long_clips  # the cache holds the short clips, then the long windows
     idx = rng.integers(0, short, size=d.batch)
@@ -428,9 +484,7 @@ def denoiser_batch(cfg: TrainConfig, cache: dict, caption_index: dict, step: int
     frames = cache["clip_frames"][torch.from_numpy(idx)] if "clip_frames" in cache else torch.full((d.batch,), cfg.frames)
     caps = []
     for i in idx:
-        s = cache["specs"][int(i)]
-        spec = world.ClipSpec(s["colour"], s["shape"], s["direction"], s["background"], 0, (0, 0), (0, 0), 0)
-        caps.append("" if rng.random() < d.text_dropout else world.paraphrase(spec, rng))
+        caps.append("" if rng.random() < d.text_dropout else data.caption(cache["specs"][int(i)], rng))
     ti = torch.tensor([caption_index[c] for c in caps])
     text = TextEmbeds(cache["text_hidden"][ti].float(), cache["text_mask"][ti])
     mean = logit_mean_at(d, step)
@@ -455,7 +509,7 @@ def motion_term(pred: torch.Tensor, target: torch.Tensor, lags) -> torch.Tensor:
 
 def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start: int, state: dict | None) -> None:
     d = cfg.denoiser
-    cache = build_cache(cfg, model, run)
+    cache, data = build_cache(cfg, model, run), open_dataset(cfg)
     caption_index = {c: i for i, c in enumerate(cache["captions"])}
     grow_denoiser(model, d.grow)
     net = model.denoiser.float().train()
@@ -478,7 +532,7 @@ def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start
     warm_from = start if state is None else 0  # without optimizer state (a fresh run, or continuing from a folder) warm up again
     log = Logger(run, "denoiser", start, d.steps, accelerator.is_main_process)
     for step in range(start, d.steps):
-        xt, t, text, cond, target, frames = denoiser_batch(cfg, cache, caption_index, step, accelerator.process_index)
+        xt, t, text, cond, target, frames = denoiser_batch(cfg, cache, caption_index, step, accelerator.process_index, data)
         dev = accelerator.device
         extra = dict(clip_frames=frames.to(dev)) if length_input else {}
         for g in opt.param_groups:
@@ -603,6 +657,8 @@ def train(config: str | Path, model_dir: str | Path, run_dir: str | Path | None 
     from accelerate import Accelerator
 
     cfg = load_yaml(TrainConfig, config)
+    if cfg.dataset not in DATASETS:
+        raise KinemaError(f"dataset {cfg.dataset!r} is not known; choose one of: {', '.join(DATASETS)}")
     bad = [n for n in cfg.denoiser.grow if n not in GROWABLE]
     if bad:
         raise KinemaError(f"denoiser.grow names {bad}; known: {', '.join(GROWABLE)}")

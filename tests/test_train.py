@@ -240,8 +240,10 @@ def test_long_windows_are_frames_of_a_longer_world_clip():
     cfg = TrainConfig(frames=8, size=32, denoiser=DenoiserStage(long_frames=(17, 512)))
     lengths = []
     for seed in range(40):
-        video, spec, length = long_window(cfg, seed)
+        video, label, length = long_window(cfg, seed)
         assert video.shape == (8, 32, 32, 3) and 17 <= length <= 512
+        spec = world.World(split="train", frames=length, size=32).spec(seed)  # the clip of that length and seed
+        assert label == dict(colour=spec.colour, shape=spec.shape, direction=spec.direction, background=spec.background)
         full = world.render(spec, length, 32, 32, seed=seed)
         starts = [s for s in range(length - 7) if np.array_equal(full[s:s + 8], video)]
         assert starts, "the window is 8 consecutive frames of the clip"
@@ -256,8 +258,9 @@ def test_long_wrap_windows_come_from_wrapping_clips_at_the_16_frame_pace():
 
     cfg = TrainConfig(frames=8, size=32, denoiser=DenoiserStage(long_frames=(17, 512), long_wrap=True))
     for seed in range(10):
-        video, spec, length = long_window(cfg, seed)
-        assert spec.wrap and video.shape == (8, 32, 32, 3)
+        video, label, length = long_window(cfg, seed)
+        spec = world.World(split="train", frames=length, size=32, wrap=True).spec(seed)
+        assert spec.wrap and video.shape == (8, 32, 32, 3) and label["direction"] == spec.direction
         short = world.World(split="train", frames=8, size=32).spec(seed)
         if spec.direction != "still":
             assert np.hypot(*spec.velocity) <= 0.6 * 32 / 15 + 1e-9  # at most the 16-frame pace's fastest
