@@ -66,6 +66,38 @@ class FrameCondition:
         return bool(self.mask.any())
 
 
+class Injection:
+    """Structure injection of one call: a pass over the source records tensors, a later pass replays them in order.
+
+    Made per call by the pipeline (`Injection.record()` for the pass over the source, then `.replay()`
+    for the pass that reuses what it recorded) and handed to the network in `DenoiserInputs.injection`;
+    the network decides which tensors go through it (SpaceTimeUNet: self-attention queries and keys,
+    one decoder level's features). A replaying pass may have a larger batch (the guided pair): the
+    recorded batch is repeated to fit.
+    """
+
+    def __init__(self, saved: list[torch.Tensor], replaying: bool):
+        self.saved = saved
+        self.replaying = replaying
+        self.at = 0  # the next tensor to hand back
+
+    @classmethod
+    def record(cls) -> "Injection":
+        return cls([], replaying=False)
+
+    def replay(self) -> "Injection":
+        """A fresh injection that hands back what this one recorded, from the first tensor."""
+        return Injection(self.saved, replaying=True)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.replaying:
+            self.saved.append(x)
+            return x
+        y = self.saved[self.at]
+        self.at += 1
+        return y.repeat(x.shape[0] // y.shape[0], *(1,) * (y.ndim - 1)).to(x.dtype)
+
+
 @dataclass(frozen=True)
 class DenoiserInputs:
     """Per-call inputs besides latents, timestep, text and frame condition; each denoiser reads what it has.
@@ -75,7 +107,7 @@ class DenoiserInputs:
     """
 
     clip_frames: int | None = None  # the whole clip's frames (a length embedding paces motion); None: the window's
-    injection: object = None  # structure injection of one call (SpaceTimeUNet's `Injection`: record or inject)
+    injection: Injection | None = None  # structure injection of one call (record, or replay what was recorded)
     image: object = None  # the family's image context (Wan I2V: CLIP states, pixel-frame mask)
 
 

@@ -16,26 +16,28 @@ zero at initialisation, so `grow` adds them to a trained network without changin
 its output.
 
 A third optional input, `length_embedding`, tells the network how long the whole clip is that it
-is making a window of (`clip_frames`, default the window's own frames). In the world, longer clips
-move more slowly so the object never leaves the frame; a window of a 256-frame clip should creep
-where a 16-frame clip crosses the frame. The length enters the embedding that modulates every block,
-through an MLP of a sinusoidal code of log2(clip_frames / 16) whose output layer starts at zero, so
-`grow` adds it too without changing the function (as SVD's fps and motion micro-conditioning do).
+is making a window of (`clip_frames`, given per call as `DenoiserInputs.clip_frames`; default the
+window's own frames). In the world, longer clips move more slowly so the object never leaves the
+frame; a window of a 256-frame clip should creep where a 16-frame clip crosses the frame. The
+length enters the embedding that modulates every block, through an MLP of a sinusoidal code of
+log2(clip_frames / 16) whose output layer starts at zero, so `grow` adds it too without changing the
+function (as SVD's fps and motion micro-conditioning do).
 
-Structure injection (`SpaceTimeUNet.structure_injection`, for restyling): one pass over a source
-records every self-attention's queries and keys and the ResBlock outputs of the second-finest decoder
-level; the passes that follow use the recorded ones in place of their own, so the layout and motion
-come from the source while the values, the text cross-attention and the other levels are free to
-follow a new prompt (plug-and-play feature injection, Tumanyan et al. 2023).
+Structure injection (for restyling): one pass over a source, given `Injection.record()`, records every
+self-attention's queries and keys and the ResBlock outputs of the second-finest decoder level; the
+pass given its `replay()` uses the recorded ones in place of its own, so the layout and motion come
+from the source while the values, the text cross-attention and the other levels are free to follow a
+new prompt (plug-and-play feature injection, Tumanyan et al. 2023).
 
 The network knows nothing about noise schedules: it maps (x_t, timestep) to the
-velocity the caller trained it on. Layout everywhere: (B, C, F, H, W).
+velocity the caller trained it on. Every per-call input (clip length, injection) comes through the
+call, never through an attribute, so one loaded network serves interleaved calls. Layout everywhere:
+(B, C, F, H, W).
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -43,8 +45,10 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
+from kinema.errors import require
+
 from .attention import attention
-from .seams import FrameCondition, TextEmbeds
+from .seams import DenoiserInputs, FrameCondition, Injection, TextEmbeds
 
 #################################################################################
 #                                    Helpers                                    #
@@ -103,34 +107,6 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
-class Injection:
-    """Recorded tensors of one pass (`record`), handed back in the same order to later passes (`inject`).
-
-    A later pass may have a larger batch (the guided pair): the recorded batch is repeated to fit.
-    """
-
-    def __init__(self):
-        self.mode: str | None = None  # None, "record" or "inject"
-        self.saved: list[torch.Tensor] = []
-        self.at = 0
-
-    def record(self) -> None:
-        self.mode, self.saved, self.at = "record", [], 0
-
-    def inject(self) -> None:
-        self.mode, self.at = "inject", 0
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "record":
-            self.saved.append(x)
-            return x
-        if self.mode == "inject":
-            y = self.saved[self.at]
-            self.at += 1
-            return y.repeat(x.shape[0] // y.shape[0], *(1,) * (y.ndim - 1)).to(x.dtype)
-        return x
-
-
 class Attention(nn.Module):
     """Multi-head attention through kinema's one attention function."""
 
@@ -141,16 +117,16 @@ class Attention(nn.Module):
         self.kv = nn.Linear(context_dim or dim, 2 * dim, bias=False)
         self.out = nn.Linear(dim, dim)
         self.backend = "sdpa"
-        self.inject: Injection | None = None  # set by SpaceTimeUNet.structure_injection (self-attention only)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None):
-        # x (N, S, D), context (N, L, Dc), mask (N, L) bool
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                injection: Injection | None = None):
+        # x (N, S, D), context (N, L, Dc), mask (N, L) bool; injection: self-attention only
         n, s, d = x.shape
         ctx = x if context is None else context
         q = self.q(x).view(n, s, self.heads, -1).transpose(1, 2)  # (N, heads, S, d)
         k, v = self.kv(ctx).view(n, ctx.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)  # (N, heads, L, d)
-        if self.inject is not None:  # the source's queries and keys: its attention pattern, this pass's values
-            q, k = self.inject(q), self.inject(k)
+        if injection is not None:  # the source's queries and keys: its attention pattern, this pass's values
+            q, k = injection(q), injection(k)
         m = None if mask is None else mask[:, None, None, :]  # (N, 1, 1, L)
         o = attention(q, k, v, m, backend=self.backend)  # (N, heads, S, d)
         return self.out(o.transpose(1, 2).reshape(n, s, d))
@@ -170,20 +146,20 @@ class SpaceTimeBlock(nn.Module):
         self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(approximate="tanh"), nn.Linear(2 * dim, dim))
         self.ada = nn.Linear(emb_dim, 8 * dim)  # shift and scale for each of the four norms
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, text: TextEmbeds) -> torch.Tensor:
-        # x (B, C, F, H, W), emb (B, E)
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, text: TextEmbeds, injection: Injection | None = None) -> torch.Tensor:
+        # x (B, C, F, H, W), emb (B, E); injection: of the spatial and temporal self-attention
         b, c, f, h, w = x.shape
         t = per_frame(x)  # (B*F, C, H, W)
         t = self.norm_in(t).reshape(b, f, c, h * w).transpose(2, 3)  # (B, F, S, C)
         mods = self.ada(F.silu(emb))[:, None, None].chunk(8, dim=-1)  # 8 x (B, 1, 1, C)
         n = [lambda y, i=i: modulate(self.norms[i](y), mods[2 * i], mods[2 * i + 1]) for i in range(4)]
 
-        t = t + self.spatial(n[0](t).reshape(b * f, h * w, c)).reshape(b, f, h * w, c)  # over (B*F, S, C)
+        t = t + self.spatial(n[0](t).reshape(b * f, h * w, c), injection=injection).reshape(b, f, h * w, c)  # (B*F, S, C)
         q = n[1](t).reshape(b, f * h * w, c)  # (B, F*S, C): cross-attention is per token
         t = t + self.cross(q, text.hidden, text.mask).reshape(b, f, h * w, c)
         pos = self.frame_pos(sinusoidal(torch.arange(f, device=x.device), 64).to(x.dtype))  # (F, C)
         tt = (n[2](t) + pos[None, :, None]).transpose(1, 2).reshape(b * h * w, f, c)  # (B*S, F, C)
-        t = t + self.temporal(tt).reshape(b, h * w, f, c).transpose(1, 2)
+        t = t + self.temporal(tt, injection=injection).reshape(b, h * w, f, c).transpose(1, 2)
         t = t + self.ff(n[3](t))
         return x + t.transpose(2, 3).reshape(b, f, c, h, w).transpose(1, 2)  # (B, C, F, H, W)
 
@@ -200,15 +176,15 @@ class Level(nn.Module):
             SpaceTimeBlock(cout, cfg["head_dim"], cfg["text_dim"], cfg["emb_dim"], cfg["groups"]) if attn else nn.Identity()
             for _ in range(layers)
         )
-        self.inject: Injection | None = None  # set by SpaceTimeUNet.structure_injection
 
-    def forward(self, x, emb, emb_frames, text):
+    def forward(self, x, emb, emb_frames, text, injection: Injection | None = None, features: bool = False):
+        """`injection` reaches the space-time blocks' self-attention, and the ResBlock outputs when `features`."""
         b = x.shape[0]
         for res, attn in zip(self.res, self.attn):
             y = res(per_frame(x), emb_frames)
-            x = to_video(y if self.inject is None else self.inject(y), b)
+            x = to_video(y if injection is None or not features else injection(y), b)
             if not isinstance(attn, nn.Identity):
-                x = attn(x, emb, text)
+                x = attn(x, emb, text, injection)
         return x
 
 
@@ -243,7 +219,6 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
             self.motion = nn.Sequential(nn.Linear(text_dim + 64, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         if length_embedding:  # log2(clip frames / 16) -> an embedding term (the pace of the whole clip)
             self.length = nn.Sequential(nn.Linear(64, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.clip_frames: int | None = None  # set by `clip_length`; None: the window is the whole clip
         self.conv_in = nn.Conv2d(2 * latent_channels + 1 + 2 * coord_channels, channels[0], 3, padding=1)
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -312,34 +287,15 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
         assert not unexpected and all(k.startswith(GROWN_PREFIXES) for k in missing), (missing, unexpected)
         return new if w.dtype == torch.float32 else new.to(w.dtype)
 
-    @contextmanager
-    def structure_injection(self):
-        """Within the block: `inj.record()`, one pass over the source, `inj.inject()`, passes that reuse it.
+    @property
+    def structure_level(self) -> Level:
+        """The level whose ResBlock outputs structure injection carries: the second-finest decoder level.
 
-        Recorded: the queries and keys of every spatial and temporal self-attention and the ResBlock
-        outputs of the second-finest decoder level (8x8 latents in the default model; where layout is
-        set but colour is not yet), as restyling found on world clips (`pipelines/video_to_video.py`).
+        8x8 latents in the default model, where layout is set but colour is not yet, as restyling found
+        on world clips (`pipelines/video_to_video.py`); the queries and keys of every spatial and
+        temporal self-attention are carried too.
         """
-        inj = Injection()
-        blocks = [m for m in self.modules() if isinstance(m, SpaceTimeBlock)]
-        level = self.up[-2] if len(self.up) > 1 else self.up[-1]
-        targets = [a for b in blocks for a in (b.spatial, b.temporal)] + [level]
-        for t in targets:
-            t.inject = inj
-        try:
-            yield inj
-        finally:
-            for t in targets:
-                t.inject = None
-
-    @contextmanager
-    def clip_length(self, frames: int | None):
-        """Within the block, every forward makes a window of a clip of `frames` frames (None: of itself)."""
-        before, self.clip_frames = self.clip_frames, frames
-        try:
-            yield
-        finally:
-            self.clip_frames = before
+        return self.up[-2] if len(self.up) > 1 else self.up[-1]
 
     def set_attention_backend(self, backend: str) -> None:
         for m in self.modules():
@@ -348,9 +304,10 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
 
     def forward(
         self, x: torch.Tensor, timestep: torch.Tensor, text: TextEmbeds, cond: FrameCondition | None = None,
-        clip_frames: torch.Tensor | None = None,
+        clip_frames: torch.Tensor | None = None, injection: Injection | None = None,
     ):
         # x (B, C, F, H, W) noisy latents; timestep (B,) in [0, 1000]; clip_frames (B,): the whole clip's frames
+        # (None: the window's own); injection: structure injection of this call (record or replay)
         b, _, f, h, w = x.shape
         cond = cond if cond is not None else FrameCondition.empty(x)
         hm = text.mask.to(text.hidden.dtype)[..., None]  # (B, L, 1)
@@ -358,7 +315,7 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
         emb = self.time_mlp(sinusoidal(timestep, 256).to(x.dtype)) + self.text_pool(pooled)  # (B, E)
         if self.config.get("length_embedding", False):
             if clip_frames is None:
-                clip_frames = torch.full((b,), float(self.clip_frames or f), device=x.device)
+                clip_frames = torch.full((b,), float(f), device=x.device)
             code = torch.log2(clip_frames.float().clamp(min=1) / 16) * LENGTH_CODE_SCALE  # (B,)
             emb = emb + self.length(sinusoidal(code, 64).to(x.dtype))  # (B, E)
         emb_frames = emb.repeat_interleave(f, 0)  # (B*F, E)
@@ -375,22 +332,33 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
         hx = to_video(self.conv_in(per_frame(hx)), b)
         skips = []
         for i, level in enumerate(self.down):
-            hx = level(hx, emb, emb_frames, text)
+            hx = level(hx, emb, emb_frames, text, injection)
             skips.append(hx)
             if i < len(self.downsample):
                 hx = to_video(self.downsample[i](per_frame(hx)), b)
-        hx = self.mid(hx, emb, emb_frames, text)
+        hx = self.mid(hx, emb, emb_frames, text, injection)
+        features = self.structure_level
         for i, level in enumerate(self.up):
-            hx = level(torch.cat([hx, skips.pop()], dim=1), emb, emb_frames, text)
+            hx = level(torch.cat([hx, skips.pop()], dim=1), emb, emb_frames, text, injection, level is features)
             if i < len(self.upsample):
                 y = F.interpolate(per_frame(hx), scale_factor=2.0, mode="nearest")  # (B*F, C, 2H, 2W)
                 hx = to_video(self.upsample[i](y), b)
         out = self.conv_out(F.silu(self.norm_out(per_frame(hx))))  # (B*F, C, H, W)
         return to_video(out, b)
 
-    def predict(self, latents, timestep, text: TextEmbeds, cond: FrameCondition | None = None) -> torch.Tensor:
-        """The denoiser seam: velocity (noise - x0) for latents at `timestep` (B,) in [0, 1000]."""
-        return self(latents, timestep, text, cond)
+    def predict(self, latents, timestep, text: TextEmbeds, cond: FrameCondition | None = None,
+                inputs: DenoiserInputs | None = None) -> torch.Tensor:
+        """The denoiser seam: velocity (noise - x0) for latents at `timestep` (B,) in [0, 1000].
+
+        `inputs.clip_frames` (the whole clip's length, for the length embedding) and `inputs.injection`
+        (structure injection) reach the network through this call; an image context is not for this network.
+        """
+        inputs = inputs or DenoiserInputs()
+        require(inputs.image is None, "kinema's UNet takes its image through the frame condition, not an image context")
+        clip = None
+        if inputs.clip_frames is not None:
+            clip = torch.full((latents.shape[0],), float(inputs.clip_frames), device=latents.device)  # (B,)
+        return self(latents, timestep, text, cond, clip_frames=clip, injection=inputs.injection)
 
 
 #################################################################################

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 
-from kinema.models.seams import FrameCondition, TextEmbeds
+from kinema.models.seams import DenoiserInputs, FrameCondition, TextEmbeds
 
 from .loop import Hook, KnownFrames, NumericalError, Predict, Timings, denoise, guided, make_scheduler, set_timesteps
 
@@ -70,12 +69,12 @@ def initial_noise(shape, seed: int, device) -> torch.Tensor:
     return torch.randn(shape, generator=g, dtype=torch.float32).to(device)
 
 
-@contextmanager
-def clip_length(model, settings: Settings):
-    """Tell the denoiser the whole clip's length for the block (a no-op for denoisers without the input)."""
-    told = getattr(model.denoiser, "clip_length", None)
-    with told(settings.motion_length or settings.frames) if told is not None else nullcontext():
-        yield
+def clip_inputs(settings: Settings, inputs: DenoiserInputs | None = None) -> DenoiserInputs:
+    """`inputs` with the whole clip's length the denoiser is told (`motion_length`, else the clip's frames).
+
+    Every denoiser call of a clip, each window's included, gets it (denoisers without a length input ignore it).
+    """
+    return replace(inputs or DenoiserInputs(), clip_frames=settings.motion_length or settings.frames)
 
 
 def sample(
@@ -93,13 +92,16 @@ def sample(
     noise: torch.Tensor | None = None,
     predict: Predict | None = None,
     desc: str = "denoise",
+    inputs: DenoiserInputs | None = None,
 ) -> torch.Tensor:
     """Noise (or `init` latents noised to `strength`) -> clean latents, through the one loop.
 
-    `cond` is what the denoiser sees; `known` (default: `cond`) is what KnownFrames re-injects, so a
-    driver can show the denoiser noise-augmented latents yet keep the clean ones (image-to-video).
-    `noise` replaces the seeded Gaussian (FreeNoise, continuation windows) and `predict` the guided
-    denoiser (window fusion); both default to plain text-to-video.
+    `cond` is what the denoiser sees; `known` is what KnownFrames re-injects after every step (None:
+    nothing), so a driver can show the denoiser noise-augmented latents yet keep the clean ones
+    (image-to-video). `inputs` are the denoiser's per-call inputs, told the clip's length here
+    (`clip_inputs`). `noise` replaces the seeded Gaussian (FreeNoise, continuation windows) and
+    `predict` the guided denoiser (window fusion; built with `clip_inputs(settings)`); both default to
+    plain text-to-video.
     """
     t0 = time.perf_counter()
     if noise is None:
@@ -110,12 +112,13 @@ def sample(
     sigma0 = float(scheduler.sigmas[start])
     latents = noise if init is None else (1 - sigma0) * init + sigma0 * noise
     hooks = list(hooks)
-    if cond is not None and cond.any:
-        hooks.append(KnownFrames(cond if known is None else known, noise))
+    if known is not None and known.any:
+        hooks.append(KnownFrames(known, noise))
         latents = hooks[-1].after_step(-1, sigma0, latents)
     if predict is None:
-        predict = guided(model.denoiser, text, uncond, settings.guidance, cond, timings.denoiser)
-    with torch.inference_mode(), clip_length(model, settings):
+        inputs = clip_inputs(settings, inputs)
+        predict = guided(model.denoiser, text, uncond, settings.guidance, cond, timings.denoiser, inputs)
+    with torch.inference_mode():
         latents = denoise(predict, latents, scheduler, start, hooks, progress, desc)
     timings.add("denoise", time.perf_counter() - t0)
     return latents

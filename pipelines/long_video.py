@@ -43,9 +43,9 @@ import torch
 from tqdm.auto import tqdm
 
 from kinema.errors import require
-from kinema.models.seams import FrameCondition, TextEmbeds
+from kinema.models.seams import DenoiserInputs, FrameCondition, TextEmbeds
 
-from .common import Result, Settings, encode_prompts, latent_shape, sample, to_uint8
+from .common import Result, Settings, clip_inputs, encode_prompts, latent_shape, sample, to_uint8
 from .loop import Predict, Stopwatch, Timings, guided
 from .windows import (
     Span, adain, freenoise_noise, fuse_batched, parse_prompt_schedule, peak_window_frames, plan_cost,
@@ -300,12 +300,13 @@ def follow_path(model, texts: list[TextEmbeds], uncond, settings: Settings, timi
 def fused_predict(
     denoiser, texts: list[TextEmbeds], uncond: TextEmbeds | None, guidance: float, plan: list[Span],
     weights: str = "pyramid", batch_windows: int = 1, watch: Stopwatch | None = None, bar=None, per_windows=None,
-    shifts=None,
+    shifts=None, inputs: DenoiserInputs | None = None,
 ) -> Predict:
     """A `predict` for the loop: the guided denoiser on each window of `plan`, fused per frame.
 
     `per_windows(spans)`, when given, returns the denoiser for a group of windows (restyle's
-    `SourceStructure` over those windows of the source); it is asked once per group.
+    `SourceStructure` over those windows of the source); it is asked once per group. `inputs` go to
+    every denoiser call (the whole clip's length: `common.clip_inputs`).
     """
     index = {span: k for k, span in enumerate(plan)}
     cache: dict[tuple[int, ...], Predict] = {}
@@ -318,7 +319,7 @@ def fused_predict(
                 text = texts[ks[0]] if n == 1 else TextEmbeds.cat([texts[k] for k in ks])
                 neg = uncond if uncond is None or n == 1 else uncond.repeat(n)
                 d = denoiser if per_windows is None else per_windows(spans)
-                cache[ks] = guided(d, text, neg, guidance, None, watch)
+                cache[ks] = guided(d, text, neg, guidance, None, watch, inputs)
             v = cache[ks](x, t)
             if bar is not None:
                 bar.update(len(ks))
@@ -395,7 +396,8 @@ def windowed_video(model, prompt: str, settings: Settings, options: LongOptions,
     bar = tqdm(total=settings.steps * len(plan), desc=f"denoise {len(plan)} windows x {settings.steps} steps",
                unit="window", disable=not progress, leave=False)
     predict = fused_predict(model.denoiser, texts, uncond, settings.guidance, plan, o.window_weights,
-                            o.batch_windows, timings.denoiser, bar, shifts=shifts)  # 4. windows fused before each step
+                            o.batch_windows, timings.denoiser, bar, shifts=shifts,
+                            inputs=clip_inputs(settings))  # 4. windows fused before each step
     with bar:
         latents = sample(model, texts[0], uncond, settings, timings, noise=noise, predict=predict, progress=False)
     sink = FrameSink(model, settings, timings, wrap=path is not None)  # 5. decode in chunks
@@ -429,7 +431,7 @@ def continued_video(
         mask = torch.zeros(B, e - s, device=model.device)
         mask[:, :known] = 1
         cond = FrameCondition(latents[:, :, s:e].clone(), mask) if known else None  # 4. the known tail
-        out = sample(model, texts[k], uncond, settings, timings, cond=cond, noise=noise[:, :, s:e],
+        out = sample(model, texts[k], uncond, settings, timings, cond=cond, known=cond, noise=noise[:, :, s:e],
                      progress=progress, desc=f"window {k + 1}/{len(plan)}")  # 5. denoise the window
         new = out[:, :, known:]
         if ref is not None:

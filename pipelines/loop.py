@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kinema.errors import KinemaError
-from kinema.models.seams import FrameCondition, TextEmbeds
+from kinema.models.seams import DenoiserInputs, FrameCondition, TextEmbeds
 
 Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (latents, timestep) -> velocity
 SCHEDULERS = ("euler", "unipc")
@@ -69,8 +69,12 @@ def guided(
     scale: float,
     cond: FrameCondition | None = None,
     watch: Stopwatch | None = None,
+    inputs: DenoiserInputs | None = None,
 ) -> Predict:
-    """Classifier-free guidance around a denoiser: cond and uncond batched in one forward."""
+    """Classifier-free guidance around a denoiser: cond and uncond batched in one forward.
+
+    `inputs` (clip length, structure injection, image context) go to every call of the denoiser.
+    """
     use_cfg = uncond is not None and scale != 1.0
     both = TextEmbeds.cat([text, uncond]) if use_cfg else text
     if cond is not None and use_cfg:
@@ -80,7 +84,7 @@ def guided(
         x = torch.cat([latents, latents]) if use_cfg else latents
         tt = t.reshape(-1).expand(x.shape[0]).to(x.device, torch.float32)
         t0 = time.perf_counter()
-        v = denoiser.predict(x.to(_dtype(denoiser)), tt, both, cond).float()
+        v = denoiser.predict(x.to(_dtype(denoiser)), tt, both, cond, inputs).float()
         if watch is not None:
             watch.seconds += time.perf_counter() - t0
             watch.calls += 1

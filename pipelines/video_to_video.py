@@ -19,9 +19,9 @@ fusion for the motion, in the spirit of PnP, Rerender-A-Video and FRESCO):
    consistency and a photometric check, see `flow.py`);
 4. during the first `structure` fraction of the steps that run, `SourceStructure` runs the denoiser on
    the source latents noised to the step's level (same noise, empty prompt) and lends the guided pass
-   that pass's self-attention queries and keys and mid-level decoder features
-   (`SpaceTimeUNet.structure_injection`): where things are and how they move come from the source,
-   what they look like from the prompt;
+   that pass's self-attention queries and keys and mid-level decoder features (a `seams.Injection`
+   made for that call, `DenoiserInputs.injection`): where things are and how they move come from the
+   source, what they look like from the prompt;
 5. during the first `flow_steps` fraction of the steps, the `FlowFusion` hook turns the velocity into
    the predicted clean latents x0 = x_t - s v, pulls each frame t+1 of x0 toward the warp of the
    already-fused frame t (weight `flow_strength` x mask) and turns the result back into a velocity;
@@ -65,18 +65,18 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 
 from kinema.errors import require
 
-from kinema.models.seams import TextEmbeds
+from kinema.models.seams import DenoiserInputs, Injection, TextEmbeds
 
-from .common import Result, Settings, decode, encode_prompts, initial_noise, latent_shape, sample
+from .common import Result, Settings, clip_inputs, decode, encode_prompts, initial_noise, latent_shape, sample
 from .flow import FlowGuide, pixel_fusion, source_flow
-from .loop import Hook, Timings, guided, x0_from_velocity
+from .loop import Hook, Timings, guided, make_scheduler, set_timesteps, x0_from_velocity
 
 MIN_FLOW_SIDE = 16  # DIS needs frames of at least 16x16 (flow._check_frames)
 
@@ -194,40 +194,38 @@ def fuse_pixels(frames: np.ndarray, guide: FlowGuide, strength: float) -> np.nda
 #################################################################################
 
 
-@dataclass
+@dataclass(frozen=True)
 class SourceStructure:
-    """A denoiser whose first `steps` calls take their layout from the source (plug-and-play injection).
+    """A denoiser whose calls down to timestep `until` take their layout from the source (plug-and-play injection).
 
     Each such call first runs the denoiser on the source latents noised to the same level with the
     same noise (x_s = (1 - s) source + s noise) and an empty prompt, recording its self-attention
-    queries and keys and its mid-level decoder features (`SpaceTimeUNet.structure_injection`), then
-    runs the guided pass with those in place of its own; later calls are the plain denoiser.
+    queries and keys and its mid-level decoder features (`seams.Injection`, made for this call), then
+    runs the guided pass replaying those in place of its own; calls at lower timesteps are the plain
+    denoiser. The call's timestep alone decides, so one SourceStructure serves interleaved calls.
     """
 
     denoiser: object
     source: torch.Tensor  # clean source latents (1, C, F, h, w)
     noise: torch.Tensor  # the noise the sample starts from
     text: TextEmbeds  # what the source pass reads: the empty prompt
-    steps: int
+    until: float  # the timestep of the last step that takes the source's layout (`structure_until`)
     train_steps: int = 1000  # timestep = sigma x train_steps (flow matching)
-    calls: int = 0
 
     @property
     def dtype(self) -> torch.dtype:
         return getattr(self.denoiser, "dtype", torch.float32)
 
-    def predict(self, latents, timestep, text, cond=None):
-        self.calls += 1
-        if self.calls > self.steps:
-            return self.denoiser.predict(latents, timestep, text, cond)
+    def predict(self, latents, timestep, text, cond=None, inputs: DenoiserInputs | None = None):
+        inputs = inputs or DenoiserInputs()
+        if float(timestep.reshape(-1)[0]) < self.until:
+            return self.denoiser.predict(latents, timestep, text, cond, inputs)
         t = timestep.reshape(-1)[: len(self.source)]
         sigma = float(t[0]) / self.train_steps
         x = ((1 - sigma) * self.source + sigma * self.noise).to(self.dtype)
-        with self.denoiser.structure_injection() as inj:
-            inj.record()
-            self.denoiser.predict(x, t, self.text, None)
-            inj.inject()
-            return self.denoiser.predict(latents, timestep, text, cond)
+        injection = Injection.record()  # the source's pass records, the guided pass replays
+        self.denoiser.predict(x, t, self.text, None, replace(inputs, injection=injection))
+        return self.denoiser.predict(latents, timestep, text, cond, replace(inputs, injection=injection.replay()))
 
 
 def empty_text(model, timings: Timings) -> TextEmbeds:
@@ -238,10 +236,20 @@ def empty_text(model, timings: Timings) -> TextEmbeds:
     return TextEmbeds(emb.hidden, emb.mask)
 
 
-def structure_denoiser(model, source: torch.Tensor, noise: torch.Tensor, text: TextEmbeds, steps: int) -> SourceStructure:
+def structure_until(model, settings: Settings, strength: float, steps: int) -> float:
+    """The timestep of the `steps`-th step that runs at `strength`: the last that takes the source's layout.
+
+    The same scheduler settings as `common.sample`, so the timesteps are those the loop will pass.
+    """
+    scheduler = make_scheduler(settings.scheduler, model.scheduler_config, settings.shift)
+    start = set_timesteps(scheduler, settings.steps, strength)
+    return float(scheduler.timesteps[start + steps - 1])
+
+
+def structure_denoiser(model, source: torch.Tensor, noise: torch.Tensor, text: TextEmbeds, until: float) -> SourceStructure:
     """`SourceStructure` around the model's denoiser (source and noise with one batch row per window)."""
     train_steps = int(model.scheduler_config.get("num_train_timesteps", 1000))
-    return SourceStructure(model.denoiser, source, noise, text.repeat(len(source)), steps, train_steps)
+    return SourceStructure(model.denoiser, source, noise, text.repeat(len(source)), until, train_steps)
 
 
 #################################################################################
@@ -279,7 +287,7 @@ def _windows(model, prompt: str, settings: Settings, long, timings: Timings, per
     noise = freenoise_noise(shape, long.context_length, long.context_stride, generator=g)
     each = None if per_windows is None else (lambda spans: per_windows(spans, noise))
     predict = fused_predict(model.denoiser, texts, uncond, settings.guidance, plan, long.window_weights,
-                            long.batch_windows, timings.denoiser, per_windows=each)
+                            long.batch_windows, timings.denoiser, per_windows=each, inputs=clip_inputs(settings))
     return texts[0], uncond, noise, predict, dict(long.as_dict(), windows=len(plan))
 
 
@@ -306,22 +314,21 @@ def restyle_video(
     if options.strength == 0:  # 0. nothing to change: the source as it is, no VAE round trip
         timings.add("total", time.perf_counter() - t0)
         return Result(source.copy(), torch.empty(0), timings, info)
-    require(not structured or hasattr(model.denoiser, "structure_injection"),
-            "this model's denoiser cannot take the source's layout; pass --structure 0")
     init = encode_video(model, source, timings).to(model.device)  # 1. encode the source
     empty = empty_text(model, timings) if structured else None
+    until = structure_until(model, settings, options.strength, structured) if structured else None
 
     def per_windows(spans, noise):  # the source's layout, window by window (batched windows stacked)
         pick = lambda x: torch.cat([x[:, :, s:e] for s, e in spans]).to(model.device)  # noqa: E731
-        return structure_denoiser(model, pick(init), pick(noise), empty, structured)
+        return structure_denoiser(model, pick(init), pick(noise), empty, until)
 
     if long is None:
         text, uncond = encode_prompts(model, prompt, settings, timings)  # 2. encode prompt (and negative)
         noise = predict = None
         if structured:  # the source's layout injected during the first structure steps
             noise = initial_noise(latent_shape(model, settings), settings.seed, model.device)
-            denoiser = structure_denoiser(model, init, noise, empty, structured)
-            predict = guided(denoiser, text, uncond, settings.guidance, None, timings.denoiser)
+            denoiser = structure_denoiser(model, init, noise, empty, until)
+            predict = guided(denoiser, text, uncond, settings.guidance, None, timings.denoiser, clip_inputs(settings))
     else:  # 2. a text per window, FreeNoise noise, windows fused before each step (each with its source slice)
         text, uncond, noise, predict, info["long"] = _windows(model, prompt, settings, long, timings,
                                                               per_windows if structured else None)

@@ -142,9 +142,78 @@ def test_known_frames_are_kept(trained_like_model):
     uncond = m.text_encoder.encode([""])
     known = torch.randn(1, m.vae.latent_channels, 4, 8, 8)
     mask = torch.tensor([[1.0, 0, 0, 1.0]])
-    out = sample(m, text, uncond, settings, Timings(), cond=FrameCondition(known, mask), progress=False)
+    cond = FrameCondition(known, mask)
+    out = sample(m, text, uncond, settings, Timings(), cond=cond, known=cond, progress=False)
     torch.testing.assert_close(out[:, :, [0, 3]], known[:, :, [0, 3]])
     assert not torch.allclose(out[:, :, 1], known[:, :, 1])
+
+
+def _alternating(model):
+    """Wrap the model's forward so that two threads' calls strictly alternate while both are running.
+
+    Returns (order of the threads' calls, `done(name)` to call when a thread has finished).
+    """
+    import threading
+
+    original, order, finished, cv = model.denoiser.forward, [], set(), threading.Condition()
+    turn = {"who": "a"}
+
+    def forward(*args, **kwargs):
+        me = threading.current_thread().name
+        with cv:  # wait for this thread's turn, unless the other one has finished
+            cv.wait_for(lambda: turn["who"] == me or finished - {me}, timeout=60)
+        out = original(*args, **kwargs)
+        with cv:
+            order.append(me)
+            turn["who"] = "b" if me == "a" else "a"
+            cv.notify_all()
+        return out
+
+    def done(name):
+        with cv:
+            finished.add(name)
+            cv.notify_all()
+
+    model.denoiser.forward = forward
+    return order, done
+
+
+def test_one_model_serves_two_threads_at_once(trained_like_model):
+    """A loaded model is re-entrant: a restyle taking the source's layout and a plain generate, their
+    denoiser calls interleaved one by one, give the frames each gives alone."""
+    import threading
+
+    from kinema.models.family import load_model
+    from kinema.pipelines.text_to_video import text_to_video
+    from kinema.pipelines.video_to_video import RestyleOptions, restyle_video
+
+    source = (np.random.default_rng(0).random((4, 16, 16, 3)) * 255).astype(np.uint8)
+    settings = Settings(frames=4, height=16, width=16, steps=4, guidance=3.0, seed=1)
+    jobs = dict(
+        a=lambda m: restyle_video(m, "a green square", source, settings, RestyleOptions(strength=1.0, structure=0.75),
+                                  progress=False).frames,
+        b=lambda m: text_to_video(m, "a red circle moving right", settings, progress=False).frames,
+    )
+    model = load_model(trained_like_model.path)  # a copy, whose forward the test wraps
+    alone = {k: job(model) for k, job in jobs.items()}  # one after the other
+    order, done = _alternating(model)
+    out = {}
+
+    def run(name):
+        try:
+            out[name] = jobs[name](model)
+        finally:
+            done(name)
+
+    threads = [threading.Thread(target=run, args=(k,), name=k) for k in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    switches = sum(x != y for x, y in zip(order, order[1:]))
+    assert switches >= 6, order  # the calls did interleave: the restyle's source pass, then the other, then its replay
+    for k in jobs:
+        assert np.array_equal(out[k], alone[k]), k
 
 
 def test_nan_latents_are_reported_with_the_step():

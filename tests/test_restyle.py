@@ -22,8 +22,8 @@ from kinema import api, world
 from kinema.cli import main
 from kinema.errors import KinemaError
 from kinema.pipelines import video_to_video as v2v
-from kinema.models.seams import TextEmbeds
-from kinema.models.unet import SpaceTimeBlock, SpaceTimeUNet
+from kinema.models.seams import DenoiserInputs, Injection, TextEmbeds
+from kinema.models.unet import SpaceTimeBlock
 from kinema.pipelines.common import Settings, decode, encode_prompts, latent_shape, sample
 from kinema.pipelines.flow import FlowGuide, source_flow
 from kinema.pipelines.loop import Timings, make_scheduler, set_timesteps
@@ -207,9 +207,9 @@ def test_pixel_fusion_keeps_frame_0_and_fuses_the_rest(trained_like_model):
 #                              Source structure                                 #
 #################################################################################
 
-def _pass(m, x, t, text):
+def _pass(m, x, t, text, injection=None):
     with torch.no_grad():
-        return m.denoiser.predict(x, t, text, None)
+        return m.denoiser.predict(x, t, text, None, DenoiserInputs(injection=injection))
 
 
 def test_structure_injection_of_a_pass_into_itself_changes_nothing(trained_like_model):
@@ -219,13 +219,11 @@ def test_structure_injection_of_a_pass_into_itself_changes_nothing(trained_like_
     x = torch.randn(latent_shape(m, s), generator=g)
     t = torch.tensor([600.0])
     plain = _pass(m, x, t, text)
-    with m.denoiser.structure_injection() as inj:
-        inj.record()
-        _pass(m, x, t, text)
-        inj.inject()
-        again = _pass(m, x, t, text)
+    inj = Injection.record()
+    _pass(m, x, t, text, inj)
+    again = _pass(m, x, t, text, inj.replay())
     assert torch.allclose(again, plain, atol=1e-6)
-    assert torch.equal(_pass(m, x, t, text), plain)  # the context leaves the network as it was
+    assert torch.equal(_pass(m, x, t, text), plain)  # the injection was the call's: the network is as it was
 
 
 def test_structure_injection_carries_the_source_into_every_guided_half(trained_like_model):
@@ -234,14 +232,11 @@ def test_structure_injection_carries_the_source_into_every_guided_half(trained_l
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(latent_shape(m, s), generator=g), torch.randn(latent_shape(m, s), generator=g)
     t = torch.tensor([600.0])
-    with m.denoiser.structure_injection() as inj:
-        inj.record()
-        _pass(m, x, t, text)
-        n = len(inj.saved)
-        inj.inject()
-        one = _pass(m, y, t, text)
-        inj.inject()
-        two = _pass(m, torch.cat([y, y]), t.expand(2), TextEmbeds.cat([text, text]))
+    inj = Injection.record()
+    _pass(m, x, t, text, inj)
+    n = len(inj.saved)
+    one = _pass(m, y, t, text, inj.replay())
+    two = _pass(m, torch.cat([y, y]), t.expand(2), TextEmbeds.cat([text, text]), inj.replay())
     blocks = sum(isinstance(b, SpaceTimeBlock) for b in m.denoiser.modules())
     assert n == 4 * blocks + len(m.denoiser.up[-2].res)  # q and k of 2 self-attentions per block, one level's ResBlocks
     assert not torch.allclose(one, _pass(m, y, t, text), atol=1e-4)  # y's own pass differs from y with x's layout
@@ -256,10 +251,21 @@ def test_structure_steps_and_no_structure_is_plain(trained_like_model):
     assert not torch.equal(on.latents, off.latents)
 
 
-def test_structure_needs_a_denoiser_that_supports_it(trained_like_model, monkeypatch):
-    monkeypatch.delattr(SpaceTimeUNet, "structure_injection")
-    with pytest.raises(KinemaError, match="pass --structure 0"):
-        restyle_video(trained_like_model, PROMPT, moving(), small(), RestyleOptions(structure=0.3), progress=False)
+def test_structure_takes_the_layout_down_to_the_timestep_of_its_last_step(trained_like_model):
+    """SourceStructure decides from the call's timestep: the first `structure` steps that run, no counting."""
+    m, s = trained_like_model, small(steps=8)
+    sched = make_scheduler(s.scheduler, m.scheduler_config, s.shift)
+    start = set_timesteps(sched, s.steps, 0.75)
+    until = v2v.structure_until(m, s, 0.75, 3)
+    assert until == float(sched.timesteps[start + 2])
+    calls = []
+    spy = type("Spy", (), dict(dtype=torch.float32, predict=lambda self, x, t, text, c, i: calls.append(i.injection) or x))()
+    x = torch.zeros(latent_shape(m, s))
+    structure = v2v.SourceStructure(spy, x, x, TextEmbeds(torch.zeros(1, 1, 4), torch.ones(1, 1, dtype=torch.bool)), until)
+    for t in sched.timesteps[start:]:
+        structure.predict(x, t.reshape(1), None)
+    assert [i is not None for i in calls] == [True] * 6 + [False] * 3  # 3 steps of 2 passes (record, replay), then plain
+    assert [i.replaying for i in calls[:6]] == [False, True] * 3
 
 
 def test_restyle_defaults_come_from_the_model():

@@ -207,9 +207,10 @@ def test_grow_keeps_the_function_and_adds_inputs():
 
 def test_grow_adds_the_clip_length_input():
     """The length embedding starts at zero (same function); once trained, the clip length changes the
-    output, given per sample (training) or by `clip_length` (sampling); the default is the window itself."""
+    output, given per sample (training) or in the call's DenoiserInputs (sampling); the default is the window itself."""
     from kinema.models import PRESETS, SpaceTimeUNet
 
+    from kinema.models.seams import DenoiserInputs
     torch.manual_seed(0)
     net = SpaceTimeUNet(latent_channels=4, text_dim=16, **PRESETS["tiny"]).eval()
     for p in net.parameters():
@@ -225,9 +226,8 @@ def test_grow_adds_the_clip_length_input():
         own = big(x, t, text)
         assert torch.equal(own, big(x, t, text, clip_frames=torch.tensor([6, 6])))  # default: the window's frames
         long = big(x, t, text, clip_frames=torch.tensor([256, 256]))
-        with big.clip_length(256):
-            assert torch.equal(big(x, t, text), long)
-        assert big.clip_frames is None  # restored after the block
+        assert torch.equal(big.predict(x, t, text, inputs=DenoiserInputs(clip_frames=256)), long)  # the sampling seam
+        assert not hasattr(big, "clip_frames")  # per call, never an attribute
         mixed = big(x, t, text, clip_frames=torch.tensor([6, 256]))
     assert not torch.allclose(own, long, atol=1e-4)
     assert torch.equal(mixed[0], own[0]) and torch.allclose(mixed[1], long[1], atol=1e-6)

@@ -300,6 +300,17 @@ def test_vae_seam(folders, name, spatial, channels):
         vae.encode(torch.zeros(1, 3, 9, 20, 32))
 
 
+def test_structure_injection_is_refused_clearly(folders):
+    """Wan's transformer cannot take a source's layout: restyle with structure says so (the front door checks first)."""
+    from kinema.pipelines.video_to_video import RestyleOptions, restyle_video
+
+    model = load(folders["t2v"])
+    source = np.random.default_rng(0).integers(0, 256, (FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
+    with pytest.raises(KinemaError, match="pass --structure 0"):
+        restyle_video(model, PROMPT, source, settings(model, steps=2), RestyleOptions(strength=1.0, structure=0.5),
+                      progress=False)
+
+
 def test_every_driver_runs_a_wan_folder(folders):
     """Long clips (fused windows, continuation), extend, animate through known frames, flow-guided restyle."""
     model = load(folders["t2v"])
