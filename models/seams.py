@@ -1,11 +1,22 @@
-"""The three seams between pipelines and models: text embeddings, frame conditions, denoiser protocol."""
+"""The three seams between pipelines and models: text embeddings, frame conditions, denoiser protocol.
+
+Video crosses them as (B, 3, F, H, W) in [-1, 1]; uint8 (F, H, W, 3) frames are converted at the edge
+(`to_unit`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
+
+
+def to_unit(frames: np.ndarray, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """uint8 frames (F, H, W, 3) -> video (1, 3, F, H, W) in [-1, 1], computed in `dtype` on `device`."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device=device)
+    return x.permute(3, 0, 1, 2)[None].to(dtype) / 127.5 - 1
 
 
 @dataclass

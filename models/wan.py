@@ -33,10 +33,11 @@ How each piece meets the seams:
 - denoiser: `WanTransformer3DModel`; Wan 2.2's two experts (`transformer` at t >= boundary_ratio x 1000,
   `transformer_2` below) are chosen inside `predict` from the timestep, so the one loop runs them;
 - frame condition: Wan 2.1 image-to-video concatenates a 4-channel pixel-frame mask and the latents of
-  the condition video (the image followed by zero, mid-grey, frames) to the input; `image_to_video` here builds
-  that condition, and the CLIP image states when the folder has an image encoder. Wan 2.2 TI2V-5B
-  (`expand_timesteps`) puts the known latent frames into the input and gives their tokens timestep 0,
-  so kinema's known-frame mechanism (first frame, continuation) maps onto it directly.
+  the condition video (the image followed by zero, mid-grey, frames) to the input; `image_condition` here
+  builds that condition, and the CLIP image states when the folder has an image encoder, for the one
+  image-to-video driver (`pipelines/image_to_video.py`). Wan 2.2 TI2V-5B (`expand_timesteps`) puts the
+  known latent frames into the input and gives their tokens timestep 0, so kinema's known-frame
+  mechanism (first frame, continuation) maps onto it directly.
 
 Noise and parity: diffusers draws the initial latents with `randn_tensor(shape, generator)`; with a CPU
 `torch.Generator` seeded by the seed this is `torch.randn(shape, generator=g)`, which is exactly
@@ -62,7 +63,8 @@ import torch
 from kinema.errors import KinemaError, require
 
 from .family import Model, ModelDefaults, ModelFamily, ModelInfo, quiet_libraries, register, safetensors_parameters
-from .seams import DenoiserInputs, FrameCondition, TextEmbeds
+from . import conditions
+from .seams import DenoiserInputs, FrameCondition, ImageCondition, TextEmbeds
 
 INDEX = "model_index.json"
 PIPELINES = ("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline")
@@ -454,13 +456,11 @@ def pixel_mask(frames: int, last: bool, temporal: int = 4) -> torch.Tensor:
 
 def condition_video(model, image: np.ndarray, last_image: np.ndarray | None, frames: int) -> FrameCondition:
     """The VAE latents of [image, zero frames ..., (last image)] and the known latent frames, as Wan's I2V."""
-    from kinema.pipelines.image_to_video import to_video
-
-    first = to_video(image)  # (1, 3, 1, H, W)
+    first = conditions.to_video(image)  # (1, 3, 1, H, W)
     video = torch.zeros(1, 3, frames, *first.shape[-2:])
     video[:, :, :1] = first
     if last_image is not None:
-        video[:, :, -1:] = to_video(last_image)
+        video[:, :, -1:] = conditions.to_video(last_image)
     with torch.inference_mode():
         latents = model.vae.encode(video.to(model.device)).float()
     mask = latents.new_zeros(1, latents.shape[2])
@@ -481,40 +481,23 @@ def clip_states(model, images: list[np.ndarray]) -> torch.Tensor:
         return enc(pixel_values=pixels.to(device, enc.dtype), output_hidden_states=True).hidden_states[-2]
 
 
-def image_to_video(model, prompt: str, image: np.ndarray, settings, last_image: np.ndarray | None = None,
-                   image_noise: float | None = None, progress: bool = True):
-    """Wan image-to-video: kinema's driver for known-frame checkpoints, Wan 2.1's condition for I2V ones.
+def image_condition(model, first: np.ndarray, last: np.ndarray | None, settings, std: float, timings) -> ImageCondition:
+    """Wan's image-to-video condition: kinema's known frames for T2V / TI2V checkpoints, Wan 2.1's I2V for the rest.
 
-    T2V and TI2V checkpoints go through `pipelines.image_to_video` (TI2V's expand_timesteps is its known-
-    frame condition exactly). I2V checkpoints take the image as extra input channels and CLIP states, with
-    no re-injection of the frame, as `WanImageToVideoPipeline`.
+    T2V and TI2V checkpoints (no condition channels) take kinema's (`conditions.image_condition`; TI2V's
+    expand_timesteps is its known-frame condition exactly). I2V checkpoints take the latents of the
+    condition video and the pixel-frame mask as extra input channels and the images' CLIP states, with
+    nothing re-injected after a step, as `WanImageToVideoPipeline`.
     """
-    from kinema.pipelines import image_to_video as i2v
-    from kinema.pipelines.common import Result, decode, encode_prompts, sample
-    from kinema.pipelines.loop import Timings, guided
-
-    shape = (settings.height, settings.width, 3)
-    for name, im in (("image", image), ("last image", last_image)):
-        require(im is None or im.shape == shape, f"the {name} is {getattr(im, 'shape', None)}, not {shape}; "
-                "resize it with pipelines.image_to_video.prepare_image first")
-    std = i2v.check_image_noise(0.0 if image_noise is None else image_noise)
     if not model.denoiser.condition_channels:
-        return i2v.image_to_video(model, prompt, image, settings, last_image, std, progress)
-    timings, t0 = Timings(), time.perf_counter()
-    text, uncond = encode_prompts(model, prompt, settings, timings)  # 1. encode prompt (and negative)
-    t1 = time.perf_counter()
-    images = [image] + ([last_image] if last_image is not None else [])
-    embeds = clip_states(model, images) if model.image_encoder is not None else None  # 2. CLIP states
-    cond = condition_video(model, image, last_image, settings.frames)  # 3. VAE latents of the condition video
-    cond = i2v.augment(cond, std, settings.seed)
-    timings.add("image_encode", time.perf_counter() - t1)
-    mask = pixel_mask(settings.frames, last_image is not None, model.vae.temporal_compression)
-    inputs = DenoiserInputs(image=ImageContext(embeds, mask))  # 4. denoise, the condition in every forward
-    predict = guided(model.denoiser, text, uncond, settings.guidance, cond, timings.denoiser, inputs)
-    latents = sample(model, text, uncond, settings, timings, predict=predict, progress=progress)
-    frames = decode(model, latents, settings, timings)  # 5. decode in chunks
-    timings.add("total", time.perf_counter() - t0)
-    return Result(frames, latents, timings)
+        return conditions.image_condition(model, first, last, settings, std, timings)
+    t0 = time.perf_counter()
+    images = [first] + ([last] if last is not None else [])
+    embeds = clip_states(model, images) if model.image_encoder is not None else None  # CLIP states
+    cond = conditions.augment(condition_video(model, first, last, settings.frames), std, settings.seed)
+    timings.add("image_encode", time.perf_counter() - t0)
+    mask = pixel_mask(settings.frames, last is not None, model.vae.temporal_compression)
+    return ImageCondition(cond, None, DenoiserInputs(image=ImageContext(embeds, mask)))
 
 
 #################################################################################

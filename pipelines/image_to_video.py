@@ -1,28 +1,23 @@
-"""Image-to-video: an anchor image (and optionally a last image) as known latent frames.
+"""Image-to-video: a clip that starts on an anchor image (and optionally ends on a last image).
 
     image = prepare_image("photo.png", 64, 64, policy="crop")        # uint8 (64, 64, 3)
     result = image_to_video(model, "a red circle moving right", image, settings)
     result.frames[0]                                                   # ~ the image
 
-Each image is encoded by the VAE as a one-frame video and placed in a FrameCondition:
-the anchor at latent frame 0, the last image (first-and-last conditioning) at the last
-latent frame. The denoiser sees these latents *noise-augmented* in its condition
-channels, as SVD (`noise_aug_strength`), Wan and CogVideoX do, so a slightly
-off-distribution photo does not derail the motion; the KnownFrames hook re-injects
-the *clean* latents after every step. Frame 0 of the output is therefore exactly
-decode(encode(image)): the pipeline adds no error beyond the VAE's reconstruction.
+One driver for every family: the model's family turns the image(s) into an `ImageCondition`
+(`ModelFamily.image_condition`): what the denoiser sees (`cond`), what KnownFrames re-injects after
+every step (`known`) and per-call denoiser inputs. kinema's own (`models/conditions.py`, also Wan's
+T2V and TI2V checkpoints) encodes each image as a one-frame video into known latent frames, shows the
+denoiser them noise-augmented and re-injects them clean, so frame 0 of the output is exactly
+decode(encode(image)). Wan's I2V checkpoints (`models/wan.py`) take a condition video's latents and
+a pixel-frame mask as extra channels and CLIP states of the image, with nothing re-injected, as
+diffusers' `WanImageToVideoPipeline`.
 
-`image_noise` is the std of that augmentation, in the VAE's scaled latent space
-(roughly unit variance), drawn from a generator seeded by the clip's seed. The
-default comes from the model folder (`defaults.image_noise`, 0.02 for kinema models);
-training draws the std uniformly from [0, 0.05] (`DenoiserStage.image_noise`), so
-values in that range are what the model saw; 0 turns the augmentation off.
-
-The condition is latents (B, C, F, h, w) + a per-latent-frame mask, so it carries over to
-causal video VAEs such as Wan's (temporal compression 4): a one-frame video encodes to
-one latent frame, which is the anchor's slot at latent frame 0; an adapter that needs
-another layout (Wan's image-to-video concatenates its own mask channels) builds it from
-this condition behind the denoiser seam.
+`image_noise` is the std of the augmentation, in the VAE's scaled latent space (roughly unit
+variance), drawn from a generator seeded by the clip's seed. The default comes from the model folder
+(`defaults.image_noise`, 0.02 for kinema models, 0 for Wan); training draws the std uniformly from
+[0, 0.05] (`DenoiserStage.image_noise`), so values in that range are what the model saw; 0 turns the
+augmentation off.
 """
 
 from __future__ import annotations
@@ -31,16 +26,13 @@ import os
 import time
 
 import numpy as np
-import torch
 
 from kinema import video_io
 from kinema.errors import KinemaError, require
-from kinema.models.seams import FrameCondition
 
 from .common import Result, Settings, decode, encode_prompts, sample
 from .loop import Timings
 
-AUGMENT_STREAM = 1  # numpy seed sequence [seed, 1]: augmentation noise never equals the initial noise
 MAX_IMAGE_NOISE = 1.0  # larger stds drown the image in the condition channels
 
 
@@ -97,48 +89,6 @@ def check_frame_conditions(trained: list[str], last_image: bool) -> str | None:
 
 
 #################################################################################
-#                                 The condition                                 #
-#################################################################################
-
-
-def to_video(image: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, 3) -> a one-frame video (1, 3, 1, H, W) in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).float() / 127.5 - 1  # (H, W, 3)
-    return x.permute(2, 0, 1)[None, :, None]  # (1, 3, 1, H, W)
-
-
-def anchor_condition(first: torch.Tensor, last: torch.Tensor | None, latent_frames: int) -> FrameCondition:
-    """Known latent frames: `first` (1, C, 1, h, w) at frame 0 and, if given, `last` at the final frame."""
-    b, c, _, h, w = first.shape
-    latents = first.new_zeros(b, c, latent_frames, h, w)
-    mask = first.new_zeros(b, latent_frames)
-    latents[:, :, :1], mask[:, 0] = first, 1
-    if last is not None:
-        require(latent_frames >= 2, "--last-image needs at least 2 latent frames; raise --frames")
-        latents[:, :, -1:], mask[:, -1] = last, 1
-    return FrameCondition(latents, mask)
-
-
-def augment(cond: FrameCondition, std: float, seed: int) -> FrameCondition:
-    """The condition with Gaussian noise of `std` on its known frames, from a generator seeded by `seed`."""
-    if std == 0:
-        return cond
-    rng = np.random.default_rng([int(seed), AUGMENT_STREAM])
-    noise = torch.from_numpy(rng.standard_normal(tuple(cond.latents.shape), dtype=np.float32))
-    m = cond.mask[:, None, :, None, None]  # (B, 1, F, 1, 1)
-    return FrameCondition(cond.latents + std * noise.to(cond.latents) * m, cond.mask)
-
-
-def encode_images(model, images: list[np.ndarray], timings: Timings) -> list[torch.Tensor]:
-    """Each uint8 (H, W, 3) image -> its latents (1, C, 1, h, w), float32 on the model's device."""
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        out = [model.vae.encode(to_video(im).to(model.device, model.dtype)).float() for im in images]
-    timings.add("vae_encode", time.perf_counter() - t0)
-    return out
-
-
-#################################################################################
 #                                    Driver                                     #
 #################################################################################
 
@@ -161,12 +111,9 @@ def image_to_video(
     timings = Timings()
     t0 = time.perf_counter()
     text, uncond = encode_prompts(model, prompt, settings, timings)  # 1. encode prompt (and negative)
-    images = [image] + ([last_image] if last_image is not None else [])
-    latents = encode_images(model, images, timings)  # 2. encode the image(s) with the VAE
-    f = model.vae.latent_frames(settings.frames)
-    known = anchor_condition(latents[0], latents[1] if len(latents) > 1 else None, f)  # 3. known latent frames
-    cond = augment(known, std, settings.seed)  # 4. noise-augmented copy for the denoiser's condition channels
-    latents = sample(model, text, uncond, settings, timings, cond=cond, known=known, progress=progress)  # 5. denoise
-    frames = decode(model, latents, settings, timings)  # 6. decode in chunks
+    c = model.family.image_condition(model, image, last_image, settings, std, timings)  # 2. the family's condition
+    latents = sample(model, text, uncond, settings, timings, cond=c.cond, known=c.known, inputs=c.inputs,
+                     progress=progress)  # 3. denoise (known frames, if any, re-injected after every step)
+    frames = decode(model, latents, settings, timings)  # 4. decode in chunks
     timings.add("total", time.perf_counter() - t0)
     return Result(frames, latents, timings)

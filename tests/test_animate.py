@@ -22,16 +22,9 @@ import kinema
 from kinema import api
 from kinema.cli import main
 from kinema.errors import KinemaError
+from kinema.models.conditions import anchor_condition, augment, to_video
 from kinema.pipelines.common import to_uint8
-from kinema.pipelines.image_to_video import (
-    anchor_condition,
-    as_rgb,
-    augment,
-    check_frame_conditions,
-    check_image_noise,
-    prepare_image,
-    to_video,
-)
+from kinema.pipelines.image_to_video import as_rgb, check_frame_conditions, check_image_noise, prepare_image
 from kinema.video_io import read_video, resize_frames
 
 PROMPT = "a red circle moving right on a blue background"
@@ -212,6 +205,24 @@ def test_image_formats_end_to_end(i2v_model, tmp_path, kind):
 
 
 ####################################### pure helpers #######################################
+
+
+def test_one_driver_takes_the_condition_the_family_makes(i2v_model, monkeypatch):
+    """image_to_video asks the model's family for its ImageCondition: `known` is what stays exact, None re-injects nothing."""
+    from dataclasses import replace
+
+    from kinema.pipelines.common import Settings
+    from kinema.pipelines.image_to_video import image_to_video
+
+    made, original = [], i2v_model.family.image_condition
+    monkeypatch.setattr(i2v_model.family, "image_condition", lambda *a: made.append(original(*a)) or made[-1])
+    s, image = Settings(frames=4, height=16, width=16, steps=2, seed=0), smooth_image(16, 16)
+    kept = image_to_video(i2v_model, PROMPT, image, s, image_noise=0.05, progress=False)
+    assert len(made) == 1 and torch.equal(kept.latents[:, :, :1], made[0].known.latents[:, :, :1])
+    assert not torch.equal(made[0].cond.latents, made[0].known.latents)  # the denoiser sees the augmented copy
+    monkeypatch.setattr(i2v_model.family, "image_condition", lambda *a: replace(original(*a), known=None))
+    free = image_to_video(i2v_model, PROMPT, image, s, image_noise=0.05, progress=False)
+    assert not torch.equal(free.latents[:, :, :1], made[0].known.latents[:, :, :1])
 
 
 def test_anchor_condition_layout():

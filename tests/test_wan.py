@@ -198,7 +198,7 @@ def test_image_to_video_parity(folders):
     r = run_image_to_video(folders["i2v"])
     assert r["latents"] <= TOL
     model = r["model"]
-    assert model.image_encoder is not None and model.frame_conditions == ["first"]
+    assert model.image_encoder is not None and model.info.frame_conditions == ("first",)
     other = kinema.animate(image(5), PROMPT, model=model, frames=FRAMES, height=SIZE, width=SIZE, steps=STEPS,
                            guidance=GUIDANCE, seed=SEED, negative_prompt=NEGATIVE, progress=False, return_result=True)
     assert max_diff(other.latents, r["result"].latents) > 100 * TOL  # the image matters
@@ -218,7 +218,7 @@ def test_ti2v_parity(folders):
     r = run_ti2v(folders["ti2v"])
     assert r["t2v"] <= TOL and r["i2v"] <= TOL
     model = r["model"]
-    assert model.size_multiple == 32 and model.frame_conditions == ["first"]
+    assert model.info.size_multiple == 32 and model.info.frame_conditions == ("first",)
     first = torch.from_numpy(r["result"].frames[0]).float()
     with torch.inference_mode():  # frame 0 is the image's own latents, decoded (no drift from the condition)
         z = model.vae.encode(torch.from_numpy(r["image"]).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1)
