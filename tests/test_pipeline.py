@@ -58,7 +58,7 @@ def test_chunked_vae_decode_equals_one_shot(tiny_model):
     with torch.no_grad():
         whole = vae.decode(z, chunk_size=7)
         chunked = vae.decode(z, chunk_size=2)
-    torch.testing.assert_close(whole, chunked, atol=1e-6, rtol=0)
+    torch.testing.assert_close(whole, chunked, atol=1e-5, rtol=1e-5)  # other batch sizes may take other conv kernels
 
 
 def test_framewise_encode_equals_batched(tiny_model):

@@ -190,8 +190,8 @@ def test_grow_keeps_the_function_and_adds_inputs():
     big = net.grow().eval()
     x, t = torch.randn(2, 4, 6, 8, 8), torch.tensor([100.0, 900.0])
     text = TextEmbeds(torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool))
-    with torch.no_grad():
-        assert torch.equal(net(x, t, text), big(x, t, text))
+    with torch.no_grad():  # the zero filters of the coordinate channels widen conv_in: another kernel, so a tolerance
+        torch.testing.assert_close(big(x, t, text), net(x, t, text), atol=1e-5, rtol=1e-5)
         for p in list(big.motion.parameters()) + [big.conv_in.weight]:
             p.add_(0.05 * torch.randn_like(p))
         moved = big(x, t, text)
