@@ -6,7 +6,7 @@ Two drivers on the pure helpers of `windows.py`, both through the one loop (`com
   `predict` wrapper runs the guided denoiser on each window of `window_plan` and fuses the velocities
   with `window_weights` before the one scheduler step. The loop is not copied: fusion is the predict.
 - `continued_video` (`--mode continue`, `kinema extend`): windows generated one after another
-  (`extension_plan`), each conditioned through the frame condition on the last `context_length -
+  (`continuation_plan`), each conditioned through the frame condition on the last `context_length -
   context_stride` latent frames already made (KnownFrames re-injects them exactly), optionally pinned
   to the first window's latent statistics with AdaIN (off by default).
 
@@ -36,7 +36,7 @@ Decisions:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -48,8 +48,8 @@ from kinema.models.seams import DenoiserInputs, FrameCondition, TextEmbeds
 from .common import Result, Settings, clip_inputs, encode_prompts, latent_shape, sample, to_uint8
 from .loop import Predict, Stopwatch, Timings, guided
 from .windows import (
-    Span, adain, freenoise_noise, fuse_batched, parse_prompt_schedule, peak_window_frames, plan_cost,
-    schedule_weights, window_plan, window_weights,
+    Span, adain, continuation_plan, freenoise_noise, fuse_batched, parse_prompt_schedule, peak_window_frames,
+    plan_cost, schedule_weights, window_plan, window_weights,
 )
 
 MODES = ("window", "continue")
@@ -132,29 +132,6 @@ def resolve_options(
 def _resolve_for(model, settings: Settings, options: LongOptions, source_frames: int = 0) -> LongOptions:
     tc = getattr(model.vae, "temporal_compression", 1)
     return resolve_options(options, settings.frames, int(model.defaults["frames"]), tc, source_frames)
-
-
-#################################################################################
-#                              Continuation plan                                #
-#################################################################################
-
-def extension_plan(num_frames: int, known: int, window: int, overlap: int) -> list[tuple[int, int, int]]:
-    """(start, end, known) windows that extend a clip whose first `known` frames are given.
-
-    Each window starts `overlap` frames before what is made so far and knows those frames; the last is
-    aligned to end at `num_frames` (knowing the more it overlaps). `known = 0` gives `continuation_plan`.
-    """
-    require(window >= 1, f"the continuation window must be >= 1 latent frame, got {window}")
-    require(1 <= overlap < window, f"the continuation overlap must be between 1 and window - 1 = {window - 1}, "
-                                   f"got {overlap}; pick an overlap smaller than the window")
-    require(0 <= known < num_frames, f"the clip to extend has {known} latent frames; ask for more than that")
-    plan, end = [], known
-    while end < num_frames:
-        start = max(0, min(end - overlap, num_frames - window))
-        stop = min(start + window, num_frames)
-        plan.append((start, stop, end - start))
-        end = stop
-    return plan
 
 
 #################################################################################
@@ -375,11 +352,29 @@ def _info(o: LongOptions, plan: list, **extra) -> dict:
 #                                   Drivers                                     #
 #################################################################################
 
-def windowed_video(model, prompt: str, settings: Settings, options: LongOptions, progress: bool = True) -> Result:
-    """Context windows fused every step: one loop over all latent frames, the denoiser on one window at a time."""
-    timings, t0 = Timings(), time.perf_counter()
-    o = _resolve_for(model, settings, options)
+@dataclass
+class Windows:
+    """What the one loop needs to run a clip in context windows fused every step (`window_sampler`)."""
+
+    text: TextEmbeds  # the first window's text (what `sample` is given; the fused predict has every window's)
+    uncond: TextEmbeds | None
+    noise: torch.Tensor  # FreeNoise noise of every latent frame (rolled with the motion when followed)
+    predict: Predict  # the guided denoiser on each window, fused per frame
+    plan: list[Span]
+    path: torch.Tensor | None = None  # the followed motion (None: the windows stay put)
+    bar: object = None  # progress over windows x steps
+    info: dict = field(default_factory=dict)  # the sidecar's `long` entry
+
+
+def window_sampler(model, prompt: str, settings: Settings, options: LongOptions, timings: Timings, per_windows=None,
+                   progress: bool = False) -> Windows:
+    """Context windows fused every step: the plan, a text per window, FreeNoise noise, the fused predict.
+
+    Long clips and long restyles both run on it. `per_windows(spans, noise)` gives the denoiser of a
+    group of windows (restyle: the source's layout, window by window); default the model's own.
+    """
     shape = latent_shape(model, settings)
+    o = options
     plan = window_plan(shape[2], o.context_length, o.context_stride)  # 1. window plan
     prompts, weights, uncond = prompt_texts(model, prompt, settings, o, timings)
     texts = mix_windows(prompts, weights, plan)  # 2. a text per window
@@ -395,15 +390,23 @@ def windowed_video(model, prompt: str, settings: Settings, options: LongOptions,
                                last_shift=list(shifts[-1]))
     bar = tqdm(total=settings.steps * len(plan), desc=f"denoise {len(plan)} windows x {settings.steps} steps",
                unit="window", disable=not progress, leave=False)
-    predict = fused_predict(model.denoiser, texts, uncond, settings.guidance, plan, o.window_weights,
-                            o.batch_windows, timings.denoiser, bar, shifts=shifts,
-                            inputs=clip_inputs(settings))  # 4. windows fused before each step
-    with bar:
-        latents = sample(model, texts[0], uncond, settings, timings, noise=noise, predict=predict, progress=False)
-    sink = FrameSink(model, settings, timings, wrap=path is not None)  # 5. decode in chunks
-    sink.decode_until(latents, shape[2])
+    each = None if per_windows is None else (lambda spans: per_windows(spans, noise))
+    predict = fused_predict(model.denoiser, texts, uncond, settings.guidance, plan, o.window_weights, o.batch_windows,
+                            timings.denoiser, bar, each, shifts, clip_inputs(settings))  # 4. windows fused every step
+    return Windows(texts[0], uncond, noise, predict, plan, path, bar, _info(o, plan, **extra)["long"])
+
+
+def windowed_video(model, prompt: str, settings: Settings, options: LongOptions, progress: bool = True) -> Result:
+    """Context windows fused every step: one loop over all latent frames, the denoiser on one window at a time."""
+    timings, t0 = Timings(), time.perf_counter()
+    o = _resolve_for(model, settings, options)
+    w = window_sampler(model, prompt, settings, o, timings, progress=progress)  # 1-4. plan, texts, noise, predict
+    with w.bar:  # 5. denoise all latent frames, windows fused before each step
+        latents = sample(model, w.text, w.uncond, settings, timings, noise=w.noise, predict=w.predict, progress=False)
+    sink = FrameSink(model, settings, timings, wrap=w.path is not None)  # 6. decode in chunks
+    sink.decode_until(latents, latents.shape[2])
     timings.add("total", time.perf_counter() - t0)
-    return Result(sink.frames, latents, timings, _info(o, plan, **extra))
+    return Result(sink.frames, latents, timings, dict(long=w.info))
 
 
 def continued_video(
@@ -416,7 +419,7 @@ def continued_video(
     o = _resolve_for(model, settings, replace(options, mode="continue"), source_frames=n)
     shape = latent_shape(model, settings)
     B, C, F, h, w = shape
-    plan = extension_plan(F, n, o.context_length, o.context_length - o.context_stride)  # 1. window plan
+    plan = continuation_plan(F, o.context_length, o.context_length - o.context_stride, known=n)  # 1. window plan
     texts, uncond = window_texts(model, prompt, settings, o, [p[:2] for p in plan], timings)  # 2. texts
     latents = torch.zeros(shape, device=model.device)
     noise = torch.zeros(shape)

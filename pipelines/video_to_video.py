@@ -54,7 +54,7 @@ strength and structure from the model folder (`restyle_strength`, `restyle_struc
   missed is copied only in part and does not run on along the chain of frames.
 
 Long sources: beyond the model's trained length, the denoiser runs on context windows fused every step
-(`long_video.fused_predict`, FreeNoise noise; `context_length`, `context_stride`); the flow fusion sees
+(`long_video.window_sampler`, as long clips do: FreeNoise noise; `context_length`, `context_stride`); the flow fusion sees
 the fused estimate of the whole clip, so consistency holds across window borders. The source's layout
 is injected window by window: each window's pass reads its own slice of the noised source. Peak
 denoiser memory is set by the window; the source, its flows and the output are held whole (`BYTES_PER_PIXEL`), and
@@ -76,6 +76,7 @@ from kinema.models.seams import DenoiserInputs, Injection, TextEmbeds
 
 from .common import Result, Settings, clip_inputs, decode, encode_prompts, initial_noise, latent_shape, sample
 from .flow import FlowGuide, pixel_fusion, source_flow
+from .long_video import window_sampler
 from .loop import Hook, Timings, guided, make_scheduler, set_timesteps, x0_from_velocity
 
 MIN_FLOW_SIDE = 16  # DIS needs frames of at least 16x16 (flow._check_frames)
@@ -272,25 +273,6 @@ def encode_video(model, frames: np.ndarray, timings: Timings) -> torch.Tensor:
     return torch.cat(out, dim=2)
 
 
-def _windows(model, prompt: str, settings: Settings, long, timings: Timings, per_windows=None):
-    """(text, uncond, noise, predict, info) for context windows fused every step (long_video's pieces).
-
-    `per_windows(spans, noise)` gives the denoiser of a group of windows (the source's layout injected).
-    """
-    from .long_video import fused_predict, window_texts
-    from .windows import freenoise_noise, window_plan
-
-    shape = latent_shape(model, settings)
-    plan = window_plan(shape[2], long.context_length, long.context_stride)
-    texts, uncond = window_texts(model, prompt, settings, long, plan, timings)
-    g = torch.Generator("cpu").manual_seed(int(settings.seed))
-    noise = freenoise_noise(shape, long.context_length, long.context_stride, generator=g)
-    each = None if per_windows is None else (lambda spans: per_windows(spans, noise))
-    predict = fused_predict(model.denoiser, texts, uncond, settings.guidance, plan, long.window_weights,
-                            long.batch_windows, timings.denoiser, per_windows=each, inputs=clip_inputs(settings))
-    return texts[0], uncond, noise, predict, dict(long.as_dict(), windows=len(plan))
-
-
 def restyle_video(
     model, prompt: str, source: np.ndarray, settings: Settings, options: RestyleOptions, long=None,
     progress: bool = True,
@@ -330,8 +312,9 @@ def restyle_video(
             denoiser = structure_denoiser(model, init, noise, empty, until)
             predict = guided(denoiser, text, uncond, settings.guidance, None, timings.denoiser, clip_inputs(settings))
     else:  # 2. a text per window, FreeNoise noise, windows fused before each step (each with its source slice)
-        text, uncond, noise, predict, info["long"] = _windows(model, prompt, settings, long, timings,
-                                                              per_windows if structured else None)
+        require(not long.follow_motion, "restyled windows keep the source's motion; --follow-motion does not apply")
+        w = window_sampler(model, prompt, settings, long, timings, per_windows if structured else None)
+        text, uncond, noise, predict, info["long"] = w.text, w.uncond, w.noise, w.predict, w.info
     guide = flow_guide(model, source, timings) if options.flow or options.pixel_fusion else None  # 3. source flow
     if guide is not None:
         info["restyle"]["reliable_fraction"] = round(float(guide.mask.mean()), 4) if guide.frames > 1 else None

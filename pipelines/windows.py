@@ -6,9 +6,10 @@ Two ways to go past the denoiser's native length, both on latent frames `(B, C, 
   runs on windows `window_plan(F, context_length, context_stride)`, and `fuse` averages the per-window
   predictions per frame with `window_weights` before the one scheduler step. `freenoise_noise` makes the
   initial noise repeat (shuffled) so overlapping windows start from agreeing noise.
-- Continuation: `continuation_plan(F, window, overlap)` lists windows generated one after another, each
-  conditioned on the last frames of what is already generated (a frame condition on its first `known`
-  frames); `adain` pins each new window's latent statistics to the first window's against drift.
+- Continuation: `continuation_plan(F, window, overlap, known)` lists windows generated one after another
+  (after `known` given frames, when a clip is extended), each conditioned on the last frames of what is
+  already there (a frame condition on its first `known` frames); `adain` pins each new window's latent
+  statistics to the first window's against drift.
 
 `parse_prompt_schedule` / `schedule_weights` let the prompt change along the clip with a cross-fade.
 """
@@ -205,27 +206,27 @@ def freenoise_noise(
 #                                Continuation                                   #
 #################################################################################
 
-def continuation_plan(num_frames: int, window: int, overlap: int) -> list[tuple[int, int, int]]:
+def continuation_plan(num_frames: int, window: int, overlap: int, known: int = 0) -> list[tuple[int, int, int]]:
     """(start, end, known) windows generated one after another, each knowing its first `known` frames.
 
-    The first window is (0, window, 0). Each next one starts `window - overlap` after the previous
-    start with `known = overlap`, except the last, which is aligned to end at `num_frames` (so all
-    windows keep the full length the denoiser was trained on) and knows the more frames it overlaps:
-    `known = previous end - start`, between overlap and window - 1. When num_frames <= window there
-    is a single window (0, num_frames, 0): plain generation, no continuation needed.
+    The first `known` frames are given (a clip being extended; 0: none, the first window is (0, window,
+    0)). Each window starts `overlap` frames before what is made so far and knows those frames, except
+    the last, which is aligned to end at `num_frames` (so all windows keep the full length the denoiser
+    was trained on) and knows the more frames it overlaps, between overlap and window - 1. When
+    num_frames <= window there is a single window (0, num_frames, known).
     """
     require(window >= 1, f"the continuation window must be >= 1 latent frame, got {window}")
     require(1 <= overlap < window,
             f"the continuation overlap must be between 1 and window - 1 = {window - 1}, got {overlap}; "
             "pick an overlap smaller than the window")
     require(num_frames >= 1, f"the clip needs at least 1 latent frame, got {num_frames}")
-    if num_frames <= window:
-        return [(0, num_frames, 0)]
-    plan = [(0, window, 0)]
-    while plan[-1][1] < num_frames:
-        prev_start, prev_end, _ = plan[-1]
-        start = min(prev_start + window - overlap, num_frames - window)
-        plan.append((start, start + window, prev_end - start))
+    require(0 <= known < num_frames, f"the clip to extend has {known} latent frames; ask for more than that")
+    plan, end = [], known
+    while end < num_frames:
+        start = max(0, min(end - overlap, num_frames - window))
+        stop = min(start + window, num_frames)
+        plan.append((start, stop, end - start))
+        end = stop
     return plan
 
 

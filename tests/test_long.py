@@ -34,22 +34,6 @@ def small(frames: int, **kw) -> Settings:
 #                                Pure helpers                                   #
 #################################################################################
 
-@pytest.mark.parametrize("frames,window,overlap", [(16, 16, 4), (17, 16, 4), (40, 16, 12), (9, 4, 1), (100, 7, 3)])
-def test_extension_plan_without_source_is_the_continuation_plan(frames, window, overlap):
-    assert lv.extension_plan(frames, 0, window, overlap) == continuation_plan(frames, window, overlap)
-
-
-@pytest.mark.parametrize("frames,known,window,overlap", [(40, 4, 16, 4), (40, 30, 16, 4), (40, 38, 16, 4),
-                                                         (20, 1, 6, 5), (33, 16, 16, 12)])
-def test_extension_plan_covers_every_new_frame_knowing_the_last_ones(frames, known, window, overlap):
-    plan = lv.extension_plan(frames, known, window, overlap)
-    end = known
-    for s, e, k in plan:
-        assert e - s == window and s + k == end and min(overlap, known) <= k < window  # full, contiguous, knowing
-        end = e
-    assert end == frames
-
-
 def test_resolve_options_defaults():
     o = lv.resolve_options(lv.LongOptions(), 256, 16)
     assert (o.context_length, o.context_stride) == (16, 4)
@@ -198,7 +182,7 @@ def test_continuation_reinjects_the_known_frames(trained_like_model, monkeypatch
     with torch.no_grad():
         z = m.vae.encode(torch.from_numpy(source).permute(3, 0, 1, 2)[None].float() / 127.5 - 1)
     assert r.frames.shape == (10, 16, 16, 3) and torch.equal(r.latents[:, :, :3], z)
-    plan = lv.extension_plan(10, 3, 4, 1)
+    plan = continuation_plan(10, 4, 1, known=3)
     assert [c.mask.sum().item() for c, _ in calls] == [k for _, _, k in plan]
     k0 = plan[0][2]
     assert torch.equal(calls[0][0].latents[:, :, :k0], z[:, :, 3 - k0:])  # the first window knows the source's last frames
@@ -212,7 +196,7 @@ def test_continue_with_adain_and_prompt_schedule(trained_like_model):
                        prompt_transition=2)
     r = lv.long_video(trained_like_model, PROMPT, small(12), o, progress=False)
     assert r.frames.shape == (12, 16, 16, 3) and torch.isfinite(r.latents).all()
-    s, e, k = lv.extension_plan(12, 0, 4, 1)[-1]
+    s, e, k = continuation_plan(12, 4, 1)[-1]
     first, last = r.latents[:, :, :4], r.latents[:, :, s + k:e]
     torch.testing.assert_close(last.mean((2, 3, 4)), first.mean((2, 3, 4)), atol=1e-4, rtol=0)  # anchored
 

@@ -182,13 +182,27 @@ def test_continuation_plan_properties(num_frames, window, data):
     assert W.peak_window_frames(plan) == min(window, num_frames)
 
 
+@pytest.mark.parametrize("frames,known,window,overlap", [(40, 4, 16, 4), (40, 30, 16, 4), (40, 38, 16, 4),
+                                                         (20, 1, 6, 5), (33, 16, 16, 12)])
+def test_continuation_after_given_frames_covers_every_new_frame_knowing_the_last_ones(frames, known, window, overlap):
+    plan = W.continuation_plan(frames, window, overlap, known=known)
+    end = known
+    for s, e, k in plan:
+        assert e - s == window and s + k == end and min(overlap, known) <= k < window  # full, contiguous, knowing
+        end = e
+    assert end == frames
+
+
 def test_continuation_examples_and_errors():
     assert W.continuation_plan(20, 8, 2) == [(0, 8, 0), (6, 14, 2), (12, 20, 2)]
     assert W.continuation_plan(17, 8, 2) == [(0, 8, 0), (6, 14, 2), (9, 17, 5)]
     assert W.continuation_plan(5, 8, 2) == [(0, 5, 0)]
+    assert W.continuation_plan(20, 8, 2, known=3) == [(1, 9, 2), (7, 15, 2), (12, 20, 3)]  # extending 3 given frames
     for window, overlap in [(8, 8), (8, 0), (4, 9)]:
         with pytest.raises(KinemaError, match="overlap"):
             W.continuation_plan(30, window, overlap)
+    with pytest.raises(KinemaError, match="has 30 latent frames; ask for more"):
+        W.continuation_plan(30, 8, 2, known=30)
 
 
 def test_adain_matches_statistics():
