@@ -14,10 +14,10 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    from kinema import loading
+    import kinema
 
     path = tmp_path_factory.mktemp("models") / "tiny"
-    loading.init(path, preset="tiny", seed=0)
+    kinema.init(path, preset="tiny", seed=0)
     return path
 
 
@@ -32,16 +32,16 @@ def tiny_model(tiny_model_dir):
 def trained_like_model(tiny_model_dir, tmp_path_factory):
     """The tiny model with its zero-initialised outputs randomised, so predictions depend on every input."""
     import kinema
-    from kinema import loading
+    from kinema.models.family import load_model
 
-    model = loading.load(tiny_model_dir)
+    model = load_model(tiny_model_dir)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.denoiser.parameters():
             if p.abs().sum() == 0 and p.dim() > 1:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     path = tmp_path_factory.mktemp("models") / "tiny-random"
-    loading.save(model, path)
+    kinema.save(model, path)
     return kinema.load(path, device="cpu", dtype="float32")
 
 

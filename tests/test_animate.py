@@ -19,11 +19,11 @@ import torch
 from PIL import Image
 
 import kinema
-from kinema import api
+from kinema import jobs
 from kinema.cli import main
 from kinema.errors import KinemaError
 from kinema.models.conditions import anchor_condition, augment, to_video
-from kinema.pipelines.common import to_uint8
+from kinema.models.seams import to_uint8
 from kinema.pipelines.image_to_video import as_rgb, check_frame_conditions, check_image_noise, prepare_image
 from kinema.video_io import read_video, resize_frames
 
@@ -288,7 +288,7 @@ def test_api_warns_for_untrained_model_and_refuses_last_image_before_loading(tin
     with pytest.warns(UserWarning, match="not trained with a first-frame condition"):
         out = kinema.animate(image, PROMPT, model=tiny_model_dir, **SMALL)
     assert out.shape == (4, 16, 16, 3)
-    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(jobs, "load", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(KinemaError, match="--last-image needs a model trained"):
         kinema.animate(image, PROMPT, last_image=image, model=tiny_model_dir, **SMALL)
 
@@ -367,7 +367,7 @@ BAD = [
 
 @pytest.mark.parametrize("args,message", BAD)
 def test_cli_bad_input_one_line_exit_2_nothing_written(i2v_dir, inputs, tmp_path, capsys, monkeypatch, args, message):
-    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(jobs, "load", lambda *a, **k: pytest.fail("a model was loaded"))
     image, *extra = [a.format(d=inputs) for a in args]
     code = run_main(["animate", image, PROMPT, "--model", i2v_dir, "-o", tmp_path / "clip.mp4", *extra])
     err = capsys.readouterr().err
@@ -377,7 +377,7 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(i2v_dir, inputs, tmp_path
 
 
 def test_cli_last_image_refused_for_a_model_without_first_last(tiny_model_dir, inputs, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(jobs, "load", lambda *a, **k: pytest.fail("a model was loaded"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         code = run_main(["animate", inputs / "ok.png", PROMPT, "--model", tiny_model_dir, "-o", tmp_path / "clip.mp4",

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import kinema
-from kinema import api
+from kinema import api, jobs
 from kinema.cli import main
 from kinema.models import TextEmbeds
+from kinema.models.seams import to_unit
 from kinema.pipelines import long_video as lv
 from kinema.pipelines.common import Settings
 from kinema.pipelines.loop import Timings
@@ -122,9 +123,9 @@ def test_windowed_generation_bounded_by_the_window(trained_like_model, monkeypat
 @pytest.fixture(scope="module")
 def length_model(tiny_model_dir):
     """The tiny model grown a length embedding, randomised so the clip length changes its predictions."""
-    from kinema import loading
+    from kinema.models.family import load_model
 
-    model = loading.load(tiny_model_dir)
+    model = load_model(tiny_model_dir)
     model.denoiser = model.denoiser.grow(motion_embedding=False, coord_channels=False, length_embedding=True).eval()
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():
@@ -157,7 +158,7 @@ def test_every_window_is_told_the_whole_clip_length(length_model, monkeypatch, m
 
 
 def test_motion_length_is_checked_before_loading(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("loaded the model"))
+    monkeypatch.setattr(jobs, "load", lambda *a, **k: pytest.fail("loaded the model"))
     with pytest.raises(SystemExit) as e:
         main(["generate", PROMPT, "-o", str(tmp_path / "x.mp4"), "--model", str(tiny_model_dir), "--motion-length", "0"])
     assert e.value.code == 2 and "--motion-length" in capsys.readouterr().err
@@ -180,7 +181,7 @@ def test_continuation_reinjects_the_known_frames(trained_like_model, monkeypatch
     source = (np.random.default_rng(0).random((3, 16, 16, 3)) * 255).astype(np.uint8)
     r = lv.extend_video(m, source, PROMPT, small(10), lv.LongOptions(context_length=4), progress=False)
     with torch.no_grad():
-        z = m.vae.encode(torch.from_numpy(source).permute(3, 0, 1, 2)[None].float() / 127.5 - 1)
+        z = m.vae.encode(to_unit(source))
     assert r.frames.shape == (10, 16, 16, 3) and torch.equal(r.latents[:, :, :3], z)
     plan = continuation_plan(10, 4, 1, known=3)
     assert [c.mask.sum().item() for c, _ in calls] == [k for _, _, k in plan]
@@ -259,7 +260,7 @@ BAD = [
 
 @pytest.mark.parametrize("extra,message", BAD)
 def test_bad_long_input_exits_2_before_loading(tiny_model_dir, tmp_path, monkeypatch, capsys, extra, message):
-    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(jobs, "load", lambda *a, **k: pytest.fail("a model was loaded"))
     assert main(["generate", PROMPT, "--model", str(tiny_model_dir), "-o", str(tmp_path / "x.mp4"), *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
@@ -267,7 +268,7 @@ def test_bad_long_input_exits_2_before_loading(tiny_model_dir, tmp_path, monkeyp
 
 
 def test_bad_extend_input_exits_2_before_loading(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(jobs, "load", lambda *a, **k: pytest.fail("a model was loaded"))
     src = tmp_path / "src.gif"
     write_video(src, (np.random.default_rng(2).random((6, 16, 16, 3)) * 255).astype(np.uint8), fps=8)
     for extra, message in [(["--frames", "6"], "more than the 6 frames"), (["--frames", "10"], "fewer than --context-length"),
@@ -423,14 +424,14 @@ def test_follow_motion_with_a_prompt_schedule_measures_each_prompt(trained_like_
 
 
 def test_follow_motion_defaults_and_errors(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    info = api.peek(tiny_model_dir)
+    info = api.info(tiny_model_dir)
     s = small(12)
-    assert api.long_options(info, s, context_length=4).follow_motion is False  # no folder default: off
-    on = dict(info, defaults=dict(info["defaults"], follow_motion=True))
-    assert api.long_options(on, s, context_length=4).follow_motion is True
-    assert api.long_options(on, s, context_length=4, follow_motion=False).follow_motion is False
-    assert api.long_options(on, s, context_length=4, mode="continue").follow_motion is False  # windows only
-    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert jobs.long_options(info, s, context_length=4).follow_motion is False  # no folder default: off
+    on = info.with_defaults(follow_motion=True)
+    assert jobs.long_options(on, s, context_length=4).follow_motion is True
+    assert jobs.long_options(on, s, context_length=4, follow_motion=False).follow_motion is False
+    assert jobs.long_options(on, s, context_length=4, mode="continue").follow_motion is False  # windows only
+    monkeypatch.setattr(jobs, "load", lambda *a, **k: pytest.fail("a model was loaded"))
     code = main(["generate", PROMPT, "--model", str(tiny_model_dir), "-o", str(tmp_path / "x.mp4"), "--frames", "32",
                  "--mode", "continue", "--follow-motion"])
     err = capsys.readouterr().err

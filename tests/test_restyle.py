@@ -7,9 +7,11 @@ moves the estimate along the flow otherwise, that --no-flow is plain img2img, an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import imageio
@@ -18,11 +20,11 @@ import pytest
 import torch
 
 import kinema
-from kinema import api, world
+from kinema import api, jobs, resources, video_io, world
 from kinema.cli import main
 from kinema.errors import KinemaError
 from kinema.pipelines import video_to_video as v2v
-from kinema.models.seams import DenoiserInputs, Injection, TextEmbeds
+from kinema.models.seams import DenoiserInputs, Injection, TextEmbeds, to_unit
 from kinema.models.unet import SpaceTimeBlock
 from kinema.pipelines.common import Settings, decode, encode_prompts, latent_shape, sample
 from kinema.pipelines.flow import FlowGuide, source_flow
@@ -155,7 +157,7 @@ def test_strength_sets_the_denoiser_calls(trained_like_model, strength, calls):
 
 
 def test_strength_zero_returns_the_resized_source_without_the_model(tiny_model_dir, monkeypatch):
-    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(jobs, "load", lambda *a, **k: pytest.fail("a model was loaded"))
     src = moving(frames=5, size=32)[:, :, 4:28]  # 32 high, 24 wide
     out = kinema.restyle(src, PROMPT, strength=0.0, model=tiny_model_dir, height=16, width=16)
     assert np.array_equal(out, resize_frames(src, 16, 16, "crop"))
@@ -166,7 +168,7 @@ def test_no_flow_is_plain_img2img(trained_like_model):
     timings = Timings()
     text, uncond = encode_prompts(m, PROMPT, s, timings)
     with torch.no_grad():
-        init = m.vae.encode(torch.from_numpy(src).permute(3, 0, 1, 2)[None].float() / 127.5 - 1)
+        init = m.vae.encode(to_unit(src))
     latents = sample(m, text, uncond, s, timings, init=init, strength=0.5, progress=False)
     r = restyle_video(m, PROMPT, src, s, RestyleOptions(strength=0.5, flow=False), progress=False)
     assert torch.equal(r.latents, latents) and np.array_equal(r.frames, decode(m, latents, s, timings))
@@ -269,12 +271,18 @@ def test_structure_takes_the_layout_down_to_the_timestep_of_its_last_step(traine
 
 
 def test_restyle_defaults_come_from_the_model():
-    assert v2v.with_model_defaults(RestyleOptions(strength=None, structure=None), {}).as_dict() == \
-        RestyleOptions(strength=0.7, structure=0.0).as_dict()
+    unresolved = RestyleOptions(strength=None, structure=None)
+    assert v2v.resolve_restyle_options(unresolved, {}, 25).as_dict() == RestyleOptions(strength=0.7, structure=0.0).as_dict()
     ours = dict(restyle_strength=0.9, restyle_structure=0.3)
-    assert (v2v.with_model_defaults(RestyleOptions(strength=None, structure=None), ours).strength,
-            v2v.with_model_defaults(RestyleOptions(strength=None, structure=None), ours).structure) == (0.9, 0.3)
-    assert v2v.with_model_defaults(RestyleOptions(strength=0.5, structure=0.0), ours).strength == 0.5  # given wins
+    resolved = v2v.resolve_restyle_options(unresolved, ours, 25)
+    assert (resolved.strength, resolved.structure) == (0.9, 0.3) and unresolved.strength is None  # a new object
+    assert v2v.resolve_restyle_options(RestyleOptions(strength=0.5, structure=0.0), ours, 25).strength == 0.5  # given wins
+    with pytest.raises(KinemaError, match="runs no denoising step"):  # checked once, as it is resolved
+        v2v.resolve_restyle_options(unresolved, dict(restyle_strength=0.1), 4)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        unresolved.strength = 0.5
+    with pytest.raises(KinemaError, match="takes resolved options"):  # the driver applies no defaults of its own
+        restyle_video(None, PROMPT, moving(), small(), unresolved, progress=False)
     shipped = json.loads((ROOT / "kinema" / "weights" / "default" / "kinema.json").read_text())["defaults"]
     assert (shipped["restyle_strength"], shipped["restyle_structure"]) == (0.9, 0.3)
 
@@ -403,7 +411,7 @@ BAD = [
 @pytest.mark.parametrize("name,extra,message", BAD)
 def test_bad_input_exits_2_before_loading_and_writes_nothing(tiny_model_dir, tmp_path, monkeypatch, capsys, name,
                                                              extra, message):
-    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(jobs, "load", lambda *a, **k: pytest.fail("a model was loaded"))
     srcs = tmp_path / "src"
     srcs.mkdir()
     (srcs / "empty.mp4").write_bytes(b"")
@@ -425,45 +433,41 @@ def test_bad_input_exits_2_before_loading_and_writes_nothing(tiny_model_dir, tmp
 
 def test_memory_is_checked_before_reading(tiny_model_dir, tmp_path, monkeypatch):
     src = write_video(tmp_path / "src.gif", moving(frames=4), fps=8)
-    monkeypatch.setattr(v2v, "read_source", lambda *a: pytest.fail("the source was read"))
-    monkeypatch.setattr(v2v, "available_memory", lambda device="cpu": 50_000)
+    monkeypatch.setattr(video_io, "read_frames", lambda *a: pytest.fail("the source was read"))
+    monkeypatch.setattr(resources, "available_memory", lambda device="cpu": 50_000)
     with pytest.raises(KinemaError, match=r"restyling 4 frames at 16x16 needs ~.* pass --max-frames"):
         kinema.restyle(src, PROMPT, model=tiny_model_dir, height=16, width=16)
 
 
 def test_a_source_of_unknown_length_is_read_only_up_to_what_fits(tiny_model_dir, tmp_path, monkeypatch):
     src = write_video(tmp_path / "src.gif", moving(frames=6), fps=8)
-    one = v2v.host_bytes(1, (16, 16), 16, 16)
-    monkeypatch.setattr(v2v, "available_memory", lambda device="cpu": int(2.5 * one / v2v.HEADROOM))
-    monkeypatch.setattr(v2v, "source_size", lambda *a: (None, 16, 16))  # a container that does not state its length
+    one = resources.restyle_host_bytes(1, (16, 16), 16, 16)
+    monkeypatch.setattr(resources, "available_memory", lambda device="cpu": int(2.5 * one / resources.HEADROOM))
+    monkeypatch.setattr(video_io, "source_size", lambda *a: (None, 16, 16))  # a container that does not state its length
     read = []
-    original = v2v.read_source
-    monkeypatch.setattr(v2v, "read_source", lambda video, start, stride, n: read.append(n) or original(video, start, stride, n))
+    original = video_io.read_frames
+    monkeypatch.setattr(video_io, "read_frames", lambda video, start, stride, n: read.append(n) or original(video, start, stride, n))
     with pytest.raises(KinemaError, match="more than the 2 frames that fit"):
         kinema.restyle(src, PROMPT, model=tiny_model_dir, height=16, width=16, strength=0.0)
     assert read == [3]
 
 
 def test_a_vae_that_compresses_time_takes_4k_plus_1_frames(tiny_model_dir):
-    info = dict(api.peek(tiny_model_dir), temporal_compression=4)  # as a Wan folder's peek says
+    info = replace(api.info(tiny_model_dir), temporal_compression=4)  # as a Wan folder's description says
     with pytest.raises(KinemaError, match="restyle 4k\\+1 frames .* pass --max-frames 5"):
-        api.restyle_inputs(info, moving(frames=6), RestyleOptions(), height=16, width=16)
-    frames, settings, _ = api.restyle_inputs(info, moving(frames=6), RestyleOptions(strength=0.0), max_frames=5,
-                                             height=16, width=16)
-    assert frames.shape == (5, 16, 16, 3) and settings.frames == 5
+        jobs.prepare_restyle(moving(frames=6), PROMPT, info, height=16, width=16)
+    job = jobs.prepare_restyle(moving(frames=6), PROMPT, info, strength=0.0, max_frames=5, height=16, width=16)
+    assert job.source.shape == (5, 16, 16, 3) and job.settings.frames == 5
 
 
 def test_restyle_guidance_default_comes_from_the_model(tiny_model_dir):
-    info = api.peek(tiny_model_dir)
-    info = dict(info, defaults={**info["defaults"], "restyle_guidance": 7.5})
-    _, settings, _ = api.restyle_inputs(info, moving(frames=4), RestyleOptions(strength=0.0), height=16, width=16)
-    assert settings.guidance == 7.5
-    _, settings, _ = api.restyle_inputs(info, moving(frames=4), RestyleOptions(strength=0.0), height=16, width=16,
-                                        guidance=3.0)
-    assert settings.guidance == 3.0  # the caller's scale wins
-    _, settings, _ = api.restyle_inputs(api.peek(tiny_model_dir), moving(frames=4), RestyleOptions(strength=0.0),
-                                        height=16, width=16)
-    assert settings.guidance == info["defaults"]["guidance"]  # without the key: the model's guidance
+    plain = api.info(tiny_model_dir)
+    info = plain.with_defaults(restyle_guidance=7.5)
+    prepare = lambda info, **kw: jobs.prepare_restyle(moving(frames=4), PROMPT, info, strength=0.0, height=16,  # noqa: E731
+                                                      width=16, **kw).settings
+    assert prepare(info).guidance == 7.5
+    assert prepare(info, guidance=3.0).guidance == 3.0  # the caller's scale wins
+    assert prepare(plain).guidance == plain.defaults.guidance  # without the key: the model's guidance
 
 
 def test_benchmark_smoke(tiny_model_dir, tmp_path):

@@ -16,7 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kinema import loading
+from kinema.models.family import load_model
+from kinema.models.kinema_family import init
 from kinema.models import TextEmbeds
 from kinema.train import latest_checkpoint
 
@@ -32,7 +33,7 @@ def train_cli(model: Path, run: Path, config: Path = CONFIG, **popen) -> subproc
 @pytest.fixture(scope="module")
 def fresh_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("train") / "model"
-    loading.init(path, preset="tiny", seed=0)
+    init(path, preset="tiny", seed=0)
     return path
 
 
@@ -72,7 +73,7 @@ def test_loss_goes_down_on_a_fixed_batch(fresh_model):
     from kinema.train import TrainConfig, denoiser_batch
 
     cfg = load_yaml(TrainConfig, CONFIG)
-    model = loading.load(fresh_model)
+    model = load_model(fresh_model)
     net = model.denoiser.train()
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
     caps = [""] + ["a red circle moving right on a blue background"]
@@ -173,7 +174,7 @@ def test_continue_with_grow_adds_the_motion_inputs(full_run, tmp_path):
     grow = "  steps: 10\n  grow: [motion_embedding, coord_channels]\n  motion_loss: 1.0\n  grown_lr_scale: 3.0\n"
     model, r = continue_denoiser(full_run[0], tmp_path, grow)
     assert r.returncode == 0, r.stderr[-2000:]
-    net = loading.load(model).denoiser
+    net = load_model(model).denoiser
     assert net.config.motion_embedding and net.config.coord_channels
     assert net.motion[-1].weight.abs().sum() > 0  # trained away from its zero start
     _, r = continue_denoiser(model, tmp_path / "bad", "  steps: 12\n  grow: [wings]\n")
@@ -209,8 +210,8 @@ def test_grow_adds_the_clip_length_input():
     """The length embedding starts at zero (same function); once trained, the clip length changes the
     output, given per sample (training) or in the call's DenoiserInputs (sampling); the default is the window itself."""
     from kinema.models import PRESETS, SpaceTimeUNet
-
     from kinema.models.seams import DenoiserInputs
+
     torch.manual_seed(0)
     net = SpaceTimeUNet(latent_channels=4, text_dim=16, **PRESETS["tiny"]).eval()
     for p in net.parameters():
@@ -275,7 +276,7 @@ def test_continue_with_long_windows_trains_the_length_input(full_run, tmp_path):
              "  long_share: 0.5\n")
     model, r = continue_denoiser(full_run[0], tmp_path, stage)
     assert r.returncode == 0, r.stderr[-2000:]
-    net = loading.load(model).denoiser
+    net = load_model(model).denoiser
     assert net.config.length_embedding and net.length[-1].weight.abs().sum() > 0
     cache = load_file(next((tmp_path / "run" / "cache").glob("*-long-8-5-64.safetensors")))
     assert cache["latents"].shape[0] == 16 + 8

@@ -20,6 +20,7 @@ import torch
 
 import kinema
 from kinema.errors import KinemaError
+from kinema.models.seams import to_uint8, to_unit
 from kinema.models.wan_testing import (clip, pipeline, save, scheduler, text_encoder, tokenizer, transformer, vae,
                                        without_ftfy)
 
@@ -62,10 +63,10 @@ def no_ftfy():
 
 
 def settings(model, **kw):
-    from kinema import api
+    from kinema import jobs
 
     base = dict(frames=FRAMES, height=SIZE, width=SIZE, steps=STEPS, guidance=GUIDANCE, seed=SEED, negative_prompt=NEGATIVE)
-    return api.settings_for(api._info_of(model), **{**base, **kw})
+    return jobs.settings_for(model.info, **{**base, **kw})
 
 
 def generator():
@@ -88,9 +89,9 @@ def max_diff(a, b) -> float:
 
 
 def load(folder, device="cpu", dtype=torch.float32):
-    from kinema import loading
+    from kinema.models.family import load_model
 
-    return loading.load(folder, device, dtype)
+    return load_model(folder, device, dtype)
 
 
 def run_text_to_video(folder, device="cpu", dtype=torch.float32, size=SIZE, steps=STEPS) -> dict:
@@ -221,8 +222,7 @@ def test_ti2v_parity(folders):
     assert model.info.size_multiple == 32 and model.info.frame_conditions == ("first",)
     first = torch.from_numpy(r["result"].frames[0]).float()
     with torch.inference_mode():  # frame 0 is the image's own latents, decoded (no drift from the condition)
-        z = model.vae.encode(torch.from_numpy(r["image"]).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1)
-        alone = ((model.vae.decode(z)[0, :, 0].permute(1, 2, 0) + 1) * 127.5).round()
+        alone = torch.from_numpy(to_uint8(model.vae.decode(model.vae.encode(to_unit(r["image"][None]))))[0]).float()
     assert (first - alone).abs().max() <= 1
 
 
@@ -244,14 +244,14 @@ def test_parity_cuda_bfloat16(folders):
 @pytest.mark.parametrize("offload", ["model", "sequential"])
 def test_offload_cuda(folders, offload):
     """Offloaded weights give the clip the resident ones give, and start on the CPU."""
-    from kinema import loading
+    from kinema.models.family import load_model
     from kinema.pipelines.text_to_video import text_to_video
 
-    model = loading.load(folders["i2v" if offload == "model" else "t2v"], "cuda", torch.float32)
+    model = load_model(folders["i2v" if offload == "model" else "t2v"], "cuda", torch.float32)
     resident = kinema.animate(image(), PROMPT, model=model, frames=FRAMES, height=SIZE, width=SIZE, steps=STEPS,
                               seed=SEED, progress=False, return_result=True) if offload == "model" else \
         text_to_video(model, PROMPT, settings(model), progress=False)
-    model = loading.load(folders["i2v" if offload == "model" else "t2v"], "cuda", torch.float32, offload=offload)
+    model = load_model(folders["i2v" if offload == "model" else "t2v"], "cuda", torch.float32, offload=offload)
     assert next(model.denoiser.transformer.parameters()).device.type in ("cpu", "meta")
     moved = kinema.animate(image(), PROMPT, model=model, frames=FRAMES, height=SIZE, width=SIZE, steps=STEPS,
                            seed=SEED, progress=False, return_result=True) if offload == "model" else \
@@ -324,21 +324,21 @@ def test_every_driver_runs_a_wan_folder(folders):
     assert kinema.restyle(source, PROMPT, **kw).shape == (FRAMES, SIZE, SIZE, 3)
 
 
-def test_peek_defaults_from_the_checkpoint(folders):
-    from kinema import api
+def test_described_defaults_from_the_checkpoint(folders):
+    from kinema import api, jobs
 
-    info = api.peek(folders["t2v"])
-    d = info["defaults"]
-    assert (d["frames"], d["height"], d["width"], d["fps"], d["scheduler"], d["shift"]) == (81, 480, 832, 16, "unipc", 3.0)
-    assert info["multiple"] == 16 and info["temporal_compression"] == 4
-    assert api.peek(folders["a14b"])["index"]["family"] == "a14b"
-    assert api.peek(folders["i2v"])["tasks"] == ["animate"]
-    s = api.settings_for(info)
+    info = api.info(folders["t2v"])
+    d = info.defaults
+    assert (d.frames, d.height, d.width, d.fps, d.scheduler, d.shift) == (81, 480, 832, 16, "unipc", 3.0)
+    assert info.family == "wan" and info.size_multiple == 16 and info.temporal_compression == 4
+    assert api.info(folders["a14b"]).index["family"] == "a14b"
+    assert api.info(folders["i2v"]).tasks == ("animate",)
+    s = jobs.settings_for(info)
     assert (s.frames, s.height, s.width, s.scheduler) == (81, 480, 832, "unipc")
     with pytest.raises(KinemaError, match="4k\\+1 frames, such as 77 or 81"):
-        api.settings_for(info, frames=80)
+        jobs.settings_for(info, frames=80)
     with pytest.raises(KinemaError, match="multiple of 16"):
-        api.settings_for(info, height=100)
+        jobs.settings_for(info, height=100)
 
 
 def test_scheduler_is_the_folders(folders):
@@ -391,7 +391,7 @@ def _fails(path, match):
     from kinema import api
 
     with pytest.raises(KinemaError, match=match):
-        api.peek(path)
+        api.info(path)
 
 
 def test_not_a_wan_pipeline(broken):
@@ -438,9 +438,10 @@ def test_boundary_without_second_expert(broken):
 
 def test_cli_errors_before_loading(folders, broken, capsys, monkeypatch):
     """One line, exit 2, no weights loaded: bad frames, bad size, an image-to-video-only checkpoint."""
-    from kinema import cli, loading
+    from kinema import cli
+    from kinema.models import wan
 
-    monkeypatch.setattr(loading, "load", lambda *a, **k: pytest.fail("weights were loaded"))
+    monkeypatch.setattr(wan, "load", lambda *a, **k: pytest.fail("weights were loaded"))
     cases = [
         (["generate", PROMPT, "--model", str(folders["t2v"]), "--frames", "10"], "4k+1 frames, such as 9 or 13"),
         (["generate", PROMPT, "--model", str(folders["t2v"]), "--width", "40"], "multiple of 16"),

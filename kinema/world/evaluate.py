@@ -67,11 +67,11 @@ def _ok(b: bool) -> str:
 
 def world_suite(args) -> dict:
     """Generate a clip for every eval prompt of the split with the model's defaults, and score it."""
-    from .. import api
+    from .. import api, jobs
 
-    info = api.peek(args.model)
-    settings = api.settings_for(info, steps=args.steps, guidance=args.guidance)
-    model = api.load(info["path"], args.device, args.dtype, args.attention)
+    info = api.info(args.model)
+    settings = jobs.settings_for(info, steps=args.steps, guidance=args.guidance)
+    model = api.load(info.path, args.device, args.dtype, args.attention)
     from ..pipelines.text_to_video import text_to_video
 
     seconds = []
@@ -84,7 +84,7 @@ def world_suite(args) -> dict:
         return frames
 
     result = metrics.run_world_suite(generate, split=args.split, per_combo=args.per_combo)
-    result.update(model=str(info["path"]), settings=settings.as_dict(), seconds_per_clip=float(np.mean(seconds)))
+    result.update(model=str(info.path), settings=settings.as_dict(), seconds_per_clip=float(np.mean(seconds)))
     print(metrics.format_table(result))
     print(f"\n{result['n']} clips, {result['seconds_per_clip']:.2f} s per clip "
           f"({settings.frames} frames {settings.width}x{settings.height}, {settings.steps} steps)")
@@ -93,13 +93,13 @@ def world_suite(args) -> dict:
 
 def animate_suite(args) -> dict:
     """Image-to-video on world anchors: frame-0 fidelity, colour and direction, and the last frame with `--last-image`."""
-    from .. import api
+    from .. import api, jobs
     from ..pipelines.image_to_video import image_to_video
 
-    info = api.peek(args.model)
-    settings = api.settings_for(info, steps=args.steps, guidance=args.guidance)
-    model = api.load(info["path"], args.device, args.dtype, args.attention)
-    last = "first_last" in model.frame_conditions
+    info = api.info(args.model)
+    settings = jobs.settings_for(info, steps=args.steps, guidance=args.guidance)
+    model = api.load(info.path, args.device, args.dtype, args.attention)
+    last = "first_last" in model.info.frame_conditions
     rows = []
     prompts = world.eval_prompts(args.split, args.per_combo)
     for i, (prompt, spec) in enumerate(prompts):
@@ -133,9 +133,9 @@ def vae_suite(args, n_clips: int = 24) -> dict:
 
     from .. import api
 
-    info = api.peek(args.model)
-    model = api.load(info["path"], args.device, args.dtype, args.attention)
-    w = world.World(split=args.split, frames=info["defaults"]["frames"], size=info["defaults"]["height"])
+    info = api.info(args.model)
+    model = api.load(info.path, args.device, args.dtype, args.attention)
+    w = world.World(split=args.split, frames=info.defaults.frames, size=info.defaults.height)
     values = []
     for i in range(n_clips):
         clip = w.clip(900_000 + i).video

@@ -7,7 +7,6 @@ leaves no output, temporary or partial file behind unless it succeeded.
 
 from __future__ import annotations
 
-import os
 import struct
 import subprocess
 import warnings
@@ -55,15 +54,15 @@ def kinema(capsys):
 @pytest.fixture(autouse=True)
 def capped_memory(monkeypatch):
     """kinema's free-memory probe reports at most MEMORY_CAP, so a huge request is refused, not attempted."""
-    from kinema.pipelines import video_to_video as v2v
+    from kinema import resources
 
-    real = v2v.available_memory
+    real = resources.available_memory
 
     def capped(device="cpu"):
         free = real(device)
         return MEMORY_CAP if free is None else min(free, MEMORY_CAP)
 
-    monkeypatch.setattr(v2v, "available_memory", capped)
+    monkeypatch.setattr(resources, "available_memory", capped)
 
 
 def listing(folder: Path) -> set[str]:

@@ -223,7 +223,7 @@ def test_full_disk_while_saving_a_model(kinema, tiny_model_dir, tmp_path, monkey
     """`init --overwrite` onto a model whose save fails: the old model is intact, no temporary is left."""
     import shutil
 
-    from kinema import loading
+    from kinema.models import kinema_family as loading
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)

@@ -14,7 +14,7 @@ def poisoned(value: float, after: int = 0):
     """A `predict` that is fine for `after` calls, then returns `value` everywhere."""
     calls = []
 
-    def predict(self, latents, timestep, text, cond=None):
+    def predict(self, latents, timestep, text, cond=None, inputs=None):
         calls.append(1)
         out = torch.zeros_like(latents)
         return out.fill_(value) if len(calls) > after else out

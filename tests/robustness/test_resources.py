@@ -15,16 +15,15 @@ GiB = 2**30
 @pytest.fixture
 def free_memory(monkeypatch):
     """Set the free memory kinema sees (bytes), and make any model load fail the test: the check comes first."""
-    from kinema import api
-    from kinema.pipelines import video_to_video as v2v
+    from kinema import jobs, resources
 
     def set_free(n: int) -> None:
-        monkeypatch.setattr(v2v, "available_memory", lambda device="cpu": n)
+        monkeypatch.setattr(resources, "available_memory", lambda device="cpu": n)
 
     def no_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the memory check")
 
-    monkeypatch.setattr(api, "load", no_load)
+    monkeypatch.setattr(jobs, "load", no_load)
     return set_free
 
 
@@ -42,7 +41,7 @@ def suggested(err: str) -> list[str]:
                                         (["--frames", "600", "--context-length", "64"], "--context-length")])
 def test_generate_refuses_what_does_not_fit_and_names_what_does(extra, flag, kinema, free_memory, tiny_model_dir, tmp_path,
                                                                 monkeypatch):
-    from kinema import api
+    from kinema import jobs
 
     free_memory(256 * 2**20)
     argv = ["generate", PROMPT, "--model", tiny_model_dir, "-o", tmp_path / "clip.mp4", "--steps", "1", "--quiet"]
@@ -52,7 +51,7 @@ def test_generate_refuses_what_does_not_fit_and_names_what_does(extra, flag, kin
     hints = dict(suggested(result.err))
     assert flag in hints, result.err
     # every suggestion passes the same check: the run gets past it to the model load (here an interrupt, exit 130)
-    monkeypatch.setattr(api, "load", interrupt)
+    monkeypatch.setattr(jobs, "load", interrupt)
     for name, value in suggested(result.err):
         if name == "--width":
             continue  # goes with --height
@@ -84,16 +83,16 @@ def test_a_clip_that_fits_is_not_refused(kinema, tiny_model_dir, tmp_path):
 
 def test_api_check_takes_an_injected_limit(tiny_model_dir):
     """`available` replaces the measured free memory; the estimate is the one `kinema info` prints."""
-    from kinema import api
+    from kinema import api, jobs, resources
     from kinema.errors import KinemaError
 
-    info = api.peek(tiny_model_dir)
-    settings = api.settings_for(info, frames=16, height=64, width=64)
-    sized = api._with_parameter_counts(info)
-    need = api.estimate_memory(sized, 16, 64, 64, 4, True, settings.decode_chunk_size)["total"] + 16 * 64 * 64 * api.HOST_BYTES_PER_PIXEL
-    api.check_memory(info, settings, device="cpu", available=int(need / 0.8) + 1)
+    info = api.info(tiny_model_dir)
+    settings = jobs.settings_for(info, frames=16, height=64, width=64)
+    place = jobs.placement_for(None, "cpu", "float32")
+    need = api.estimate_memory(info, 16, 64, 64, 4, True, settings.decode_chunk_size)["total"] + 16 * 64 * 64 * resources.HOST_BYTES_PER_PIXEL
+    jobs.check_memory(info, settings, place, available=int(need / 0.8) + 1)
     with pytest.raises(KinemaError, match=r"try --frames \d+"):
-        api.check_memory(info, settings, device="cpu", available=int(need / 0.8) - 1)
+        jobs.check_memory(info, settings, place, available=int(need / 0.8) - 1)
 
 
 def test_python_api_refuses_before_loading(free_memory, tiny_model_dir):
