@@ -217,7 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--version", action="version", version=f"kinema {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for add in (_generate_parsers, _animate_parser, _restyle_parser, _model_parsers):
+        add(sub, fmt)
+    return p
 
+
+def _generate_parsers(sub, fmt) -> None:
+    """generate and extend."""
     s = sub.add_parser("generate", help="text-to-video", formatter_class=fmt)
     s.add_argument("prompt", help="what the clip shows")
     add_sampling_options(s)
@@ -236,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_long_options(s, windows=False)
     s.set_defaults(func=cmd_task)
 
+
+def _animate_parser(sub, fmt) -> None:
     s = sub.add_parser("animate", help="image-to-video: a clip that starts on an image", formatter_class=fmt)
     s.add_argument("image", help="anchor image: PNG, JPEG, WebP, GIF (first frame), BMP or TIFF")
     s.add_argument("prompt", help="the motion and scene")
@@ -247,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_options(s)
     s.set_defaults(func=cmd_task)
 
+
+def _restyle_parser(sub, fmt) -> None:
     s = sub.add_parser("restyle", help="video-to-video: restyle a clip, keeping its motion", formatter_class=fmt,
                        description="Restyle VIDEO as PROMPT says: its frames are encoded, noised to --strength and "
                                    "denoised with PROMPT, taking the source's layout during the first --structure of "
@@ -285,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_options(s)
     s.set_defaults(func=cmd_task)
 
+
+def _model_parsers(sub, fmt) -> None:
+    """info, init, train, eval."""
     s = sub.add_parser("info", help="a model's components, parameters and a memory estimate", formatter_class=fmt)
     s.add_argument("model", nargs="?", default=None, help="model folder (default: the shipped weights)")
     s.add_argument("--frames", type=positive_int, default=None, help="frames for the memory estimate")
@@ -318,7 +331,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json-out", default=None, help="also write the results as JSON here")
     add_model_options(s)
     s.set_defaults(func=cmd_eval)
-    return p
 
 
 def _interrupt(signum, frame):
