@@ -119,7 +119,7 @@ def _atomic_target(out: Path, folder: bool) -> Iterator[Path]:
         raise KinemaError(f"could not write {out}: {_first_line(e)}; choose a writable folder") from e
     try:
         yield tmp
-        _replace(tmp, out)
+        replace_path(tmp, out)
     except OSError as e:  # disk full or permissions mid-write, or the rename refused
         _remove(tmp)
         raise KinemaError(f"could not write {out}: {_first_line(e)}; check free space and permissions") from e
@@ -128,8 +128,9 @@ def _atomic_target(out: Path, folder: bool) -> Iterator[Path]:
         raise
 
 
-def _replace(tmp: Path, out: Path) -> None:
-    """Rename `tmp` onto `out`; a folder cannot replace a non-empty folder, so the old one moves aside first."""
+def replace_path(tmp: Path, out: Path) -> None:
+    """Rename `tmp` onto `out`; a folder cannot replace a non-empty folder, so the old one moves aside first
+    (and is put back if the rename fails)."""
     if not (tmp.is_dir() and out.is_dir()):
         os.replace(tmp, out)
         return

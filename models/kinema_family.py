@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError
 
 from kinema.errors import KinemaError, require
+from kinema.video_io import replace_path
 
 from .family import Model, ModelDefaults, ModelFamily, ModelInfo, quiet_libraries, register, safetensors_parameters
 
@@ -229,7 +230,7 @@ def save(model: Model, path: str | Path, overwrite: bool = False) -> Path:
         raise KinemaError(f"cannot create {path}: {e.strerror or e}; choose a writable folder") from e
     try:
         _write_folder(model, tmp)
-        _replace_folder(tmp, path)
+        replace_path(tmp, path)
     except OSError as e:  # disk full, permissions: the temporary goes, an existing model stays
         shutil.rmtree(tmp, ignore_errors=True)
         raise KinemaError(f"could not write {path}: {e.strerror or e}; check free space and permissions") from e
@@ -246,21 +247,6 @@ def _write_folder(model: Model, tmp: Path) -> None:
     (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(model.scheduler_config, indent=2))
     (tmp / INDEX).write_text(json.dumps(model.index, indent=2))
     os.chmod(tmp, 0o755)
-
-
-def _replace_folder(tmp: Path, path: Path) -> None:
-    """Rename `tmp` to `path`; an existing folder is moved aside first and put back if the rename fails."""
-    if not path.exists():
-        os.replace(tmp, path)
-        return
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    os.replace(path, old)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.replace(old, path)  # put the existing model back
-        raise
-    shutil.rmtree(old)
 
 
 def init(path: str | Path, preset: str = "small", seed: int = 0, overwrite: bool = False,
