@@ -1,7 +1,7 @@
 """The three seams between pipelines and models: text embeddings, frame conditions, denoiser protocol.
 
-Video crosses them as (B, 3, F, H, W) in [-1, 1]; uint8 (F, H, W, 3) frames are converted at the edge
-(`to_unit`).
+Video crosses them as (B, 3, F, H, W) in [-1, 1]; uint8 (F, H, W, 3) frames are converted at the edge,
+by `to_unit` and `to_uint8` only.
 """
 
 from __future__ import annotations
@@ -12,11 +12,21 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from kinema.errors import NumericalError
+
 
 def to_unit(frames: np.ndarray, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """uint8 frames (F, H, W, 3) -> video (1, 3, F, H, W) in [-1, 1], computed in `dtype` on `device`."""
     x = torch.from_numpy(np.ascontiguousarray(frames)).to(device=device)
     return x.permute(3, 0, 1, 2)[None].to(dtype) / 127.5 - 1
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """Video (1, 3, F, H, W) in [-1, 1] -> uint8 frames (F, H, W, 3); non-finite pixels are an error, never black frames."""
+    if not torch.isfinite(video).all():
+        raise NumericalError("the VAE decoded non-finite pixels; try --dtype float32")
+    x = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(1, 2, 3, 0).cpu().numpy()
 
 
 @dataclass

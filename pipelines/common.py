@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
-from kinema.models.seams import DenoiserInputs, FrameCondition, TextEmbeds
+from kinema.models.seams import DenoiserInputs, FrameCondition, TextEmbeds, to_uint8, to_unit
 
-from .loop import Hook, KnownFrames, NumericalError, Predict, Timings, denoise, guided, make_scheduler, set_timesteps
+from .loop import Hook, KnownFrames, Predict, Timings, denoise, guided, make_scheduler, set_timesteps
 
 
 @dataclass
@@ -118,18 +118,30 @@ def sample(
     if predict is None:
         inputs = clip_inputs(settings, inputs)
         predict = guided(model.denoiser, text, uncond, settings.guidance, cond, timings.denoiser, inputs)
+    elif inputs is not None:
+        raise ValueError("a given `predict` carries its own inputs (guided / fused_predict with clip_inputs)")
     with torch.inference_mode():
         latents = denoise(predict, latents, scheduler, start, hooks, progress, desc)
     timings.add("denoise", time.perf_counter() - t0)
     return latents
 
 
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """(1, 3, F, H, W) in [-1, 1] -> uint8 (F, H, W, 3); non-finite pixels are an error, never black frames."""
-    if not torch.isfinite(video).all():
-        raise NumericalError("the VAE decoded non-finite pixels; try --dtype float32")
-    x = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(1, 2, 3, 0).cpu().numpy()
+def encode_video(model, frames: np.ndarray, timings: Timings) -> torch.Tensor:
+    """uint8 (F, H, W, 3) -> latents (1, C, f, h, w), float32, in the model's dtype on its device.
+
+    A frame-wise VAE sees chunks of `encode_chunk_size` frames (memory bounded by the chunk); a causal
+    VAE that compresses time (Wan) needs the clip whole.
+    """
+    t0 = time.perf_counter()
+    tc = getattr(model.vae, "temporal_compression", 1)
+    chunk = getattr(model.vae, "encode_chunk_size", 64) if tc == 1 else len(frames)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(frames), chunk):
+            x = to_unit(frames[i : i + chunk], model.dtype, model.device)  # (1, 3, n, H, W) in [-1, 1]
+            out.append(model.vae.encode(x).float())
+    timings.add("vae_encode", time.perf_counter() - t0)
+    return torch.cat(out, dim=2)
 
 
 def decode(model, latents: torch.Tensor, settings: Settings, timings: Timings) -> np.ndarray:

@@ -43,9 +43,9 @@ import torch
 from tqdm.auto import tqdm
 
 from kinema.errors import require
-from kinema.models.seams import DenoiserInputs, FrameCondition, TextEmbeds
+from kinema.models.seams import DenoiserInputs, FrameCondition, TextEmbeds, to_uint8
 
-from .common import Result, Settings, clip_inputs, encode_prompts, latent_shape, sample, to_uint8
+from .common import Result, Settings, clip_inputs, encode_prompts, encode_video, latent_shape, sample
 from .loop import Predict, Stopwatch, Timings, guided
 from .windows import (
     Span, adain, continuation_plan, freenoise_noise, fuse_batched, parse_prompt_schedule, peak_window_frames,
@@ -411,10 +411,10 @@ def windowed_video(model, prompt: str, settings: Settings, options: LongOptions,
 
 def continued_video(
     model, prompt: str, settings: Settings, options: LongOptions, source: torch.Tensor | None = None,
-    progress: bool = True,
+    progress: bool = True, timings: Timings | None = None,
 ) -> Result:
     """Windows one after another, each knowing the last frames made; `source` latents are a given beginning."""
-    timings, t0 = Timings(), time.perf_counter()
+    timings, t0 = timings or Timings(), time.perf_counter()
     n = 0 if source is None else source.shape[2]
     o = _resolve_for(model, settings, replace(options, mode="continue"), source_frames=n)
     shape = latent_shape(model, settings)
@@ -463,11 +463,6 @@ def extend_video(
     """
     require(video.shape[1:] == (settings.height, settings.width, 3),
             f"the clip to extend is {video.shape[2]}x{video.shape[1]}, not {settings.width}x{settings.height}; resize it first")
-    x = torch.from_numpy(np.ascontiguousarray(video)).to(model.device).permute(3, 0, 1, 2)[None]  # (1, 3, n, H, W)
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        source = model.vae.encode(x.to(model.dtype) / 127.5 - 1)  # (1, C, n, h, w)
-    encode_s = time.perf_counter() - t0
-    result = continued_video(model, prompt, settings, options, source=source, progress=progress)
-    result.timings.add("vae_encode", encode_s)
-    return result
+    timings = Timings()
+    source = encode_video(model, video, timings)  # (1, C, n, h, w), in chunks
+    return continued_video(model, prompt, settings, options, source=source, progress=progress, timings=timings)

@@ -14,15 +14,11 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from kinema.errors import KinemaError
+from kinema.errors import KinemaError, NumericalError
 from kinema.models.seams import DenoiserInputs, FrameCondition, TextEmbeds
 
 Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (latents, timestep) -> velocity
 SCHEDULERS = ("euler", "unipc")
-
-
-class NumericalError(KinemaError):
-    """Non-finite latents inside the loop."""
 
 
 @dataclass

@@ -28,9 +28,9 @@ fusion for the motion, in the spirit of PnP, Rerender-A-Video and FRESCO):
 6. decode in chunks; with `pixel_fusion`, the same propagation once more on the decoded frames at full
    resolution (weight `flow_strength`), against residual flicker.
 
-Defaults. `RestyleOptions` holds plain SDEdit values (strength 0.7, no structure); the API and CLI take
-strength and structure from the model folder (`restyle_strength`, `restyle_structure`, and
-`restyle_guidance` for the scale, in kinema.json `defaults`). The default model's, chosen with
+Defaults. `RestyleOptions` holds plain SDEdit values (strength 0.7, no structure); the front door fills
+strength and structure left as None from the model folder (`resolve_restyle_options`: `restyle_strength`,
+`restyle_structure`, and `restyle_guidance` for the scale, in kinema.json `defaults`). The default model's, chosen with
 `scripts/bench_restyle.py --first-clip 1000` (world clips other than the benchmark's) on its
 21,000-step weights, are strength 0.9, structure 0.3, guidance 7.5, flow_steps 0:
 - plain SDEdit has no good strength on this model: at 0.7 the source's colour survives in the 0.3 of
@@ -54,17 +54,19 @@ strength and structure from the model folder (`restyle_strength`, `restyle_struc
   missed is copied only in part and does not run on along the chain of frames.
 
 Long sources: beyond the model's trained length, the denoiser runs on context windows fused every step
-(`long_video.window_sampler`, as long clips do: FreeNoise noise; `context_length`, `context_stride`); the flow fusion sees
-the fused estimate of the whole clip, so consistency holds across window borders. The source's layout
-is injected window by window: each window's pass reads its own slice of the noised source. Peak
-denoiser memory is set by the window; the source, its flows and the output are held whole (`BYTES_PER_PIXEL`), and
-`check_memory` refuses a clip that would not fit before anything is read.
+(`long_video.window_sampler`, as long clips do: FreeNoise noise; `context_length`, `context_stride`);
+the flow fusion sees the fused estimate of the whole clip, so consistency holds across window borders.
+The source's layout is injected window by window: each window's pass reads its own slice of the noised
+source. Peak denoiser memory is set by the window; the source, its flows and the output are held whole
+(`resources.restyle_host_bytes`), and the front door refuses a clip that would not fit before anything
+is read.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -74,7 +76,9 @@ from kinema.errors import require
 
 from kinema.models.seams import DenoiserInputs, Injection, TextEmbeds
 
-from .common import Result, Settings, clip_inputs, decode, encode_prompts, initial_noise, latent_shape, sample
+from .common import (
+    Result, Settings, clip_inputs, decode, encode_prompts, encode_video, initial_noise, latent_shape, sample,
+)
 from .flow import FlowGuide, pixel_fusion, source_flow
 from .long_video import window_sampler
 from .loop import Hook, Timings, guided, make_scheduler, set_timesteps, x0_from_velocity
@@ -92,11 +96,11 @@ MIN_FLOW_SIDE = 16  # DIS needs frames of at least 16x16 (flow._check_frames)
 MODEL_DEFAULTS = dict(strength=0.7, structure=0.0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RestyleOptions:
     """How far the source is left behind, and how its latents and flow guide the denoising.
 
-    `strength` and `structure` may be None: the model's defaults (`with_model_defaults`).
+    `strength` and `structure` may be None: the model's defaults (`resolve_restyle_options`).
     """
 
     strength: float | None = 0.7  # 0 keeps the source, 1 ignores it (but for its layout and flow)
@@ -107,19 +111,22 @@ class RestyleOptions:
     structure: float | None = 0.0  # fraction of the steps that run, from the first, with the source's layout injected
 
     def __post_init__(self):
-        if self.pixel_fusion is None:
-            self.pixel_fusion = self.flow
+        if self.pixel_fusion is None:  # fixed once, as the options are made
+            object.__setattr__(self, "pixel_fusion", self.flow)
+
+    @property
+    def resolved(self) -> bool:
+        return self.strength is not None and self.structure is not None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def with_model_defaults(options: RestyleOptions, defaults: dict) -> RestyleOptions:
-    """`options` with None strength/structure replaced by the model's `restyle_*` defaults (or MODEL_DEFAULTS)."""
-    for name, fallback in MODEL_DEFAULTS.items():
-        if getattr(options, name) is None:
-            setattr(options, name, float(defaults.get(f"restyle_{name}", fallback)))
-    return options
+def resolve_restyle_options(options: RestyleOptions, model_defaults: Mapping, steps: int) -> RestyleOptions:
+    """New options: None strength/structure from the model's `restyle_*` defaults (else MODEL_DEFAULTS), checked for `steps`."""
+    filled = {name: float(model_defaults.get(f"restyle_{name}", fallback))
+              for name, fallback in MODEL_DEFAULTS.items() if getattr(options, name) is None}
+    return check_options(replace(options, **filled), steps)
 
 
 def denoise_steps(steps: int, strength: float) -> int:
@@ -258,19 +265,40 @@ def structure_denoiser(model, source: torch.Tensor, noise: torch.Tensor, text: T
 #################################################################################
 
 
-def encode_video(model, frames: np.ndarray, timings: Timings) -> torch.Tensor:
-    """uint8 (F, H, W, 3) -> latents (1, C, f, h, w), float32; a frame-wise VAE sees bounded chunks."""
+def prompted(model, prompt: str, settings: Settings, init: torch.Tensor, structured: int, until: float | None, long,
+             timings: Timings):
+    """(text, uncond, noise, predict, windows info) of a restyle: plain, the source's layout injected, or in windows.
+
+    `noise` and `predict` None: `sample`'s seeded noise and guided denoiser (plain SDEdit).
+    """
+    empty = empty_text(model, timings) if structured else None
+
+    def per_windows(spans, noise):  # the source's layout, window by window (batched windows stacked)
+        pick = lambda x: torch.cat([x[:, :, s:e] for s, e in spans]).to(model.device)  # noqa: E731
+        return structure_denoiser(model, pick(init), pick(noise), empty, until)
+
+    if long is not None:  # a text per window, FreeNoise noise, windows fused before each step (each with its source slice)
+        require(not long.follow_motion, "restyled windows keep the source's motion; --follow-motion does not apply")
+        w = window_sampler(model, prompt, settings, long, timings, per_windows if structured else None)
+        return w.text, w.uncond, w.noise, w.predict, w.info
+    text, uncond = encode_prompts(model, prompt, settings, timings)  # the prompt (and negative)
+    if not structured:
+        return text, uncond, None, None, None
+    noise = initial_noise(latent_shape(model, settings), settings.seed, model.device)  # the source's layout injected
+    denoiser = structure_denoiser(model, init, noise, empty, until)
+    return text, uncond, noise, guided(denoiser, text, uncond, settings.guidance, None, timings.denoiser,
+                                       clip_inputs(settings)), None
+
+
+def fuse_decoded(model, frames: np.ndarray, source: np.ndarray, guide: FlowGuide, strength: float,
+                 timings: Timings) -> np.ndarray:
+    """The last fusion, of the decoded frames at full resolution (a VAE that compresses time: flow of every frame)."""
     t0 = time.perf_counter()
-    tc = getattr(model.vae, "temporal_compression", 1)
-    chunk = getattr(model.vae, "encode_chunk_size", 64) if tc == 1 else len(frames)  # a causal VAE needs it whole
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(frames), chunk):
-            x = torch.from_numpy(np.ascontiguousarray(frames[i : i + chunk])).to(model.device)
-            x = x.permute(3, 0, 1, 2)[None].to(model.dtype) / 127.5 - 1  # (1, 3, n, H, W) in [-1, 1]
-            out.append(model.vae.encode(x).float())
-    timings.add("vae_encode", time.perf_counter() - t0)
-    return torch.cat(out, dim=2)
+    if guide.frames != len(frames):  # the latent guide skips frames
+        guide = flow_guide(model, source, timings, every_frame=True)
+    frames = fuse_pixels(frames, guide, strength)
+    timings.add("pixel_fusion", time.perf_counter() - t0)
+    return frames
 
 
 def restyle_video(
@@ -279,14 +307,14 @@ def restyle_video(
 ) -> Result:
     """Restyle uint8 frames (F, H, W, 3) at the settings' size as `prompt` says, keeping their motion.
 
-    `long` (resolved `LongOptions`, window mode) runs the denoiser on context windows; None runs all
-    frames at once. With strength 0 the source comes back unchanged and `model` is not used.
+    `options` are taken as given (resolved: `resolve_restyle_options`); `long` (resolved `LongOptions`,
+    window mode) runs the denoiser on context windows, None all frames at once. With strength 0 the
+    source comes back unchanged and `model` is not used.
     """
     shape = (settings.frames, settings.height, settings.width, 3)
     require(source.shape == shape, f"the source is {source.shape}, not {shape}; choose and resize frames first")
-    if model is not None:
-        with_model_defaults(options, getattr(model, "defaults", None) or {})
-    check_options(options, settings.steps)
+    require(options.resolved, "restyle_video takes resolved options: strength and structure from "
+                              "resolve_restyle_options(options, model.defaults, settings.steps)")
     timings, t0 = Timings(), time.perf_counter()
     run = denoise_steps(settings.steps, options.strength)
     fused = fusion_steps(run, options.flow_steps) if options.flow else 0
@@ -297,24 +325,11 @@ def restyle_video(
         timings.add("total", time.perf_counter() - t0)
         return Result(source.copy(), torch.empty(0), timings, info)
     init = encode_video(model, source, timings).to(model.device)  # 1. encode the source
-    empty = empty_text(model, timings) if structured else None
     until = structure_until(model, settings, options.strength, structured) if structured else None
-
-    def per_windows(spans, noise):  # the source's layout, window by window (batched windows stacked)
-        pick = lambda x: torch.cat([x[:, :, s:e] for s, e in spans]).to(model.device)  # noqa: E731
-        return structure_denoiser(model, pick(init), pick(noise), empty, until)
-
-    if long is None:
-        text, uncond = encode_prompts(model, prompt, settings, timings)  # 2. encode prompt (and negative)
-        noise = predict = None
-        if structured:  # the source's layout injected during the first structure steps
-            noise = initial_noise(latent_shape(model, settings), settings.seed, model.device)
-            denoiser = structure_denoiser(model, init, noise, empty, until)
-            predict = guided(denoiser, text, uncond, settings.guidance, None, timings.denoiser, clip_inputs(settings))
-    else:  # 2. a text per window, FreeNoise noise, windows fused before each step (each with its source slice)
-        require(not long.follow_motion, "restyled windows keep the source's motion; --follow-motion does not apply")
-        w = window_sampler(model, prompt, settings, long, timings, per_windows if structured else None)
-        text, uncond, noise, predict, info["long"] = w.text, w.uncond, w.noise, w.predict, w.info
+    text, uncond, noise, predict, windows = prompted(model, prompt, settings, init, structured, until, long,
+                                                     timings)  # 2. encode prompt; the source's layout; windows
+    if windows is not None:
+        info["long"] = windows
     guide = flow_guide(model, source, timings) if options.flow or options.pixel_fusion else None  # 3. source flow
     if guide is not None:
         info["restyle"]["reliable_fraction"] = round(float(guide.mask.mean()), 4) if guide.frames > 1 else None
@@ -322,12 +337,7 @@ def restyle_video(
     latents = sample(model, text, uncond, settings, timings, init=init, strength=options.strength, hooks=hooks,
                      progress=progress, noise=noise, predict=predict)  # noise to strength, denoise
     frames = decode(model, latents, settings, timings)  # 6. decode in chunks
-    if options.pixel_fusion:
-        t1 = time.perf_counter()
-        if guide.frames != len(frames):  # a VAE that compresses time: the latent guide skips frames
-            guide = flow_guide(model, source, timings, every_frame=True)
-        frames = fuse_pixels(frames, guide, options.flow_strength)  # 7. last fusion at full resolution
-        timings.add("pixel_fusion", time.perf_counter() - t1)
+    if options.pixel_fusion:  # 7. last fusion at full resolution
+        frames = fuse_decoded(model, frames, source, guide, options.flow_strength, timings)
     timings.add("total", time.perf_counter() - t0)
     return Result(frames, latents, timings, info)
-

@@ -217,7 +217,7 @@ def test_one_model_serves_two_threads_at_once(trained_like_model):
 
 
 def test_nan_latents_are_reported_with_the_step():
-    from kinema.pipelines.loop import NumericalError
+    from kinema.errors import NumericalError
 
     sched = make_scheduler("euler", {"num_train_timesteps": 1000})
     set_timesteps(sched, 4)
