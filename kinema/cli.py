@@ -165,7 +165,7 @@ def add_sampling_options(s) -> None:
     s.add_argument("--negative-prompt", default="", help="what to steer away from (the unconditional prompt)")
     s.add_argument("--seed", type=nonneg_int, default=0, help="random seed; the same seed gives the same clip")
     s.add_argument("--fps", type=finite_float, default=None, help="frames per second of the written file")
-    s.add_argument("--scheduler", default=None, choices=Choices("kinema.pipelines.loop", "SCHEDULERS"),
+    s.add_argument("--scheduler", default=None, choices=Choices("kinema.models.schedulers", "SCHEDULERS"),
                    help="flow-matching solver (default: the model's; euler for kinema models, UniPC for Wan)")
     s.add_argument("--shift", type=finite_float, default=None, help="timestep shift of the schedule (default: the model's)")
     s.add_argument("--decode-chunk-size", type=positive_int, default=16, help="latent frames decoded at once")

@@ -163,7 +163,7 @@ def settings_for(info: ModelInfo, **overrides) -> Settings:
 
 
 def _check_numbers(s: Settings) -> None:
-    from .pipelines.loop import SCHEDULERS
+    from .models.schedulers import SCHEDULERS
 
     require(math.isfinite(s.guidance) and 0 <= s.guidance <= 50, f"--guidance must be a number in [0, 50] (got {s.guidance})")
     require(math.isfinite(s.fps) and video_io.MIN_FPS <= s.fps <= 240, f"--fps must be in [{video_io.MIN_FPS}, 240] (got {s.fps})")
@@ -362,10 +362,8 @@ def restyle_options(info: ModelInfo, steps: int, strength=None, flow: bool = Tru
     """RestyleOptions with the model's `restyle_*` defaults for what is left out, checked once."""
     from .pipelines import video_to_video as v2v
 
-    d = info.defaults
-    opts = v2v.RestyleOptions(d.restyle_strength if strength is None else strength, flow, flow_steps, flow_strength,
-                              flow if pixel_fusion is None else pixel_fusion, d.restyle_structure if structure is None else structure)
-    v2v.check_options(opts, steps)
+    given = v2v.RestyleOptions(strength, flow, flow_steps, flow_strength, pixel_fusion, structure)
+    opts = v2v.resolve_restyle_options(given, info.defaults.as_dict(), steps)
     require(opts.structure == 0 or opts.strength == 0 or "structure" in info.features,
             "this model's denoiser cannot take the source's layout; pass --structure 0")
     return opts

@@ -36,6 +36,7 @@ from .models.family import Model, load_model, resolve_model_path
 from .models.kinema_family import save
 from .errors import KinemaError
 from .models import FrameCondition, TextEmbeds
+from .models.seams import to_unit
 from .models.unet import GROWN_PREFIXES
 
 #################################################################################
@@ -270,8 +271,8 @@ def cooldown_factor(step: int, total: int, cooldown: int) -> float:
 
 def _to_tensor(video: np.ndarray) -> torch.Tensor:
     """uint8 (..., F, H, W, 3) -> float (..., 3, F, H, W) in [-1, 1]."""
-    t = torch.from_numpy(video).float().div(127.5).sub(1)
-    return t.movedim(-1, -4)
+    t = to_unit(video.reshape(-1, *video.shape[-3:]))[0]  # (3, N, H, W)
+    return t.reshape(3, *video.shape[:-1]).movedim(0, -4)
 
 
 #################################################################################
@@ -286,7 +287,7 @@ def vae_frames(cfg: TrainConfig, rng: np.random.Generator, n: int, split: str = 
     for seed in rng.integers(0, 2**31, size=n):
         t = int(rng.integers(cfg.frames))
         frames.append(data.clip(int(seed), cfg.frames, times=[t])[0][0])
-    return torch.from_numpy(np.stack(frames)).float().div(127.5).sub(1).permute(0, 3, 1, 2)  # (n, 3, H, W)
+    return to_unit(np.stack(frames))[0].transpose(0, 1)  # (n, 3, H, W)
 
 
 def heldout_psnr(vae, cfg: TrainConfig, n: int = 64) -> tuple[float, float]:

@@ -589,10 +589,10 @@ def _load_image_encoder(path: Path, place: torch.device) -> tuple[object, object
 
 
 def check_scheduler(config: dict) -> None:
-    """Warn when kinema's solver (`loop.make_scheduler`: flow shift and step count only) is not the folder's."""
+    """Warn when kinema's solver (`schedulers.make_scheduler`: flow shift and step count only) is not the folder's."""
     import warnings
 
-    from kinema.pipelines.loop import make_scheduler
+    from .schedulers import make_scheduler
 
     kind = "unipc" if config.get("_class_name") == "UniPCMultistepScheduler" else "euler"
     ours = make_scheduler(kind, config).config

@@ -15,10 +15,10 @@ import torch
 from tqdm.auto import tqdm
 
 from kinema.errors import KinemaError, NumericalError
+from kinema.models.schedulers import SCHEDULERS, make_scheduler  # noqa: F401  (the solvers the loop runs)
 from kinema.models.seams import DenoiserInputs, FrameCondition, TextEmbeds
 
 Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (latents, timestep) -> velocity
-SCHEDULERS = ("euler", "unipc")
 
 
 @dataclass
@@ -27,21 +27,6 @@ class Stopwatch:
 
     seconds: float = 0.0
     calls: int = 0
-
-
-def make_scheduler(kind: str, config: dict, shift: float | None = None):
-    """A diffusers flow-matching scheduler from a model's scheduler config."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
-
-    shift = float(config.get("shift", 1.0) if shift is None else shift)
-    n = int(config.get("num_train_timesteps", 1000))
-    if kind == "euler":
-        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=n, shift=shift)
-    if kind == "unipc":
-        return UniPCMultistepScheduler(
-            num_train_timesteps=n, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift
-        )
-    raise KinemaError(f"unknown scheduler {kind!r}; choose one of {', '.join(SCHEDULERS)}")
 
 
 def set_timesteps(scheduler, steps: int, strength: float = 1.0, device=None) -> int:

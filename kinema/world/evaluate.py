@@ -132,6 +132,7 @@ def vae_suite(args, n_clips: int = 24) -> dict:
     import torch
 
     from .. import api
+    from ..models.seams import to_uint8, to_unit
 
     info = api.info(args.model)
     model = api.load(info.path, args.device, args.dtype, args.attention)
@@ -139,10 +140,10 @@ def vae_suite(args, n_clips: int = 24) -> dict:
     values = []
     for i in range(n_clips):
         clip = w.clip(900_000 + i).video
-        x = torch.from_numpy(clip).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]  # (1, 3, F, H, W)
+        x = to_unit(clip)  # (1, 3, F, H, W)
         with torch.inference_mode():
             rec = model.vae.decode(model.vae.encode(x.to(model.device, model.dtype)))
-        out = ((rec[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).cpu().numpy()
+        out = to_uint8(rec)
         values += [metrics.psnr(a, b) for a, b in zip(out, clip)]
     v = np.asarray(values)
     result = dict(split=args.split, frames=len(v), median=float(np.median(v)), p5=float(np.percentile(v, 5)), worst=float(v.min()))
