@@ -179,11 +179,12 @@ def main(argv=None) -> int:
 
 def model_folder(args, tmp: Path) -> str:
     """The kinema model the size runs: a fresh tiny one (smoke), or --model / the shipped weights (full)."""
-    from kinema import loading
+    import kinema
+    from kinema.models.family import resolve_model_path
 
     if args.size == "smoke":
-        return "--model " + shlex.quote(str(loading.init(tmp / "tiny", preset="tiny", seed=0)))
-    path = loading.resolve_model_path(args.model)  # a clear error now, not five failed benchmarks later
+        return "--model " + shlex.quote(str(kinema.init(tmp / "tiny", preset="tiny", seed=0)))
+    path = resolve_model_path(args.model)  # a clear error now, not five failed benchmarks later
     return "--model " + shlex.quote(str(path))
 
 

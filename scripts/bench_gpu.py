@@ -32,7 +32,7 @@ GIB = 2**30
 
 
 def folder(args) -> dict:
-    from kinema.loading import quiet_libraries
+    from kinema.models.family import quiet_libraries
     from kinema.models.wan_testing import t2v_folder
 
     quiet_libraries()
@@ -45,7 +45,7 @@ def folder(args) -> dict:
 
 def child(args) -> None:
     """One config in this fresh process: peak GPU memory after load, in the denoise and in the decode phase."""
-    from kinema import api
+    from kinema import jobs
     from kinema.models import wan
     from kinema.pipelines.common import decode, encode_prompts, sample
     from kinema.pipelines.loop import Timings
@@ -53,9 +53,10 @@ def child(args) -> None:
     dev = torch.device(args.device)
     peak = (lambda: torch.cuda.max_memory_allocated() / GIB) if dev.type == "cuda" else (lambda: 0.0)  # noqa: E731
     reset = torch.cuda.reset_peak_memory_stats if dev.type == "cuda" else (lambda: None)
-    model = wan.load(args.path, dev, torch.bfloat16 if dev.type == "cuda" else torch.float32,
+    info = wan.describe(Path(args.path))
+    model = wan.load(info, dev, torch.bfloat16 if dev.type == "cuda" else torch.float32,
                      offload=None if args.offload == "none" else args.offload, vae_tiling=args.tiling)
-    s = api.settings_for(api.peek(args.path), frames=args.frames, height=args.height, width=args.width, steps=args.steps)
+    s = jobs.settings_for(info, frames=args.frames, height=args.height, width=args.width, steps=args.steps)
     out, timings = dict(offload=args.offload, vae_tiling=args.tiling, load_gib=peak()), Timings()
     reset()
     text, uncond = encode_prompts(model, "a red circle moving right on a blue background", s, timings)

@@ -35,15 +35,15 @@ def bench_long():
 
 def attention_tokens(model: str | None, frames: int, height: int | None, width: int | None) -> dict | None:
     """Sequence lengths at kinema's first attention level: tokens per frame (spatial) and frames (temporal)."""
-    from kinema import api
+    import kinema
 
-    info = api.peek(model)
-    den = info["denoiser"]
+    info = kinema.info(model)
+    den = info.configs["denoiser"]
     if "attention_levels" not in den:  # a Wan folder: full space-time attention
         return None
-    d, s = info["defaults"], info["spatial"]
+    d, s = info.defaults, info.spatial_compression
     i = next((i for i, a in enumerate(den["attention_levels"]) if a), len(den["channels"]) - 1)
-    h, w = (height or d["height"]) // s // 2**i, (width or d["width"]) // s // 2**i
+    h, w = (height or d.height) // s // 2**i, (width or d.width) // s // 2**i
     return dict(level=i, spatial=h * w, temporal=frames, heads=max(1, den["channels"][i] // den["head_dim"]))
 
 

@@ -143,7 +143,7 @@ def main() -> None:
             result = kinema.restyle(source, prompt, flow=flow, seed=args.seed + i, **common,
                                     pixel_fusion=args.pixel_fusion and flow, return_result=True)
             runs[name] = score(result.frames, fw, mask, track, target, background, args.size)
-            used = result.info["restyle"]
+            used = dict(result.info["restyle"], guidance=result.record["settings"]["guidance"])  # as resolved
         row = dict(prompt=prompt, target=target, source_warp_error=warp_error(source, fw, mask), **runs)
         rows.append(row)
         f, n = runs["flow"], runs["no_flow"]
@@ -157,9 +157,7 @@ def main() -> None:
                     background=float(np.mean([r["background_ok"] for r in rs])))
 
     flow_s, plain_s = summary("flow"), summary("no_flow")
-    d = model.defaults
-    resolved = dict(strength=used["strength"], structure=used["structure"],
-                    guidance=args.guidance if args.guidance is not None else d.get("restyle_guidance", d["guidance"]))
+    resolved = dict(strength=used["strength"], structure=used["structure"], guidance=used["guidance"])
     ratio = flow_s["warp_error"] / plain_s["warp_error"] if plain_s["warp_error"] > 0 else float("nan")
     figures = dict(flow=flow_s, no_flow=plain_s, warp_ratio=ratio, source_warp_error=_mean(r["source_warp_error"] for r in rows),
                    targets=TARGETS, settings=dict({k: v for k, v in vars(args).items() if k != "json_out"}, resolved=resolved),

@@ -31,7 +31,7 @@ def denoiser(preset: str):
     """A randomly initialised SpaceTimeUNet of the preset, with the latent channels and text width `init` gives it."""
     from kinema.models import PRESETS, VAE_PRESETS, SpaceTimeUNet
 
-    vae = VAE_PRESETS[preset if preset in VAE_PRESETS else "small"]  # as loading.init pairs them
+    vae = VAE_PRESETS[preset if preset in VAE_PRESETS else "small"]  # as kinema.init pairs them
     return SpaceTimeUNet(latent_channels=vae["latent_channels"], text_dim=384, **PRESETS[preset]).eval()
 
 

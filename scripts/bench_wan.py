@@ -117,7 +117,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from kinema.loading import quiet_libraries
+    from kinema.models.family import quiet_libraries
     from kinema.models.wan_testing import t2v_folder
 
     quiet_libraries()

@@ -59,7 +59,7 @@ def probe(model, clips: int = 16, sigmas=(0.5, 0.7, 0.85, 0.93, 0.97), frames: i
 
 
 def main(argv=None) -> int:
-    from kinema import api
+    import kinema
     from kinema.video_io import write_json_atomic
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,15 +68,14 @@ def main(argv=None) -> int:
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.5, 0.7, 0.85, 0.93, 0.97])
     p.add_argument("--json-out", default=None)
     args = p.parse_args(argv)
-    info = api.peek(args.model)
-    model = api.load(info["path"], "cpu")
-    d = info["defaults"]
-    rows = probe(model, args.clips, args.sigmas, d["frames"], d["height"])
+    model = kinema.load(args.model, "cpu")
+    d = model.info.defaults
+    rows = probe(model, args.clips, args.sigmas, d.frames, d.height)
     print("| mode | sigma | x0 error, true caption | direction swapped | ratio |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['mode']} | {r['sigma']:g} | {r['true']:.4f} | {r['swapped']:.4f} | {r['ratio']:.3f} |")
     if args.json_out:
-        write_json_atomic(args.json_out, dict(model=str(info["path"]), rows=rows))
+        write_json_atomic(args.json_out, dict(model=str(model.path), rows=rows))
     return 0
 
 

@@ -14,7 +14,6 @@ direction. A model without the length input gives the same clip at every length.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path

@@ -10,7 +10,7 @@ python scripts/ship_default.py "$RUN/model"
 python - "$RUN" "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
-from kinema import loading
+from kinema.models.family import load_model
 from kinema.train import latest_checkpoint, plot_curve, sample_grid, TrainConfig
 run, out = Path(sys.argv[1]), Path(sys.argv[2])
 meta = json.loads((latest_checkpoint(run) / "meta.json").read_text())
@@ -19,7 +19,7 @@ first = meta["history"][0][0] - 1 if meta["history"] else 0
 plot_curve(meta["history"], out / name, f"denoiser loss (flow matching MSE), steps {first:,}-{meta['step']:,} ({run.name})")
 if (run / "vae_loss.png").is_file():
     (out / "vae_loss.png").write_bytes((run / "vae_loss.png").read_bytes())
-model = loading.load(None)
+model = load_model(None)
 sample_grid(model, TrainConfig().sample_prompts, Path("samples/default_t2v.gif"))
 print("step", meta["step"])
 PY

@@ -18,7 +18,8 @@ import numpy as np
 
 
 def main(argv=None) -> int:
-    from kinema import api, world
+    import kinema
+    from kinema import jobs, world
     from kinema.world import metrics
     from kinema.video_io import write_json_atomic
     from kinema.pipelines.text_to_video import text_to_video
@@ -31,13 +32,13 @@ def main(argv=None) -> int:
     p.add_argument("--json-out", default=None)
     args = p.parse_args(argv)
 
-    info = api.peek(args.model)
-    model = api.load(info["path"], "cpu")
+    model = kinema.load(args.model, "cpu")
+    info = model.info
     prompts = world.eval_prompts("train", per_combo=1, seed=5)[:: args.every]
     rows = []
     print("| guidance | shift | clips | colour | background | direction |\n|---|---|---|---|---|---|")
     for g, shift in [(g, s) for g in args.guidance for s in args.shift]:
-        settings = api.settings_for(info, guidance=g, **({} if shift is None else dict(shift=shift)))
+        settings = jobs.settings_for(info, guidance=g, **({} if shift is None else dict(shift=shift)))
         scores = []
         for i, (prompt, _) in enumerate(prompts):
             settings.seed = 50_000 + i
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
         print(f"| {g:g} | {settings.shift or 'model'} | {len(scores)} | {acc['colour']:.0%} | {acc['background']:.0%} | {acc['direction']:.0%} |",
               flush=True)
     if args.json_out:
-        write_json_atomic(args.json_out, dict(model=str(info["path"]), rows=rows))
+        write_json_atomic(args.json_out, dict(model=str(info.path), rows=rows))
     return 0
 
 
