@@ -213,9 +213,9 @@ def register(family: ModelFamily) -> ModelFamily:
 
 def families() -> dict[str, ModelFamily]:
     """The registered families by name (kinema first: its index wins where a folder has both)."""
-    if not _FAMILIES:
-        from . import kinema_family, wan  # noqa: F401  (each registers itself)
-    return dict(_FAMILIES)
+    from . import kinema_family, wan  # noqa: F401  (each registers itself when first imported)
+
+    return {name: _FAMILIES[name] for name in ("kinema", "wan", *_FAMILIES)}
 
 
 def resolve_model_path(model: str | Path | None) -> Path:

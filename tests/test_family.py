@@ -112,3 +112,13 @@ def test_no_family_checks_outside_models():
     offenders = [f"{p.relative_to(ROOT)}:{i}" for folder in ("kinema", "pipelines") for p in (ROOT / folder).rglob("*.py")
                  for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert offenders == []
+
+
+def test_every_family_is_registered_in_a_fresh_process():
+    """A fresh `import kinema` (which imports kinema's own family) still knows Wan folders."""
+    import subprocess
+    import sys
+
+    code = "import kinema; from kinema.models.family import families; print(sorted(families()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "['kinema', 'wan']", out.stderr
