@@ -112,21 +112,54 @@ def quality(path: Path, prompt: str, long: dict | None) -> dict | None:
     from kinema.world import metrics
     from kinema.video_io import read_video
 
+    # 1. the prompt's colour and direction, the clip, the trained length
     parsed = world.parse_caption(prompt)
     if parsed is None:
         return None
     colour, _, direction, _ = parsed
     video, _ = read_video(path)
     chunk = (long or {}).get("context_length") or 16
+    # 2. colour per frame, direction per chunk
     reading = metrics.analyse_video(video)
     colours = [r.colour == colour for r in reading.frames]
+    chunks, slow = chunk_directions(video, chunk)
+    # 3. seams: the change at each window boundary over the clip's median change
+    bounds = boundaries(long, len(video))
+    median, seams, floored, mean_ratio = seam_ratios(video, bounds)
+    # 4. where the object jumps, the seams away from the jumps, its direction between them
+    jump, jumps, away, step_dirs = jump_figures(video, reading, chunk, bounds, seams)
+    return dict(boundary_mean_ratio=None if mean_ratio is None else round(mean_ratio, 3), worst_seam_jump_px=jump,
+                jumps=len(jumps), worst_seam_away_from_jumps=round(max(away), 3) if away else None,
+                boundaries_away_from_jumps=len(away), chunk_step_directions=step_dirs,
+                direction_chunks_between_jumps=round(float(np.mean([d == direction for d in step_dirs])), 3)
+                if step_dirs else None,
+                colour_frames=round(float(np.mean(colours)), 3),
+                direction_chunks=round(float(np.mean([d == direction for d in chunks])) if chunks else float("nan"), 3),
+                chunk_directions=chunks,
+                direction_chunks_clip_pace=round(float(np.mean([d == direction for d in slow])), 3) if slow else None,
+                worst_seam_ratio=round(max(seams), 3) if seams else None,
+                worst_seam_ratio_floored=round(max(floored), 3) if floored else None,
+                median_change=round(median, 3), boundaries=len(seams))
+
+
+def chunk_directions(video, chunk: int) -> tuple[list, list]:
+    """Direction of each consecutive `chunk`-frame piece: at a 16-frame clip's pace, and at the pace of a
+    non-wrapping world clip of the whole clip's length (~8x slower at 256 frames)."""
+    from kinema.world import metrics
+
     starts = range(0, len(video) - chunk + 1, chunk)
     chunks = [metrics.analyse_video(video[i:i + chunk]).direction for i in starts]  # at a 16-frame clip's pace
-    # the same at the pace of a non-wrapping world clip of this length (~8x slower at 256 frames)
     slow = [metrics.analyse_video(video[i:i + chunk], clip_frames=len(video)).direction for i in starts]
+    return chunks, slow
+
+
+def seam_ratios(video, bounds: list[int]) -> tuple[float, list[float], list[float], float | None]:
+    """(median frame-to-frame change, change at each boundary over it, the same over a median of at least
+    SEAM_FLOOR, mean change at boundaries over mean change elsewhere or None)."""
+    import numpy as np
+
     change = np.abs(np.diff(video.astype(np.int16), axis=0)).mean(axis=(1, 2, 3))  # change[t]: t -> t+1
     median = float(np.median(change))
-    bounds = boundaries(long, len(video))
     seams = [float(change[b - 1]) / max(median, 1e-6) for b in bounds]
     # the same over a median of at least SEAM_FLOOR grey levels: below it, changes are the sub-pixel steps of
     # a slowly moving object, which the non-wrapping world's own long clips show at every frame
@@ -135,15 +168,28 @@ def quality(path: Path, prompt: str, long: dict | None) -> dict | None:
     at = np.zeros(len(change), bool)
     at[[b - 1 for b in bounds]] = True
     mean_ratio = float(change[at].mean() / max(change[~at].mean(), 1e-6)) if at.any() and (~at).any() else None
-    # how far the object's centroid moves in each transition (px, the short way round the frame's torus:
-    # crossing an edge of a wrapping clip is a small move; None where the object is not found)
+    return median, seams, floored, mean_ratio
+
+
+def centroid_steps(video, reading) -> list[tuple[float, float] | None]:
+    """How far the object's centroid moves in each transition (px, the short way round the frame's torus:
+    crossing an edge of a wrapping clip is a small move; None where the object is not found)."""
     h, w = video.shape[1:3]
     cs = [f.centroid for f in reading.frames]
 
     def step(a, b):
         return ((b[0] - a[0] + w / 2) % w - w / 2, (b[1] - a[1] + h / 2) % h - h / 2)
 
-    steps_all = [None if a is None or b is None else step(a, b) for a, b in zip(cs, cs[1:])]
+    return [None if a is None or b is None else step(a, b) for a, b in zip(cs, cs[1:])]
+
+
+def jump_figures(video, reading, chunk: int, bounds: list[int],
+                 seams: list[float]) -> tuple[float | None, list[int], list[float], list[str | None]]:
+    """(the object's move at the worst boundary, the transitions where it jumps, the seams of the boundaries
+    away from the jumps, each chunk's direction from its moves with the jumps left out)."""
+    import numpy as np
+
+    steps_all = centroid_steps(video, reading)
     moves = [None if m is None else float(np.hypot(*m)) for m in steps_all]
     # what happens at the worst boundary: how far the object jumps there
     jump = None
@@ -153,12 +199,23 @@ def quality(path: Path, prompt: str, long: dict | None) -> dict | None:
     # where the object jumps: its centroid moves more than 1/8 of the frame side in one transition (world
     # objects move at most ~3 px per frame at 64x64); boundaries within 2 transitions of a jump are where the
     # clip's content changes most, so the worst seam is also given for the boundaries away from them
-    side = min(h, w)
+    side = min(video.shape[1:3])
     jumps = [t for t, m in enumerate(moves) if m is not None and m > side / 8]
     away = [s for b, s in zip(bounds, seams) if all(abs(b - 1 - j) > 2 for j in jumps)]
     # direction within each chunk from the median frame-to-frame move, jumps left out: does the object move
     # the prompt's way between them?
     steps = [None if t in jumps else m for t, m in enumerate(steps_all)]
+    return jump, jumps, away, step_directions(steps, video, chunk)
+
+
+def step_directions(steps: list, video, chunk: int) -> list[str | None]:
+    """Each `chunk`-frame piece's direction from the median of its frame-to-frame moves (None where fewer
+    than 2 are known): "still" below `metrics.still_threshold`, else the larger axis's way."""
+    import numpy as np
+
+    from kinema.world import metrics
+
+    side = min(video.shape[1:3])
     step_dirs = []
     for i in range(0, len(video) - chunk + 1, chunk):
         d = [m for m in steps[i:i + chunk - 1] if m is not None]
@@ -173,18 +230,7 @@ def quality(path: Path, prompt: str, long: dict | None) -> dict | None:
             step_dirs.append("right" if mx > 0 else "left")
         else:
             step_dirs.append("down" if my > 0 else "up")
-    return dict(boundary_mean_ratio=None if mean_ratio is None else round(mean_ratio, 3), worst_seam_jump_px=jump,
-                jumps=len(jumps), worst_seam_away_from_jumps=round(max(away), 3) if away else None,
-                boundaries_away_from_jumps=len(away), chunk_step_directions=step_dirs,
-                direction_chunks_between_jumps=round(float(np.mean([d == direction for d in step_dirs])), 3)
-                if step_dirs else None,
-                colour_frames=round(float(np.mean(colours)), 3),
-                direction_chunks=round(float(np.mean([d == direction for d in chunks])) if chunks else float("nan"), 3),
-                chunk_directions=chunks,
-                direction_chunks_clip_pace=round(float(np.mean([d == direction for d in slow])), 3) if slow else None,
-                worst_seam_ratio=round(max(seams), 3) if seams else None,
-                worst_seam_ratio_floored=round(max(floored), 3) if floored else None,
-                median_change=round(median, 3), boundaries=len(seams))
+    return step_dirs
 
 
 def reference(prompt: str, frames: int, seed: int, long: dict | None, tmp: Path) -> dict | None:
@@ -245,7 +291,8 @@ def plan_of(report: dict, trained: int) -> tuple[int, int]:
     return 1, report["settings"]["frames"]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's options, and the hidden ones of a child run."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model folder (default: the shipped weights)")
     p.add_argument("--short", type=int, default=16, help="frames of the short clip")
@@ -269,15 +316,21 @@ def main() -> None:
     p.add_argument("--keep", default=None, help="also keep the long clip here (mp4)")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.child is not None:
-        return child(args)
+    return p
 
+
+def run_both(args) -> tuple[dict, dict]:
+    """The short and the long clip, one after the other, each in a fresh process; the long clip kept if asked."""
     with tempfile.TemporaryDirectory(prefix="bench_long_") as tmp:
         short = run_child(args, args.short, Path(tmp))
         long = run_child(args, args.long, Path(tmp))
         if args.keep:
             shutil.copyfile(Path(tmp) / f"clip{args.long}.mp4", args.keep)
+    return short, long
+
+
+def speed_and_memory(args, short: dict, long: dict) -> dict:
+    """Peak memory and denoise time of both runs, their ratios (the time's against the plans' cost), printed."""
     (ws, cost_s), (wl, cost_l) = plan_of(short, args.short), plan_of(long, args.long)
     t_s, t_l = short["timings"]["denoise"], long["timings"]["denoise"]
     predicted = t_s * cost_l / cost_s
@@ -298,6 +351,12 @@ def main() -> None:
     print(f"denoise    {args.short:>4} frames {t_s:8.2f} s ({cost_s} latent frames/step) | {args.long:>4} frames "
           f"{t_l:8.2f} s ({cost_l}/step, predicted {predicted:.2f} s) | ratio {figures['time_ratio']:.3f} (target <= 1.3)")
     print(f"per frame  {t_s / args.short:.4f} s | {t_l / args.long:.4f} s measured, {predicted / args.long:.4f} s predicted")
+    return figures
+
+
+def add_quality(args, long: dict, figures: dict) -> None:
+    """What the long clip shows and what the world's own wrapping clip at its length shows, printed and added to
+    `figures` (nothing when the prompt is not a world caption)."""
     q = long.get("quality")
     if q:
         figures["quality"] = q
@@ -307,6 +366,19 @@ def main() -> None:
         if ref:
             figures["reference_world_clip"] = ref
             print_quality(ref, f"the world's own wrapping {args.long}-frame clip of the prompt (no model, same boundaries)")
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    if args.child is not None:
+        return child(args)
+    # 1. the short and the long clip, each in a fresh process
+    short, long = run_both(args)
+    # 2. memory and time
+    figures = speed_and_memory(args, short, long)
+    # 3. what the long clip shows, beside the world's own clip
+    add_quality(args, long, figures)
+    # 4. the figures as JSON
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(figures, indent=2))
 

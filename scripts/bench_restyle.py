@@ -97,7 +97,8 @@ def _mean(values) -> float:
     return float(np.mean(v)) if v else float("nan")
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model folder (default: the shipped weights)")
     p.add_argument("--clips", type=int, default=12, help="world clips in the fixed set")
@@ -119,20 +120,17 @@ def main() -> None:
                    help="the prompts also change the background (the background figure then counts the new one)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to run")
     p.add_argument("--json-out", default=None, help="also write the figures here as JSON")
-    args = p.parse_args()
+    return p
 
+
+def restyle_clips(args, common: dict) -> tuple[list[dict], dict]:
+    """Every fixed clip restyled with flow guidance and without, at the same seed, scored against the source,
+    one printed line per clip; and the restyle options the last run resolved (strength, structure, guidance)."""
     import kinema
     from kinema.world import metrics
     from kinema.pipelines.flow import warp_error
 
-    try:
-        model = kinema.load(args.model, device=args.device)
-    except kinema.KinemaError as e:
-        sys.exit(f"bench_restyle: error: {e}")
-    common = dict(model=model, steps=args.steps, guidance=args.guidance, strength=args.strength, height=args.size,
-                  width=args.size, flow_steps=args.flow_steps, flow_strength=args.flow_strength,
-                  structure=args.structure, progress=False)
-    rows, t0 = [], time.perf_counter()
+    rows = []
     print(f"{'clip':>4}  {'prompt':<52} {'warp src':>8} {'flow':>7} {'no-flow':>7}  {'motion px flow/no':>17}  colour flow/no")
     fixed = clips(args.clips, args.frames, args.size, args.first_clip, args.new_background)
     for i, (source, prompt, target, background) in enumerate(fixed):
@@ -149,28 +147,61 @@ def main() -> None:
         f, n = runs["flow"], runs["no_flow"]
         print(f"{i:>4}  {prompt:<52} {row['source_warp_error']:8.2f} {f['warp_error']:7.2f} {n['warp_error']:7.2f}  "
               f"{f['motion_px']:8.2f}/{n['motion_px']:<8.2f}  {f['detected']} / {n['detected']}")
+    return rows, used
 
-    def summary(name: str) -> dict:
-        rs = [r[name] for r in rows]
-        return dict(warp_error=_mean(r["warp_error"] for r in rs), motion_px=_mean(r["motion_px"] for r in rs),
-                    colour=float(np.mean([r["colour_ok"] for r in rs])),
-                    background=float(np.mean([r["background_ok"] for r in rs])))
 
-    flow_s, plain_s = summary("flow"), summary("no_flow")
+def summary(rows: list[dict], name: str) -> dict:
+    """Mean warp error and motion, share of right colours and backgrounds, of one run (`flow` or `no_flow`) over the clips."""
+    rs = [r[name] for r in rows]
+    return dict(warp_error=_mean(r["warp_error"] for r in rs), motion_px=_mean(r["motion_px"] for r in rs),
+                colour=float(np.mean([r["colour_ok"] for r in rs])),
+                background=float(np.mean([r["background_ok"] for r in rs])))
+
+
+def figures_of(args, rows: list[dict], used: dict, t0: float) -> dict:
+    """Both runs' summaries, the warp-error ratio, the targets, the settings as given and as resolved, the rows."""
+    flow_s, plain_s = summary(rows, "flow"), summary(rows, "no_flow")
     resolved = dict(strength=used["strength"], structure=used["structure"], guidance=used["guidance"])
     ratio = flow_s["warp_error"] / plain_s["warp_error"] if plain_s["warp_error"] > 0 else float("nan")
-    figures = dict(flow=flow_s, no_flow=plain_s, warp_ratio=ratio, source_warp_error=_mean(r["source_warp_error"] for r in rows),
-                   targets=TARGETS, settings=dict({k: v for k, v in vars(args).items() if k != "json_out"}, resolved=resolved),
-                   seconds=round(time.perf_counter() - t0, 2), rows=rows)
+    return dict(flow=flow_s, no_flow=plain_s, warp_ratio=ratio, source_warp_error=_mean(r["source_warp_error"] for r in rows),
+                targets=TARGETS, settings=dict({k: v for k, v in vars(args).items() if k != "json_out"}, resolved=resolved),
+                seconds=round(time.perf_counter() - t0, 2), rows=rows)
+
+
+def print_figures(args, figures: dict) -> None:
+    """The table of both runs' figures against the targets, and the settings they ran at."""
+    flow_s, plain_s, ratio = figures["flow"], figures["no_flow"], figures["warp_ratio"]
+    resolved = figures["settings"]["resolved"]
     print(f"\n{'':<22}{'flow':>10}{'no-flow':>10}   target")
     print(f"{'warp error (grey)':<22}{flow_s['warp_error']:10.3f}{plain_s['warp_error']:10.3f}   "
           f"ratio {ratio:.3f} (<= {TARGETS['warp_ratio']}); source {figures['source_warp_error']:.3f}")
     print(f"{'motion (px at 64x64)':<22}{flow_s['motion_px']:10.2f}{plain_s['motion_px']:10.2f}   <= {TARGETS['motion_px']}")
     print(f"{'target colour':<22}{flow_s['colour']:10.0%}{plain_s['colour']:10.0%}   >= {TARGETS['colour']:.0%}")
     print(f"{'background as prompted' if args.new_background else 'background kept':<22}{flow_s['background']:10.0%}{plain_s['background']:10.0%}")
-    print(f"{len(rows)} clips x 2 runs, {args.frames} frames {args.size}x{args.size}, strength {resolved['strength']}, "
+    print(f"{len(figures['rows'])} clips x 2 runs, {args.frames} frames {args.size}x{args.size}, strength {resolved['strength']}, "
           f"structure {resolved['structure']}, guidance {resolved['guidance']}, flow steps {args.flow_steps}, "
           f"{args.steps} steps, {figures['seconds']:.1f} s")
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+
+    import kinema
+
+    # 1. the model and the settings both runs share
+    try:
+        model = kinema.load(args.model, device=args.device)
+    except kinema.KinemaError as e:
+        sys.exit(f"bench_restyle: error: {e}")
+    common = dict(model=model, steps=args.steps, guidance=args.guidance, strength=args.strength, height=args.size,
+                  width=args.size, flow_steps=args.flow_steps, flow_strength=args.flow_strength,
+                  structure=args.structure, progress=False)
+    # 2. every clip with flow guidance and without
+    t0 = time.perf_counter()
+    rows, used = restyle_clips(args, common)
+    # 3. the figures over all clips, printed and written
+    figures = figures_of(args, rows, used, t0)
+    print_figures(args, figures)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(figures, indent=2, default=float))
 
