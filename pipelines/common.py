@@ -133,8 +133,8 @@ def encode_video(model, frames: np.ndarray, timings: Timings) -> torch.Tensor:
     VAE that compresses time (Wan) needs the clip whole.
     """
     t0 = time.perf_counter()
-    tc = getattr(model.vae, "temporal_compression", 1)
-    chunk = getattr(model.vae, "encode_chunk_size", 64) if tc == 1 else len(frames)
+    tc = model.vae.temporal_compression
+    chunk = model.vae.encode_chunk_size if tc == 1 else len(frames)  # a causal VAE encodes the clip whole
     out = []
     with torch.inference_mode():
         for i in range(0, len(frames), chunk):

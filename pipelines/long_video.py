@@ -130,7 +130,7 @@ def resolve_options(
 
 
 def _resolve_for(model, settings: Settings, options: LongOptions, source_frames: int = 0) -> LongOptions:
-    tc = getattr(model.vae, "temporal_compression", 1)
+    tc = model.vae.temporal_compression
     return resolve_options(options, settings.frames, int(model.defaults["frames"]), tc, source_frames)
 
 
@@ -164,7 +164,7 @@ def prompt_texts(
     schedule = parse_prompt_schedule(options.prompt_schedule, settings.frames)
     encoded = [encode_prompts(model, p, settings, timings) for _, p in schedule]
     weights = schedule_weights(schedule, settings.frames, options.prompt_transition)  # (P, frames)
-    tc = getattr(model.vae, "temporal_compression", 1)
+    tc = model.vae.temporal_compression
     f = latent_count(settings.frames, tc)
     weights = weights[:, (torch.arange(f) * tc).clamp(max=settings.frames - 1)]  # (P, f) at latent frames
     return [t for t, _ in encoded], weights, encoded[0][1]
@@ -319,7 +319,7 @@ class FrameSink:
         # every side with WRAP_MARGIN latent pixels from the opposite side and cropped back, so content
         # crossing an edge is decoded whole rather than cut in two at zero-padded borders (fewer frames per
         # chunk, so the decoder's activations stay the size of an unpadded chunk's)
-        self.wrap = wrap and getattr(model.vae, "temporal_compression", 1) == 1
+        self.wrap = wrap and model.vae.temporal_compression == 1
 
     def decode_until(self, latents: torch.Tensor, end: int) -> None:
         """Decode latent frames [decoded, end), `decode_chunk_size` at a time (frame-wise VAE: any range)."""

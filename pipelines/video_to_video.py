@@ -182,7 +182,7 @@ def flow_guide(model, source: np.ndarray, timings: Timings, every_frame: bool = 
     """The source's FlowGuide on the model's latent grid: one entry per latent frame, or per frame."""
     t0 = time.perf_counter()
     s = model.vae.spatial_compression
-    tc = 1 if every_frame else getattr(model.vae, "temporal_compression", 1)
+    tc = 1 if every_frame else model.vae.temporal_compression
     require((len(source) - 1) % tc == 0, f"this model's VAE compresses time by {tc}: restyle {tc}k+1 frames "
                                          f"(got {len(source)}); adjust --max-frames")
     guide = source_flow(source, (source.shape[1] // s, source.shape[2] // s), frame_stride=tc)
