@@ -1,20 +1,22 @@
 """Networks and the adapters that make every backbone, VAE and text encoder look the same to pipelines.
 
-Names are imported from their modules when first used (PEP 562), so `import kinema` and the `kinema`
-command's argument checks do not pay for diffusers and transformers until a model is built or loaded.
+The networks, VAE and text encoder are imported when first used (PEP 562), so `import kinema` and the
+`kinema` command's argument checks do not pay for diffusers and transformers until a model is built
+or loaded.
 """
 
 import importlib
 
+from .attention import BACKENDS, attention  # the function, bound over the submodule's name
+from .seams import Denoiser, FrameCondition, TextEmbeds
+
 _WHERE = {
-    "BACKENDS": "attention", "attention": "attention",
-    "Denoiser": "seams", "FrameCondition": "seams", "TextEmbeds": "seams",
     "BUILTIN_MINILM": "text", "HFTextEncoder": "text",
     "PRESETS": "unet", "SpaceTimeUNet": "unet",
     "VAE_PRESETS": "vae", "FrameVAE": "vae", "build_autoencoder": "vae",
 }
 
-__all__ = sorted(_WHERE)
+__all__ = sorted([*_WHERE, "BACKENDS", "attention", "Denoiser", "FrameCondition", "TextEmbeds"])
 
 
 def __getattr__(name: str):
