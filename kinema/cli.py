@@ -123,8 +123,9 @@ def finite_float(text: str) -> float:
 class Choices:
     """argparse choices read from a registry (presets, schedulers, backends...) when first needed.
 
-    argparse looks at choices only when the option is given or help is shown, so `kinema` parses its
-    arguments without importing torch; the registry stays the one list of names.
+    With a metavar, argparse reads choices only to check a given value or to show help
+    (`HelpFormatter` lists them), so building the parser imports no network or pipeline module;
+    the registry stays the one list of names.
     """
 
     def __init__(self, module: str, name: str, first: tuple[str, ...] = ()):
@@ -142,14 +143,22 @@ class Choices:
         return iter(self.names())
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown, and the names of a registry-backed option listed in its help."""
+
+    def _get_help_string(self, action):
+        help = super()._get_help_string(action)
+        return help + " (one of: %(choices)s)" if isinstance(action.choices, Choices) else help
+
+
 def add_model_options(s) -> None:
     """Options every model-running command shares."""
     s.add_argument("--model", default=None, help="model folder (default: the weights shipped with kinema)")
-    s.add_argument("--device", default="auto", choices=Choices("kinema.resources", "DEVICES"), help="where to run")
-    s.add_argument("--dtype", default="auto", choices=Choices("kinema.resources", "DTYPES", first=("auto",)),
+    s.add_argument("--device", default="auto", metavar="DEVICE", choices=Choices("kinema.resources", "DEVICES"), help="where to run")
+    s.add_argument("--dtype", default="auto", metavar="DTYPE", choices=Choices("kinema.resources", "DTYPES", first=("auto",)),
                    help="weights and activations dtype (auto: bfloat16 on CUDA, float32 on CPU)")
-    s.add_argument("--attention", default="sdpa", choices=Choices("kinema.models.attention", "BACKENDS"), help="attention backend")
-    s.add_argument("--offload", default="none", choices=Choices("kinema.resources", "OFFLOAD_MODES"),
+    s.add_argument("--attention", default="sdpa", metavar="BACKEND", choices=Choices("kinema.models.attention", "BACKENDS"), help="attention backend")
+    s.add_argument("--offload", default="none", metavar="MODE", choices=Choices("kinema.resources", "OFFLOAD_MODES"),
                    help="Wan checkpoints on CUDA: keep weights on the CPU and move each component (model) or each "
                         "layer (sequential) to the GPU while it runs")
 
@@ -165,7 +174,7 @@ def add_sampling_options(s) -> None:
     s.add_argument("--negative-prompt", default="", help="what to steer away from (the unconditional prompt)")
     s.add_argument("--seed", type=nonneg_int, default=0, help="random seed; the same seed gives the same clip")
     s.add_argument("--fps", type=finite_float, default=None, help="frames per second of the written file")
-    s.add_argument("--scheduler", default=None, choices=Choices("kinema.models.schedulers", "SCHEDULERS"),
+    s.add_argument("--scheduler", default=None, metavar="SOLVER", choices=Choices("kinema.models.schedulers", "SCHEDULERS"),
                    help="flow-matching solver (default: the model's; euler for kinema models, UniPC for Wan)")
     s.add_argument("--shift", type=finite_float, default=None, help="timestep shift of the schedule (default: the model's)")
     s.add_argument("--decode-chunk-size", type=positive_int, default=16, help="latent frames decoded at once")
@@ -186,9 +195,9 @@ def add_long_options(s, windows: bool = True) -> None:
                    help="latent frames between window starts (default: a quarter of the context length in window "
                         "mode; three quarters in continuation, so windows overlap by a quarter)")
     if windows:
-        s.add_argument("--mode", default="window", choices=Choices("kinema.pipelines.long_video", "MODES"),
+        s.add_argument("--mode", default="window", metavar="MODE", choices=Choices("kinema.pipelines.long_video", "MODES"),
                        help="window: fuse overlapping windows every step; continue: window after window")
-        s.add_argument("--window-weights", default="pyramid", choices=Choices("kinema.pipelines.windows", "WEIGHT_KINDS"),
+        s.add_argument("--window-weights", default="pyramid", metavar="KIND", choices=Choices("kinema.pipelines.windows", "WEIGHT_KINDS"),
                        help="per-frame weights when fusing windows")
         s.add_argument("--follow-motion", action=argparse.BooleanOptionalAction, default=None,
                        help="windows follow the clip's motion: each sees the latents rolled back by how far the "
@@ -211,7 +220,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     p = Parser(prog="kinema", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
 
@@ -236,7 +245,7 @@ def _generate_parsers(sub, fmt) -> None:
                                    "defaults to the source's.")
     s.add_argument("video", help="the clip to continue: mp4, gif, webp, or a folder of frames")
     s.add_argument("prompt", help="what happens next")
-    s.add_argument("--resize", default="crop", choices=Choices("kinema.video_io", "RESIZE_POLICIES"),
+    s.add_argument("--resize", default="crop", metavar="POLICY", choices=Choices("kinema.video_io", "RESIZE_POLICIES"),
                    help="fit the clip to --height/--width: centre-crop to aspect, black bars, or stretch")
     add_sampling_options(s)
     add_long_options(s, windows=False)
@@ -248,7 +257,7 @@ def _animate_parser(sub, fmt) -> None:
     s.add_argument("image", help="anchor image: PNG, JPEG, WebP, GIF (first frame), BMP or TIFF")
     s.add_argument("prompt", help="the motion and scene")
     s.add_argument("--last-image", default=None, help="also end on this image (models trained for first-and-last frames)")
-    s.add_argument("--resize", default="crop", choices=Choices("kinema.video_io", "RESIZE_POLICIES"),
+    s.add_argument("--resize", default="crop", metavar="POLICY", choices=Choices("kinema.video_io", "RESIZE_POLICIES"),
                    help="fit images to the clip: centre-crop to aspect, black bars, or stretch")
     s.add_argument("--image-noise", type=finite_float, default=None,
                    help="std of the anchor's noise augmentation in latent space (default: the model's, 0.02)")
@@ -284,13 +293,13 @@ def _restyle_parser(sub, fmt) -> None:
     s.add_argument("--max-frames", type=positive_int, default=None, help="restyle at most this many frames")
     s.add_argument("--stride", type=positive_int, default=1, help="take every k-th frame of the source")
     s.add_argument("--start", type=nonneg_int, default=0, help="first source frame to take")
-    s.add_argument("--resize", default="crop", choices=Choices("kinema.video_io", "RESIZE_POLICIES"),
+    s.add_argument("--resize", default="crop", metavar="POLICY", choices=Choices("kinema.video_io", "RESIZE_POLICIES"),
                    help="fit frames to --height/--width: centre-crop to aspect, black bars, or stretch")
     s.add_argument("--context-length", type=positive_int, default=None,
                    help="latent frames per window for sources longer than the model's trained length (default: that length)")
     s.add_argument("--context-stride", type=positive_int, default=None,
                    help="latent frames between window starts (default: a quarter of the context length)")
-    s.add_argument("--window-weights", default="pyramid", choices=Choices("kinema.pipelines.windows", "WEIGHT_KINDS"),
+    s.add_argument("--window-weights", default="pyramid", metavar="KIND", choices=Choices("kinema.pipelines.windows", "WEIGHT_KINDS"),
                    help="per-frame weights when fusing windows")
     add_sampling_options(s)
     s.set_defaults(func=cmd_task)
@@ -308,7 +317,7 @@ def _model_parsers(sub, fmt) -> None:
 
     s = sub.add_parser("init", help="write a randomly initialised model folder", formatter_class=fmt)
     s.add_argument("dir", help="model folder to create")
-    s.add_argument("--preset", default="small", choices=Choices("kinema.models.unet", "PRESETS"), help="backbone preset")
+    s.add_argument("--preset", default="small", metavar="PRESET", choices=Choices("kinema.models.unet", "PRESETS"), help="backbone preset")
     s.add_argument("--seed", type=nonneg_int, default=0, help="initialisation seed")
     s.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     s.set_defaults(func=cmd_init)
