@@ -16,7 +16,10 @@ _WHERE = {
     "VAE_PRESETS": "vae", "FrameVAE": "vae", "build_autoencoder": "vae",
 }
 
-__all__ = sorted([*_WHERE, "BACKENDS", "attention", "Denoiser", "FrameCondition", "TextEmbeds"])
+__all__ = [
+    "BACKENDS", "BUILTIN_MINILM", "PRESETS", "VAE_PRESETS", "Denoiser", "FrameCondition", "FrameVAE",
+    "HFTextEncoder", "SpaceTimeUNet", "TextEmbeds", "attention", "build_autoencoder",
+]
 
 
 def __getattr__(name: str):
