@@ -42,7 +42,7 @@ def cmd_task(args) -> None:
     """generate, animate, restyle, extend: parse -> prepare (every check) -> run -> write."""
     from . import jobs, video_io
 
-    out = video_io.check_output_path(args.output, overwrite=args.overwrite)
+    out, _ = video_io.check_outputs(args.output, overwrite=args.overwrite)  # the clip and its sidecar, before any work
     inputs = [getattr(args, name) for name in ("image", "video") if hasattr(args, name)]
     options = {k: v for k, v in vars(args).items() if k not in NOT_OPTIONS}
     job = jobs.PREPARE[args.command](*inputs, args.prompt, args.model, **options)

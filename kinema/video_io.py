@@ -152,24 +152,47 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def write_json_atomic(path: PathLike, obj: Any) -> Path:
-    """Write `obj` as indented UTF-8 JSON through a temporary file and an atomic rename."""
-    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"  # serialise first: a TypeError leaves no file
+def _json_text(obj: Any) -> str:
+    """Indented UTF-8 JSON, serialised before any file is touched (a TypeError leaves no file)."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
     if not _is_utf8(text):  # a file name with non-UTF-8 bytes (surrogate escapes): ASCII escapes keep it
         text = json.dumps(obj, indent=2) + "\n"
-    out = Path(path).expanduser().resolve()
+    return text
+
+
+def write_json_atomic(path: PathLike, obj: Any) -> Path:
+    """Write `obj` as indented UTF-8 JSON through a temporary file and an atomic rename.
+
+    A link at `path` is replaced by the file, never followed: nothing outside the target is written.
+    """
+    text = _json_text(obj)
+    out = Path(os.path.abspath(Path(path).expanduser()))  # the last component not resolved
     require(out.parent.is_dir(), f"output folder {out.parent} does not exist; create it first")
     with _atomic_target(out, folder=False) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return out
 
 
-def write_sidecar(video_path: PathLike, record: dict, overwrite: bool = False) -> Path:
-    """Write `record` as the JSON sidecar of `video_path` (see `sidecar_path`)."""
-    require(isinstance(record, dict), f"a sidecar record must be a dict, got {type(record).__name__}")
+def check_sidecar_path(video_path: PathLike, overwrite: bool = False) -> Path:
+    """The sidecar is an output too: refused before any work if it is a folder, or exists without --overwrite."""
     out = sidecar_path(video_path)
-    require(overwrite or not out.exists(), f"{out} already exists; pass --overwrite to replace it")
-    return write_json_atomic(out, record)
+    out = Path(os.path.abspath(out))
+    if os.path.lexists(out):
+        require(out.is_symlink() or not out.is_dir(), f"{out} (the clip's sidecar) is a folder; remove it or choose another -o")
+        require(overwrite, f"{out} (the clip's sidecar) already exists; pass --overwrite to replace it")
+    return out
+
+
+def check_outputs(path: PathLike, overwrite: bool = False) -> tuple[Path, Path]:
+    """Check a clip's path and its sidecar's before any heavy work: (clip, sidecar)."""
+    out = check_output_path(path, overwrite)
+    return out, check_sidecar_path(out, overwrite)
+
+
+def write_sidecar(video_path: PathLike, record: dict, overwrite: bool = False) -> Path:
+    """Write `record` as the JSON sidecar of `video_path` (see `sidecar_path`); a link there is replaced, not followed."""
+    require(isinstance(record, dict), f"a sidecar record must be a dict, got {type(record).__name__}")
+    return write_json_atomic(check_sidecar_path(video_path, overwrite), record)
 
 
 #################################################################################
@@ -238,40 +261,48 @@ def write_video(
     path: PathLike, frames: np.ndarray, fps: float, overwrite: bool = False, quality: int | None = None
 ) -> Path:
     """Write uint8 (F, H, W, 3) frames atomically as mp4, gif, webp or a PNG folder, chosen by the name."""
+    _check_video(frames, fps, quality)
+    out = check_output_path(path, overwrite)
+    fmt = output_format(path)
+    with _atomic_target(out, folder=fmt == "png") as tmp:
+        _encode(tmp, out, fmt, frames, fps, quality)
+    return out
+
+
+def _check_video(frames: np.ndarray, fps: float, quality: int | None) -> None:
     _check_frames(frames)
     require(math.isfinite(fps) and fps >= MIN_FPS, f"fps must be a number >= {MIN_FPS}, got {fps}")
     # quality 1..100, higher is better: libx264 CRF 51 * (100 - q) / 100 for mp4, lossy WebP quality for webp.
     require(quality is None or 1 <= quality <= 100, f"quality must be 1..100 or None, got {quality}")
-    out = check_output_path(path, overwrite)
-    fmt = output_format(path)
-    with _atomic_target(out, folder=fmt == "png") as tmp:
-        try:
-            _ENCODERS[fmt](tmp, frames, float(fps), quality)
-        except OSError as e:  # disk full, permissions, the encoder process dying
-            raise KinemaError(f"could not write {out}: {_first_line(e)}; check free space and permissions") from e
-        # imageio's FFmpeg writer can fail without raising (e.g. a rate it cannot parse): never keep an empty file
-        require(fmt == "png" or tmp.stat().st_size > 0, f"could not write {out}: the {fmt} encoder wrote nothing")
-    return out
+
+
+def _encode(tmp: Path, out: Path, fmt: str, frames: np.ndarray, fps: float, quality: int | None) -> None:
+    try:
+        _ENCODERS[fmt](tmp, frames, float(fps), quality)
+    except OSError as e:  # disk full, permissions, the encoder process dying
+        raise KinemaError(f"could not write {out}: {_first_line(e)}; check free space and permissions") from e
+    # imageio's FFmpeg writer can fail without raising (e.g. a rate it cannot parse): never keep an empty file
+    require(fmt == "png" or tmp.stat().st_size > 0, f"could not write {out}: the {fmt} encoder wrote nothing")
 
 
 def write_outputs(path: PathLike, result, overwrite: bool = False) -> tuple[Path, Path]:
-    """Write a job's clip and its JSON sidecar (`result.frames`, `.fps`, `.record`), each atomically.
+    """Write a job's clip and its JSON sidecar (`result.frames`, `.fps`, `.record`) as one pair.
 
-    The clip is written first and removed again if its sidecar cannot be written, so no clip is left
-    without one. The record's timings gain the seconds spent writing. Returns (clip, sidecar).
+    Both paths are checked first (`check_outputs`); both are written to temporaries, and only when
+    both are complete are they renamed into place (the clip, then the sidecar), so a failure leaves
+    the old pair as it was and no new file. The record's timings gain the seconds spent writing.
     """
     import time
 
     t0 = time.perf_counter()
-    record = dict(result.record)
-    out = write_video(path, result.frames, fps=result.fps, overwrite=overwrite)
-    record["timings"] = {**record.get("timings", {}), "write": round(time.perf_counter() - t0, 4)}
-    try:
-        sidecar = write_sidecar(out, record, overwrite=True)
-    except BaseException:
-        _remove(out) if out.exists() else None
-        raise
-    return out, sidecar
+    _check_video(result.frames, result.fps, None)
+    out, side = check_outputs(path, overwrite)
+    fmt = output_format(path)
+    with _atomic_target(side, folder=False) as tmp_side, _atomic_target(out, folder=fmt == "png") as tmp:
+        _encode(tmp, out, fmt, result.frames, result.fps, None)
+        timings = {**result.record.get("timings", {}), "write": round(time.perf_counter() - t0, 4)}
+        tmp_side.write_text(_json_text({**result.record, "timings": timings}), encoding="utf-8")
+    return out, side
 
 
 def _is_utf8(text: str) -> bool:
