@@ -338,6 +338,7 @@ def _model_parsers(sub, fmt) -> None:
     s.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the model's)")
     s.add_argument("--guidance", type=finite_float, default=None, help="guidance scale (default: the model's)")
     s.add_argument("--json-out", default=None, help="also write the results as JSON here")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --json-out file")
     add_model_options(s)
     s.set_defaults(func=cmd_eval)
 
@@ -354,10 +355,12 @@ def _set_signal_handlers(handlers: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # SIGTERM, and SIGINT even where the parent ignored it (a background job), end the run as Ctrl-C does
-    previous = _set_signal_handlers({signal.SIGTERM: _interrupt, signal.SIGINT: signal.default_int_handler})
+    # SIGTERM and SIGHUP, and SIGINT even where the parent ignored it (a background job), end the run as
+    # Ctrl-C does, from the start: torch and the rest are imported by the command, inside the try
+    previous = _set_signal_handlers({signal.SIGTERM: _interrupt, signal.SIGHUP: _interrupt,
+                                     signal.SIGINT: signal.default_int_handler})
     try:
+        args = build_parser().parse_args(argv)
         args.func(args)
     except KinemaError as e:
         print(f"kinema: error: {e}", file=sys.stderr)

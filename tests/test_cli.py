@@ -131,3 +131,11 @@ def test_generate_same_seed_same_file_content(tiny_model_dir, tmp_path):
                      "--height", "8", "--width", "8", "--steps", "2", "--seed", "5", "--quiet"]) == 0
         outs.append(read_video(out)[0])
     assert np.array_equal(*outs)
+
+
+def test_parsing_imports_no_torch():
+    """`kinema --help`, argument errors and signal handling come before torch, diffusers and the networks load."""
+    code = ("import sys, kinema.cli; kinema.cli.build_parser().parse_args(['generate', 'x', '-o', 'x.mp4']); "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'cv2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr

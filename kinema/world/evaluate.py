@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,8 +25,12 @@ def run_eval(args) -> dict:
     if args.json_out:
         from ..video_io import check_output_path
 
-        require(Path(args.json_out).suffix == ".json", "--json-out must name a .json file")
-        check_output_path(Path(args.json_out).with_suffix(".mp4"))  # parent exists
+        out = Path(args.json_out)
+        require(out.suffix == ".json", "--json-out must name a .json file")
+        check_output_path(out.with_suffix(".mp4"))  # parent exists and is writable
+        require(not out.is_dir() or out.is_symlink(), f"--json-out {out} is a folder; choose a file name")
+        require(not os.path.lexists(out) or getattr(args, "overwrite", False),
+                f"{out} already exists; pass --overwrite to replace it")
     if args.suite is None:
         result = score_files(args.videos, args.caption)
     elif args.videos:

@@ -36,11 +36,11 @@ def wait_for(stream, marker: bytes, p: subprocess.Popen, timeout: float = 120) -
         seen += byte
 
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def test_signal_while_denoising_leaves_nothing(tiny_model_dir, tmp_path):
-    """`kinema generate` gets SIGINT or SIGTERM mid-denoising: it cleans up and exits 130; no output, no temporary.
+    """`kinema generate` gets SIGINT, SIGTERM or SIGHUP mid-denoising: it cleans up and exits 130; no output, no temporary.
 
     Both runs start at once so their start-ups overlap; each is signalled once its progress bar shows.
     """
@@ -234,3 +234,28 @@ def test_full_disk_while_saving_a_model(kinema, tiny_model_dir, tmp_path, monkey
     monkeypatch.undo()
     check_contract(result, names, listing(tmp_path))
     assert result.code == 2 and {p: (model / p).read_bytes() for p in before} == before
+
+
+def test_signal_while_importing_torch(tiny_model_dir, tmp_path):
+    """Ctrl-C while the command is still importing torch: the one-line message and exit 130, not a traceback.
+
+    The handlers are installed before the heavy imports, which the command makes; the signal is sent once
+    the process has torch's library mapped (it is importing it) and has not yet finished.
+    """
+    p = start(["generate", PROMPT, "--model", tiny_model_dir, "-o", tmp_path / "clip.mp4", "--frames", "2",
+               "--height", "16", "--width", "16", "--steps", "1000"])
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and p.poll() is None:
+            try:
+                if "libtorch" in Path(f"/proc/{p.pid}/maps").read_text():
+                    break
+            except OSError:
+                pass
+            time.sleep(0.005)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 130 and b"Traceback" not in err and b"interrupted" in err, err.decode(errors="replace")
+    assert listing(tmp_path) == set()

@@ -75,3 +75,12 @@ def test_a_failed_sidecar_leaves_the_old_pair(tiny_model_dir, tmp_path, monkeypa
     assert "No space left on device" in capsys.readouterr().err
     assert (out.read_bytes(), (tmp_path / "clip.gif.json").read_text()) == before
     assert sorted(os.listdir(tmp_path)) == ["clip.gif", "clip.gif.json"]
+
+
+def test_eval_json_out_needs_overwrite(tiny_model_dir, tmp_path, no_work, capsys):
+    report = tmp_path / "report.json"
+    report.write_text('{"mine": true}')
+    code = main(["eval", "--suite", "vae", "--model", str(tiny_model_dir), "--json-out", str(report)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "report.json already exists; pass --overwrite" in err and "\n" not in err
+    assert report.read_text() == '{"mine": true}'
