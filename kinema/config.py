@@ -67,6 +67,8 @@ def load_yaml(cls, path: str | Path):
         raise KinemaError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise KinemaError(f"cannot read config file {path} as UTF-8 text ({type(e).__name__}); pass a YAML file") from None
+    except RecursionError:
+        raise KinemaError(f"config file {path} is nested too deeply to be a config; pass a YAML file") from None
     return from_dict(cls, data, where=path.name)
 
 

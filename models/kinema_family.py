@@ -40,10 +40,7 @@ INIT_DEFAULTS = dict(frames=16, height=64, width=64, fps=8, steps=25, guidance=5
 
 def read_index(path: Path) -> dict:
     """The folder's kinema.json, checked, with every component folder present and its weights in safetensors."""
-    try:
-        index = json.loads((path / INDEX).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise KinemaError(f"{path / INDEX} is not valid JSON ({e}); re-create the folder with `kinema init`") from None
+    index = _read_json(path / INDEX)
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         found = index.get("format") if isinstance(index, dict) else type(index).__name__
         raise KinemaError(f"{path / INDEX} is not a kinema model index (format {found!r})")
@@ -56,6 +53,10 @@ def read_index(path: Path) -> dict:
         if not (path / name / "config.json").is_file():
             raise KinemaError(f"model folder {path} is incomplete: {name}/config.json is missing")
         weights = list((path / name).glob("*.safetensors"))
+        outside = [w.name for w in weights if w.resolve().parent != (path / name).resolve()]
+        if outside:
+            raise KinemaError(f"model folder {path}: {name}/{outside[0]} links to a file outside {name}/; kinema "
+                              "loads weights from inside the folder only: copy the file in")
         pickles = [p for p in (path / name).iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
         if not weights:
             why = " (only pickle weights found; kinema loads safetensors only)" if pickles else ""
@@ -63,11 +64,27 @@ def read_index(path: Path) -> dict:
     return index
 
 
+MAX_TEXT_LENGTH = 512  # MiniLM's positions; longer prompts are truncated to the index's max_text_length
+MAX_TRAIN_TIMESTEPS = 100_000
+
+
+def _read_json(file: Path):
+    """A JSON file of a model folder; damaged, unreadable or absurdly nested: a one-line error naming it."""
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise KinemaError(f"{file} is not valid JSON ({type(e).__name__}: {str(e)[:80]}); re-create the folder "
+                          "with `kinema init`") from None
+    except RecursionError:
+        raise KinemaError(f"{file} is nested too deeply to be a model file; re-create the folder with `kinema init`") from None
+
+
 def _check_index(index: dict, where: Path) -> None:
     """The index entries kinema reads have the types it needs: a damaged or hostile index fails here, in one line."""
     checks = {
         "text_encoder": (lambda v: isinstance(v, str), "a string"),
-        "max_text_length": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number >= 1"),
+        "max_text_length": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_TEXT_LENGTH,
+                            f"a whole number in [1, {MAX_TEXT_LENGTH}]"),
         "frame_conditions": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of names"),
     }
     for key, (ok, want) in checks.items():
@@ -75,11 +92,23 @@ def _check_index(index: dict, where: Path) -> None:
             raise KinemaError(f"{where}: {key} must be {want}, got {index[key]!r}; re-create the folder with `kinema init`")
 
 
+def read_scheduler(path: Path) -> dict:
+    """scheduler/scheduler_config.json with what kinema reads checked: the training timesteps and the shift."""
+    file = path / "scheduler" / "scheduler_config.json"
+    config = _read_json(file)
+    require(isinstance(config, dict), f"{file} must be a JSON object; re-create the folder with `kinema init`")
+    n, shift = config.get("num_train_timesteps", 1000), config.get("shift", 1.0)
+    require(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_TRAIN_TIMESTEPS,
+            f"{file}: num_train_timesteps must be a whole number in [1, {MAX_TRAIN_TIMESTEPS}], got {n!r}")
+    require(isinstance(shift, (int, float)) and not isinstance(shift, bool) and 0 < shift < float("inf"),
+            f"{file}: shift must be a number > 0, got {shift!r}")
+    return config
+
+
 def read_configs(path: Path) -> tuple[dict, dict]:
     """The denoiser's and the VAE's config.json, with the entries kinema reads before loading checked."""
+    den, vae = _read_json(path / "denoiser" / "config.json"), _read_json(path / "vae" / "config.json")
     try:
-        den = json.loads((path / "denoiser" / "config.json").read_text())
-        vae = json.loads((path / "vae" / "config.json").read_text())
         sizes = [*den["channels"], den["head_dim"], *vae["block_out_channels"], vae["latent_channels"]]
         ok = all(isinstance(v, int) and v >= 1 for v in sizes) and len(den["attention_levels"]) == len(den["channels"])
         ok = ok and all(c % den["head_dim"] == 0 for c, a in zip(den["channels"], den["attention_levels"]) if a)
@@ -115,7 +144,8 @@ class KinemaFamily(ModelFamily):
             family=self.name, path=path, name=f"kinema {index.get('preset', 'model')}", defaults=defaults,
             parameters=params, frame_conditions=tuple(index.get("frame_conditions", [])), features=frozenset({"structure"}),
             size_multiple=spatial * 2 ** (len(den["channels"]) - 1), spatial_compression=spatial,
-            latent_channels=vae["latent_channels"], configs=dict(denoiser=den, vae=vae), index=index,
+            latent_channels=vae["latent_channels"], configs=dict(denoiser=den, vae=vae, scheduler=read_scheduler(path)),
+            index=index,
         )
 
     def load(self, info, device, dtype, attention="sdpa", offload=None) -> Model:
@@ -205,8 +235,7 @@ def load_folder(path: Path, device: torch.device, dtype: torch.dtype, attention:
         denoiser = SpaceTimeUNet.from_pretrained(path / "denoiser", **kw).to(device).eval()
         denoiser.set_attention_backend(attention)
         vae = FrameVAE(AutoencoderKL.from_pretrained(path / "vae", **kw).to(device).eval())
-        scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
-        float(scheduler_config.get("shift", 1.0)), int(scheduler_config.get("num_train_timesteps", 1000))
+        scheduler_config = read_scheduler(path)
     except (OSError, ValueError, RuntimeError, TypeError, AttributeError, KeyError, IndexError, SafetensorError) as e:
         first = (str(e).strip().splitlines() or [""])[0]
         raise KinemaError(f"could not load the model in {path} ({type(e).__name__}: {first}); the folder is damaged: "
@@ -219,6 +248,8 @@ def load_folder(path: Path, device: torch.device, dtype: torch.dtype, attention:
 def save(model: Model, path: str | Path, overwrite: bool = False) -> Path:
     """Write a model folder atomically (temporary folder, then rename); an existing one stays until then."""
     path = Path(path)
+    require(not path.is_symlink(), f"{path} is a link; kinema writes model folders only at a real path: "
+                                   f"pass the folder it points to ({os.path.realpath(path)}) or another name")
     require(not path.exists() or overwrite, f"{path} already exists; choose another folder or pass --overwrite")
     empty = path.is_dir() and not any(path.iterdir())
     require(not path.exists() or empty or (path / INDEX).is_file(),  # --overwrite deletes only model folders

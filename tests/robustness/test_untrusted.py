@@ -245,7 +245,24 @@ HOSTILE = {
     "scheduler config missing": lambda m: (m / "scheduler" / "scheduler_config.json").unlink(),
     "scheduler shift a word": lambda m: (m / "scheduler" / "scheduler_config.json").write_text('{"shift": "x"}'),
     "missing component": lambda m: shutil.rmtree(m / "scheduler"),
+    "index nested 200,000 deep": lambda m: (m / "kinema.json").write_text("[" * 200_000 + "]" * 200_000),
+    "config nested 200,000 deep": lambda m: (m / "denoiser" / "config.json").write_text("[" * 200_000 + "]" * 200_000),
+    "scheduler timesteps -5": lambda m: (m / "scheduler" / "scheduler_config.json").write_text('{"num_train_timesteps": -5}'),
+    "scheduler timesteps 0": lambda m: (m / "scheduler" / "scheduler_config.json").write_text('{"num_train_timesteps": 0}'),
+    "scheduler timesteps 1e11": lambda m: (m / "scheduler" / "scheduler_config.json").write_text(
+        '{"num_train_timesteps": 100000000000}'),
+    "restyle_strength a word": lambda m: _edit_index(m, defaults={"restyle_strength": "x"}),
+    "motion_length zero": lambda m: _edit_index(m, defaults={"motion_length": 0}),
+    "max_text_length 100000": lambda m: _edit_index(m, max_text_length=100_000),
+    "weights a link out of the folder": lambda m: _link_weights_out(m),
 }
+
+
+def _link_weights_out(model: Path) -> None:
+    weights = next((model / "denoiser").glob("*.safetensors"))
+    outside = model.parent / "outside.safetensors"
+    shutil.move(weights, outside)
+    weights.symlink_to(outside)
 
 
 @pytest.mark.parametrize("case", HOSTILE)
@@ -311,3 +328,23 @@ def test_no_pickle_eval_exec_or_unsafe_yaml():
             if _is(_keyword(node, "use_safetensors"), False):
                 bad.append(where + " use_safetensors=False")
     assert not bad, bad
+
+
+def test_a_config_nested_100000_deep_is_one_line(kinema, tiny_model_dir, tmp_path):
+    config = tmp_path / "deep.yaml"
+    config.write_text("a: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    result = kinema("train", config, "--model", tiny_model_dir, "--run", tmp_path / "run")
+    check_contract(result, set(), set())
+    assert result.code == 2 and "nested too deeply" in result.err, result.err
+
+
+def test_init_refuses_a_link_and_leaves_its_target(kinema, tiny_model_dir, tmp_path):
+    """`kinema init LINK --overwrite`, LINK a link to a model folder: one line, nothing written, nothing left beside."""
+    target = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, target)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    before = listing(tmp_path)
+    result = kinema("init", link, "--preset", "tiny", "--overwrite")
+    assert result.code == 2 and "is a link" in result.err and "\n" not in result.err.strip(), result.err
+    assert listing(tmp_path) == before and link.is_symlink()
