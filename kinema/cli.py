@@ -144,10 +144,13 @@ class Choices:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults shown, and the names of a registry-backed option listed in its help."""
+    """Each default shown once (not "None" for an option the model fills in), and a registry-backed option's names."""
 
     def _get_help_string(self, action):
-        help = super()._get_help_string(action)
+        help = action.help or ""
+        unset = action.default == "" or any(action.default is v for v in (None, False, argparse.SUPPRESS))  # 0 is a default
+        shown = "default" in help or unset or not action.option_strings
+        help = help if shown else help + " (default: %(default)s)"  # each default once, and none for "unset"
         return help + " (one of: %(choices)s)" if isinstance(action.choices, Choices) else help
 
 
@@ -170,10 +173,10 @@ def add_sampling_options(s) -> None:
     s.add_argument("--height", type=positive_int, default=None, help="frame height in pixels (default: the model's)")
     s.add_argument("--width", type=positive_int, default=None, help="frame width in pixels (default: the model's)")
     s.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the model's)")
-    s.add_argument("--guidance", type=finite_float, default=None, help="classifier-free guidance scale; 1 disables it")
+    s.add_argument("--guidance", type=finite_float, default=None, help="classifier-free guidance scale; 1 disables it (default: the model's)")
     s.add_argument("--negative-prompt", default="", help="what to steer away from (the unconditional prompt)")
     s.add_argument("--seed", type=nonneg_int, default=0, help="random seed; the same seed gives the same clip")
-    s.add_argument("--fps", type=finite_float, default=None, help="frames per second of the written file")
+    s.add_argument("--fps", type=finite_float, default=None, help="frames per second of the written file (default: the model's; restyle and extend: the source's)")
     s.add_argument("--scheduler", default=None, metavar="SOLVER", choices=Choices("kinema.models.schedulers", "SCHEDULERS"),
                    help="flow-matching solver (default: the model's; euler for kinema models, UniPC for Wan)")
     s.add_argument("--shift", type=finite_float, default=None, help="timestep shift of the schedule (default: the model's)")

@@ -105,11 +105,18 @@ def check_text(text: str, what: str) -> None:
         raise KinemaError(f"{what} holds bytes that are not UTF-8 text; retype it or set a UTF-8 locale") from None
 
 
+MAX_TEXT = 10_000  # characters of a prompt, a negative prompt or a prompt schedule
+
+
 def check_prompt(prompt) -> None:
     require(isinstance(prompt, str), "the prompt must be text")
     check_text(prompt, "the prompt")
     require(prompt.strip() != "", "the prompt is empty; give a description such as 'a red circle moving right on a blue background'")
-    require(len(prompt) <= 10_000, f"the prompt is {len(prompt)} characters long; keep it under 10000")
+    check_length(prompt, "the prompt")
+
+
+def check_length(text: str, what: str) -> None:
+    require(len(text) <= MAX_TEXT, f"{what} is {len(text)} characters long; keep it under {MAX_TEXT}")
 
 
 def _split(options: dict, task: str, *groups: tuple[str, ...]) -> list[dict]:
@@ -169,6 +176,7 @@ def _check_numbers(s: Settings) -> None:
     require(math.isfinite(s.fps) and video_io.MIN_FPS <= s.fps <= 240, f"--fps must be in [{video_io.MIN_FPS}, 240] (got {s.fps})")
     require(isinstance(s.seed, int) and 0 <= s.seed < 2**63, f"--seed must be in [0, 2**63) (got {s.seed})")
     check_text(s.negative_prompt, "--negative-prompt")
+    check_length(s.negative_prompt, "--negative-prompt")
     require(s.scheduler in SCHEDULERS, f"unknown --scheduler {s.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
     require(s.shift is None or (math.isfinite(s.shift) and s.shift > 0), f"--shift must be > 0 (got {s.shift})")
     require(s.decode_chunk_size >= 1, "--decode-chunk-size must be >= 1")
@@ -189,6 +197,7 @@ def long_options(info: ModelInfo, settings: Settings, source_frames: int = 0, **
     opts = LongOptions(**options, follow_motion=follow)
     if opts.prompt_schedule is not None:
         check_text(opts.prompt_schedule, "--prompt-schedule")
+        check_length(opts.prompt_schedule, "--prompt-schedule")
     trained = info.defaults.frames
     resolved = resolve_options(opts, settings.frames, trained, info.temporal_compression, source_frames)
     return None if source_frames == 0 and is_plain(opts, settings.frames, trained) else resolved

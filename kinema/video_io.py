@@ -281,8 +281,30 @@ def _encode(tmp: Path, out: Path, fmt: str, frames: np.ndarray, fps: float, qual
         _ENCODERS[fmt](tmp, frames, float(fps), quality)
     except OSError as e:  # disk full, permissions, the encoder process dying
         raise KinemaError(f"could not write {out}: {_first_line(e)}; check free space and permissions") from e
-    # imageio's FFmpeg writer can fail without raising (e.g. a rate it cannot parse): never keep an empty file
+    # imageio's FFmpeg writer can fail without raising (a full disk, a rate it cannot parse): read back what
+    # was written before the rename, so a truncated file never replaces the old one
     require(fmt == "png" or tmp.stat().st_size > 0, f"could not write {out}: the {fmt} encoder wrote nothing")
+    found = _written_frames(tmp, fmt)
+    require(found == len(frames) or (fmt in ("gif", "webp") and found >= 1),  # animations may merge equal frames
+            f"could not write {out}: {found} of {len(frames)} frames could be read back from what the {fmt} encoder "
+            "wrote; check free space and permissions")
+
+
+def _written_frames(tmp: Path, fmt: str) -> int:
+    """Frames that can be read back from a just-written output."""
+    if fmt == "png":
+        return sum(1 for p in tmp.iterdir() if FRAME_RE.fullmatch(p.name))
+    if fmt == "mp4":  # decoded, not only counted: a cut-short file can keep a whole header
+        n = 0
+        with _capture(tmp) as capture:
+            while capture.isOpened() and capture.grab():
+                n += 1
+        return n
+    try:
+        with Image.open(tmp) as im:
+            return getattr(im, "n_frames", 1)
+    except (OSError, ValueError):
+        return 0
 
 
 def write_outputs(path: PathLike, result, overwrite: bool = False) -> tuple[Path, Path]:
@@ -370,29 +392,37 @@ def _read_animation(src: Path, start: int, stride: int, max_frames: int | None) 
     return frames, 1000 * len(durations) / sum(durations) if durations else DEFAULT_FPS
 
 
-def _read_container(src: Path, start: int, stride: int, max_frames: int | None) -> tuple[list[np.ndarray], float]:
-    """Decode mp4/webm/mov/mkv/avi with OpenCV's FFmpeg backend, skipping unwanted frames without converting."""
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's warnings would bury our one-line error
+@contextlib.contextmanager
+def _capture(src: Path) -> Iterator[cv2.VideoCapture]:
+    """OpenCV's FFmpeg reader of `src`, quiet: FFmpeg's warnings would bury kinema's one-line errors."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     log_level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     capture = cv2.VideoCapture(str(src), cv2.CAP_FFMPEG)
-    frames, index = [], 0
     try:
-        require(capture.isOpened(), f"could not open {src} as a video; the file is truncated or not a video")
-        fps = capture.get(cv2.CAP_PROP_FPS)
-        while max_frames is None or len(frames) < max_frames:
-            keep = index >= start and (index - start) % stride == 0
-            ok, frame = capture.read() if keep else (capture.grab(), None)
-            if not ok:
-                break  # the end, or the first undecodable frame of a truncated file
-            if keep:
-                frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-            index += 1
-    except cv2.error as e:
-        raise KinemaError(f"could not decode {src}: {_first_line(e)}") from e
+        yield capture
     finally:
         capture.release()
         cv2.utils.logging.setLogLevel(log_level)
+
+
+def _read_container(src: Path, start: int, stride: int, max_frames: int | None) -> tuple[list[np.ndarray], float]:
+    """Decode mp4/webm/mov/mkv/avi with OpenCV's FFmpeg backend, skipping unwanted frames without converting."""
+    frames, index = [], 0
+    with _capture(src) as capture:
+        require(capture.isOpened(), f"could not open {src} as a video; the file is truncated or not a video")
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        try:
+            while max_frames is None or len(frames) < max_frames:
+                keep = index >= start and (index - start) % stride == 0
+                ok, frame = capture.read() if keep else (capture.grab(), None)
+                if not ok:
+                    break  # the end, or the first undecodable frame of a truncated file
+                if keep:
+                    frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+                index += 1
+        except cv2.error as e:
+            raise KinemaError(f"could not decode {src}: {_first_line(e)}") from e
     require(index > 0, f"no frames could be decoded from {src}; the file is truncated or not a video")
     require(index > start, f"start={start} is beyond the end of {src} ({index} frames)")
     return frames, fps if math.isfinite(fps) and fps > 0 else DEFAULT_FPS
@@ -581,16 +611,9 @@ def probe(src: Path) -> tuple[int | None, int, int]:
             return len(files), im.height, im.width
     suffix = src.suffix.lower()
     if suffix in CONTAINER_EXTS:
-        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # quiet as read_video: its error is the one to show
-        level = cv2.utils.logging.getLogLevel()
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-        capture = cv2.VideoCapture(str(src), cv2.CAP_FFMPEG)
-        try:
+        with _capture(src) as capture:  # quiet as read_video: its error is the one to show
             count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
             height, width = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-        finally:
-            capture.release()
-            cv2.utils.logging.setLogLevel(level)
         if height <= 0 or width <= 0:
             raise ValueError("no size in the header")
         return (count if count > 0 else None), height, width

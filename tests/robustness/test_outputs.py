@@ -84,3 +84,35 @@ def test_eval_json_out_needs_overwrite(tiny_model_dir, tmp_path, no_work, capsys
     err = capsys.readouterr().err.strip()
     assert code == 2 and "report.json already exists; pass --overwrite" in err and "\n" not in err
     assert report.read_text() == '{"mine": true}'
+
+
+def test_a_truncated_mp4_never_replaces_the_old_clip(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """A full disk cuts the mp4 short without an error from the encoder (no moov atom): the write reads the
+    file back, refuses it, and the old clip and sidecar stay."""
+    from kinema import video_io
+
+    out = tmp_path / "old.mp4"
+    assert generate(tiny_model_dir, out) == 0
+    before = (out.read_bytes(), (tmp_path / "old.mp4.json").read_text())
+    real = video_io._ENCODERS["mp4"]
+
+    def cut_short(tmp, frames, fps, quality):
+        real(tmp, frames, fps, quality)
+        data = tmp.read_bytes()
+        tmp.write_bytes(data[: len(data) // 2])  # what a full disk leaves: the start of the file
+
+    monkeypatch.setitem(video_io._ENCODERS, "mp4", cut_short)
+    assert generate(tiny_model_dir, out, "--overwrite", "--seed", "3") == 2
+    err = capsys.readouterr().err.strip()
+    assert "could not write" in err and "read back" in err and "\n" not in err, err
+    assert (out.read_bytes(), (tmp_path / "old.mp4.json").read_text()) == before
+    assert sorted(os.listdir(tmp_path)) == ["old.mp4", "old.mp4.json"]
+
+
+def test_long_negative_prompts_and_schedules_are_refused(tiny_model_dir, tmp_path, no_work, capsys):
+    long = "a red circle " * 1000
+    for extra, what in ((["--negative-prompt", long], "--negative-prompt is"), (["--prompt-schedule", "0:" + long], "--prompt-schedule is")):
+        assert generate(tiny_model_dir, tmp_path / "x.mp4", *extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert what in err and "keep it under 10000" in err and "\n" not in err, err
+    assert list(tmp_path.iterdir()) == []
