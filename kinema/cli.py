@@ -79,7 +79,12 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    import torch
+
+    from .resources import pick_threads
     from .world.evaluate import run_eval
+
+    torch.set_num_threads(pick_threads(args.threads))
 
     run_eval(args)
 
@@ -161,6 +166,8 @@ def add_model_options(s) -> None:
     s.add_argument("--dtype", default="auto", metavar="DTYPE", choices=Choices("kinema.resources", "DTYPES", first=("auto",)),
                    help="weights and activations dtype (auto: bfloat16 on CUDA, float32 on CPU)")
     s.add_argument("--attention", default="sdpa", metavar="BACKEND", choices=Choices("kinema.models.attention", "BACKENDS"), help="attention backend")
+    s.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads (default: KINEMA_THREADS, else OMP_NUM_THREADS, else the CPUs this process may use)")
     s.add_argument("--offload", default="none", metavar="MODE", choices=Choices("kinema.resources", "OFFLOAD_MODES"),
                    help="Wan checkpoints on CUDA: keep weights on the CPU and move each component (model) or each "
                         "layer (sequential) to the GPU while it runs")

@@ -34,7 +34,7 @@ MAX_STEPS = 1000  # the training schedule's timesteps; more only costs time (and
 # option groups, by the names of the CLI's flags
 SAMPLING = ("frames", "height", "width", "steps", "guidance", "seed", "negative_prompt", "scheduler", "shift", "fps",
             "decode_chunk_size", "motion_length")
-PLACEMENT = ("device", "dtype", "attention", "offload")
+PLACEMENT = ("device", "dtype", "attention", "offload", "threads")
 WINDOWS = ("context_length", "context_stride", "window_weights")
 LONG = (*WINDOWS, "mode", "prompt_schedule", "prompt_transition", "adain", "follow_motion")
 EXTEND_LONG = ("context_length", "context_stride", "prompt_schedule", "prompt_transition", "adain")
@@ -54,6 +54,7 @@ class Placement:
     dtype: torch.dtype
     attention: str = "sdpa"
     offload: str = "none"
+    threads: int = 1  # torch's CPU threads while the job runs (resources.pick_threads)
 
     @property
     def dtype_bytes(self) -> int:
@@ -128,19 +129,20 @@ def _split(options: dict, task: str, *groups: tuple[str, ...]) -> list[dict]:
     return [{k: options[k] for k in g if k in options} for g in groups]
 
 
-def placement_for(model, device="auto", dtype="auto", attention: str = "sdpa", offload: str | None = None) -> Placement:
+def placement_for(model, device="auto", dtype="auto", attention: str = "sdpa", offload: str | None = None,
+                  threads: int | None = None) -> Placement:
     """A loaded model's placement, or the caller's choice checked (CUDA present, xformers installed)."""
     from .models.attention import BACKENDS, xformers_available
 
     if isinstance(model, Model):
-        return Placement(model.device, model.dtype, model.attention, model.offload)
+        return Placement(model.device, model.dtype, model.attention, model.offload, resources.pick_threads(threads))
     dev = resources.pick_device(device)
     require(attention in BACKENDS, f"unknown --attention {attention!r}; choose one of {', '.join(BACKENDS)}")
     require(attention != "xformers" or xformers_available(),
             "--attention xformers needs the xformers package: pip install 'kinema[xformers]', or use --attention sdpa")
     offload = offload or "none"
     require(offload in resources.OFFLOAD_MODES, f"unknown --offload {offload!r}; use {', '.join(resources.OFFLOAD_MODES)}")
-    return Placement(dev, resources.pick_dtype(dtype, dev), attention, offload)
+    return Placement(dev, resources.pick_dtype(dtype, dev), attention, offload, resources.pick_threads(threads))
 
 
 def info_for(model) -> ModelInfo:
@@ -451,6 +453,7 @@ def load(info: ModelInfo, placement: Placement) -> Model:
 
 def run(job: Job, model: Model | None = None, progress: bool = True) -> Result:
     """Run a prepared job: load the model unless given (and needed), call the task's driver, build the record."""
+    torch.set_num_threads(job.placement.threads)
     t0 = time.perf_counter()
     if model is None and job.needs_model:
         model = load(job.info, job.placement)
@@ -500,7 +503,7 @@ def _record(job: Job, model: Model | None, result: Result, load_s: float) -> dic
         kinema_version=__version__, command=job.task, prompt=job.prompt, model=str(job.info.path), family=job.info.family,
         seed=job.settings.seed, settings=job.settings.as_dict(),
         device=str(p.device) if model is not None else "none", dtype=str(p.dtype).replace("torch.", "") if model is not None else "none",
-        attention=p.attention, frames_written=int(result.frames.shape[0]),
+        attention=p.attention, threads=p.threads, frames_written=int(result.frames.shape[0]),
         size=[int(result.frames.shape[1]), int(result.frames.shape[2])],
         timings={"load": round(load_s, 3), **result.timings.as_dict()},
     )

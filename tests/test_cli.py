@@ -139,3 +139,31 @@ def test_parsing_imports_no_torch():
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'cv2') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+@pytest.fixture
+def keep_threads():
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_threads_flag_env_and_sidecar(tiny_model_dir, tmp_path, monkeypatch, keep_threads, capsys):
+    """--threads, else KINEMA_THREADS, else OMP_NUM_THREADS; the count the run used is in the sidecar."""
+    argv = ["generate", PROMPT, "--model", str(tiny_model_dir), "--frames", "2", "--height", "16", "--width", "16",
+            "--steps", "1", "--quiet"]
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setenv("KINEMA_THREADS", "1")
+    assert main(argv + ["-o", str(tmp_path / "a.gif")]) == 0
+    assert json.loads((tmp_path / "a.gif.json").read_text())["threads"] == 1
+    assert main(argv + ["-o", str(tmp_path / "b.gif"), "--threads", "2"]) == 0
+    assert json.loads((tmp_path / "b.gif.json").read_text())["threads"] == 2
+    monkeypatch.delenv("KINEMA_THREADS")
+    assert main(argv + ["-o", str(tmp_path / "c.gif")]) == 0
+    assert json.loads((tmp_path / "c.gif.json").read_text())["threads"] == 2
+    monkeypatch.setenv("KINEMA_THREADS", "many")
+    capsys.readouterr()
+    assert main(argv + ["-o", str(tmp_path / "d.gif")]) == 2
+    assert "KINEMA_THREADS must be a whole number >= 1 (got 'many')" in capsys.readouterr().err
