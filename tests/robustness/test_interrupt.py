@@ -78,7 +78,7 @@ def test_signal_while_writing_removes_the_temporary(sig, tiny_model_dir, tmp_pat
     writing = ctx.Event()
 
     def generate() -> None:
-        torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool (it can hang)
+        torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool (it can hang): --threads 1
         from kinema import video_io
         from kinema.cli import main
 
@@ -90,7 +90,7 @@ def test_signal_while_writing_removes_the_temporary(sig, tiny_model_dir, tmp_pat
         video_io._ENCODERS["mp4"] = stalled
         with open(tmp_path / "stderr.txt", "w") as err, contextlib.redirect_stderr(err):
             code = main(["generate", PROMPT, "--model", str(tiny_model_dir), "-o", str(out / "clip.mp4"), "--overwrite",
-                         "--frames", "2", "--height", "16", "--width", "16", "--steps", "1", "--quiet"])
+                         "--frames", "2", "--height", "16", "--width", "16", "--steps", "1", "--quiet", "--threads", "1"])
         os._exit(code)
 
     p = ctx.Process(target=generate)
@@ -122,7 +122,7 @@ def test_killed_checkpoint_writer_leaves_a_loadable_checkpoint(tmp_path):
         return latest_checkpoint(run) if (run / "checkpoints").is_dir() else None
 
     def write_forever(first: int) -> None:  # forked: torch is already imported, so each writer starts at once
-        torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool (it can hang)
+        torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool (it can hang): --threads 1
         for step in range(first, first + 10**6):
             save_checkpoint(run, "vae", step, {"w": torch.full((100_000,), float(step))}, {"step": step}, keep=2)
 
