@@ -128,6 +128,13 @@ def _atomic_target(out: Path, folder: bool) -> Iterator[Path]:
         raise
 
 
+def _still_free(out: Path, overwrite: bool) -> None:
+    """Just before the rename: an output that appeared after the pre-flight check (another run writing the same
+    name) is not replaced unless --overwrite was given."""
+    require(overwrite or not os.path.lexists(out), f"{out} appeared while kinema was working (another run?); nothing "
+                                                   "was replaced: pass --overwrite to replace it or choose another -o")
+
+
 def replace_path(tmp: Path, out: Path) -> None:
     """Rename `tmp` onto `out`; a folder cannot replace a non-empty folder, so the old one moves aside first
     (and is put back if the rename fails)."""
@@ -266,6 +273,7 @@ def write_video(
     fmt = output_format(path)
     with _atomic_target(out, folder=fmt == "png") as tmp:
         _encode(tmp, out, fmt, frames, fps, quality)
+        _still_free(out, overwrite)
     return out
 
 
@@ -324,6 +332,8 @@ def write_outputs(path: PathLike, result, overwrite: bool = False) -> tuple[Path
         _encode(tmp, out, fmt, result.frames, result.fps, None)
         timings = {**result.record.get("timings", {}), "write": round(time.perf_counter() - t0, 4)}
         tmp_side.write_text(_json_text({**result.record, "timings": timings}), encoding="utf-8")
+        _still_free(out, overwrite)
+        _still_free(side, overwrite)
     return out, side
 
 

@@ -116,3 +116,23 @@ def test_long_negative_prompts_and_schedules_are_refused(tiny_model_dir, tmp_pat
         err = capsys.readouterr().err.strip()
         assert what in err and "keep it under 10000" in err and "\n" not in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_that_appears_during_the_run_is_not_replaced(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Two runs writing the same PNG folder: the one that finishes second finds the other's output at its rename
+    and refuses (without --overwrite), leaving the other's frames and no temporary."""
+    from kinema import video_io
+
+    out = tmp_path / "frames"
+    real = video_io._ENCODERS["png"]
+
+    def meanwhile(tmp, frames, fps, quality):
+        real(tmp, frames, fps, quality)
+        (out).mkdir()  # the other run's output lands now
+        (out / "frame_00000.png").write_bytes(b"the other run's frame")
+
+    monkeypatch.setitem(video_io._ENCODERS, "png", meanwhile)
+    assert generate(tiny_model_dir, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert "appeared while kinema was working" in err and "\n" not in err, err
+    assert sorted(os.listdir(tmp_path)) == ["frames"] and (out / "frame_00000.png").read_bytes() == b"the other run's frame"
