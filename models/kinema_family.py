@@ -150,7 +150,7 @@ class KinemaFamily(ModelFamily):
 
     def load(self, info, device, dtype, attention="sdpa", offload=None) -> Model:
         require(offload in (None, "none"), "--offload applies to Wan checkpoints; kinema's own models fit in memory as they are")
-        model = load_folder(info.path, device, dtype, attention)
+        model = load_folder(info.path, device, dtype, attention, info.index, info.configs["scheduler"])
         model.info, model.family, model.attention = info, self, attention
         return model
 
@@ -218,15 +218,17 @@ register(KinemaFamily())
 #################################################################################
 
 
-def load_folder(path: Path, device: torch.device, dtype: torch.dtype, attention: str = "sdpa") -> Model:
-    """The folder's three seams on `device` (the index checked; damaged weights are a one-line error)."""
+def load_folder(path: Path, device: torch.device, dtype: torch.dtype, attention: str = "sdpa", index: dict | None = None,
+                scheduler_config: dict | None = None) -> Model:
+    """The folder's three seams on `device`; the index and scheduler config as `describe` read them, else read
+    and checked here. Damaged weights are a one-line error."""
     from diffusers import AutoencoderKL
 
     from .text import HFTextEncoder, resolve_text_encoder
     from .unet import SpaceTimeUNet
     from .vae import FrameVAE
 
-    index = read_index(path)
+    index = read_index(path) if index is None else dict(index)
     quiet_libraries()
     text_folder = resolve_text_encoder(index.get("text_encoder", "builtin:minilm"), root=path)
     kw = dict(local_files_only=True, use_safetensors=True, torch_dtype=dtype)
@@ -235,7 +237,7 @@ def load_folder(path: Path, device: torch.device, dtype: torch.dtype, attention:
         denoiser = SpaceTimeUNet.from_pretrained(path / "denoiser", **kw).to(device).eval()
         denoiser.set_attention_backend(attention)
         vae = FrameVAE(AutoencoderKL.from_pretrained(path / "vae", **kw).to(device).eval())
-        scheduler_config = read_scheduler(path)
+        scheduler_config = read_scheduler(path) if scheduler_config is None else dict(scheduler_config)
     except (OSError, ValueError, RuntimeError, TypeError, AttributeError, KeyError, IndexError, SafetensorError) as e:
         first = (str(e).strip().splitlines() or [""])[0]
         raise KinemaError(f"could not load the model in {path} ({type(e).__name__}: {first}); the folder is damaged: "
