@@ -173,10 +173,11 @@ def add_model_options(s) -> None:
                         "layer (sequential) to the GPU while it runs")
 
 
-def add_sampling_options(s) -> None:
+def add_sampling_options(s, frames_help: str = "frames to generate (default: the model's)") -> None:
     """Options of `generate` that the other drivers share."""
-    s.add_argument("-o", "--output", required=True, help="output: .mp4, .gif, .webp, or a folder name (no suffix) for PNGs")
-    s.add_argument("--frames", type=positive_int, default=None, help="frames to generate (default: the model's)")
+    s.add_argument("-o", "--output", required=True, help="output: .mp4, .gif, .webp, or a folder name (no suffix) for "
+                                                         "PNGs; the settings go beside it in OUTPUT.json")
+    s.add_argument("--frames", type=positive_int, default=None, help=frames_help)
     s.add_argument("--height", type=positive_int, default=None, help="frame height in pixels (default: the model's)")
     s.add_argument("--width", type=positive_int, default=None, help="frame width in pixels (default: the model's)")
     s.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the model's)")
@@ -197,7 +198,7 @@ def add_sampling_options(s) -> None:
     add_model_options(s)
 
 
-def add_long_options(s, windows: bool = True) -> None:
+def add_long_options(s, windows: bool = True, keys: str = "output frames") -> None:
     """Options of long clips: context windows, continuation and prompt schedules."""
     s.add_argument("--context-length", type=positive_int, default=None,
                    help="latent frames per window (default: the model's trained frames; at most 4x that)")
@@ -216,7 +217,7 @@ def add_long_options(s, windows: bool = True) -> None:
                             "defaults.follow_motion, on for the default model, else off)")
     s.add_argument("--prompt-schedule", default=None,
                    help='change the prompt along the clip, replacing PROMPT: "0:first prompt|96:second prompt" '
-                        "(keys are output frames, increasing, the first 0)")
+                        f"(keys are {keys}, increasing, the first 0)")
     s.add_argument("--prompt-transition", type=nonneg_int, default=0, help="frames of cross-fade at each schedule key")
     s.add_argument("--adain", action="store_true",
                    help="pin each continuation window's latent colour statistics to the first window's (AdaIN)")
@@ -257,8 +258,9 @@ def _generate_parsers(sub, fmt) -> None:
     s.add_argument("prompt", help="what happens next")
     s.add_argument("--resize", default="crop", metavar="POLICY", choices=Choices("kinema.video_io", "RESIZE_POLICIES"),
                    help="fit the clip to --height/--width: centre-crop to aspect, black bars, or stretch")
-    add_sampling_options(s)
-    add_long_options(s, windows=False)
+    add_sampling_options(s, frames_help="frames of the whole output, the given clip's included (default: the "
+                                        "clip's frames plus the model's)")
+    add_long_options(s, windows=False, keys="frames of the whole output, counted from the given clip's first")
     s.set_defaults(func=cmd_task)
 
 
