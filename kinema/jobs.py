@@ -308,13 +308,18 @@ def prepare_extend(video, prompt: str, model=None, frames: int | None = None, re
                inputs=dict(video=_describe_input(video), resize=resize))
 
 
+# Host bytes per source pixel of a clip to extend: the frames as read, their stacked copy, the resize's input.
+EXTEND_BYTES_PER_PIXEL = 9
+
+
 def _read_clip(video, what: str) -> tuple[np.ndarray, float | None]:
     """uint8 (F, H, W, 3) frames from a path or an array, and the file's fps (None for an array)."""
     if isinstance(video, np.ndarray):
         require(video.dtype == np.uint8 and video.ndim == 4 and video.shape[-1] == 3 and len(video) >= 1,
                 f"{what} must be uint8 (F, H, W, 3) frames, got {video.dtype} {tuple(video.shape)}")
         return video, None
-    return video_io.read_video(video)
+    return resources.read_clip(video, what, EXTEND_BYTES_PER_PIXEL,
+                               "extend a shorter or smaller clip (it is kept whole, at its size until resized)")
 
 
 def _describe_input(x) -> str:

@@ -89,13 +89,36 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:,.1f} GiB"
 
 
-def check_fits(need: int, available: int | None, what: str) -> None:
+def check_fits(need: int, available: int | None, what: str,
+               fix: str = "pass --max-frames, a larger --stride or a smaller --height/--width") -> None:
     """A one-line error when `need` bytes exceed HEADROOM of `available` (no check when that is unknown)."""
     if available is None:
         return
-    require(need <= HEADROOM * available,
-            f"{what} needs ~{_gib(need)} but only {_gib(available)} is free; pass --max-frames, a larger --stride "
-            "or a smaller --height/--width")
+    require(need <= HEADROOM * available, f"{what} needs ~{_gib(need)} but only {_gib(available)} is free; {fix}")
+
+
+def read_clip(video, what: str, bytes_per_pixel: int, fix: str, max_side: int | None = None,
+              available: int | None = -1):
+    """A whole clip's uint8 frames and fps, its memory checked from the file's header before decoding.
+
+    `bytes_per_pixel` is what the caller holds per pixel of each frame as read (after `max_side`). A
+    file whose header gives no frame count is read up to the frames that fit, and refused past them.
+    `available` -1: the host's free memory.
+    """
+    from . import video_io
+
+    available = available_memory("cpu") if available == -1 else available
+    size, cap = video_io.source_size(video), None
+    if size is not None and available is not None:
+        count, h, w = size
+        h, w = video_io.shrunk_size(h, w, max_side)
+        if count:
+            check_fits(count * h * w * bytes_per_pixel, available, f"{what} ({count} frames at {w}x{h})", fix)
+        else:
+            cap = max(1, int(HEADROOM * available) // (h * w * bytes_per_pixel))
+    frames, fps = video_io.read_video(video, max_frames=None if cap is None else cap + 1, max_side=max_side)
+    require(cap is None or len(frames) <= cap, f"{what} has more than the {cap} frames that fit in memory; {fix}")
+    return frames, fps
 
 
 

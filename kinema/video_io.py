@@ -376,27 +376,41 @@ def _natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
-def _read_folder(src: Path, start: int, stride: int, max_frames: int | None) -> tuple[list[np.ndarray], float]:
+def shrink(frame: np.ndarray, max_side: int | None) -> np.ndarray:
+    """`frame` scaled down (area average) so that its long side is at most `max_side`; as it is when it fits."""
+    h, w = shrunk_size(*frame.shape[:2], max_side)
+    return frame if (h, w) == frame.shape[:2] else cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+
+
+def shrunk_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """(height, width) after `shrink`."""
+    if max_side is None or max(height, width) <= max_side:
+        return height, width
+    k = max_side / max(height, width)
+    return max(1, round(height * k)), max(1, round(width * k))
+
+
+def _read_folder(src: Path, start: int, stride: int, max_frames: int | None, fit=lambda f: f) -> tuple[list[np.ndarray], float]:
     """Read the selected image files of a folder, in natural order of their names."""
     files = [p for p in src.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")]
     files = sorted((p for p in files if p.is_file()), key=_natural_key)
     require(files, f"no image files in folder {src}; expected e.g. {FRAME_NAME.format(0)}")
     frames = []
     for i in _select(len(files), start, stride, max_frames, src):
-        frames.append(read_image(files[i]))
+        frames.append(fit(read_image(files[i])))
         shape, first = frames[-1].shape, frames[0].shape
         require(shape == first, f"{files[i]} is {shape[1]}x{shape[0]} but earlier frames are {first[1]}x{first[0]}")
     return frames, DEFAULT_FPS
 
 
-def _read_animation(src: Path, start: int, stride: int, max_frames: int | None) -> tuple[list[np.ndarray], float]:
+def _read_animation(src: Path, start: int, stride: int, max_frames: int | None, fit=lambda f: f) -> tuple[list[np.ndarray], float]:
     """Read the selected frames of an animated GIF or WebP; fps from the mean duration of those frames."""
     frames, durations = [], []
     with _open_image(src, MAX_PIXELS) as im:
         for i in _select(getattr(im, "n_frames", 1), start, stride, max_frames, src):
             im.seek(i)
             im.load()  # WebP fills in the duration on load
-            frames.append(_to_rgb(im, WHITE))
+            frames.append(fit(_to_rgb(im, WHITE)))
             durations.append(im.info.get("duration") or 0)
     durations = [d for d in durations if d > 0]
     return frames, 1000 * len(durations) / sum(durations) if durations else DEFAULT_FPS
@@ -416,7 +430,7 @@ def _capture(src: Path) -> Iterator[cv2.VideoCapture]:
         cv2.utils.logging.setLogLevel(log_level)
 
 
-def _read_container(src: Path, start: int, stride: int, max_frames: int | None) -> tuple[list[np.ndarray], float]:
+def _read_container(src: Path, start: int, stride: int, max_frames: int | None, fit=lambda f: f) -> tuple[list[np.ndarray], float]:
     """Decode mp4/webm/mov/mkv/avi with OpenCV's FFmpeg backend, skipping unwanted frames without converting."""
     frames, index = [], 0
     with _capture(src) as capture:
@@ -429,7 +443,7 @@ def _read_container(src: Path, start: int, stride: int, max_frames: int | None) 
                 if not ok:
                     break  # the end, or the first undecodable frame of a truncated file
                 if keep:
-                    frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+                    frames.append(fit(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)))
                 index += 1
         except cv2.error as e:
             raise KinemaError(f"could not decode {src}: {_first_line(e)}") from e
@@ -439,23 +453,30 @@ def _read_container(src: Path, start: int, stride: int, max_frames: int | None) 
 
 
 def read_video(
-    path: PathLike, max_frames: int | None = None, stride: int = 1, start: int = 0
+    path: PathLike, max_frames: int | None = None, stride: int = 1, start: int = 0, max_side: int | None = None
 ) -> tuple[np.ndarray, float]:
-    """Read frames start, start + stride, ... (at most `max_frames`) as uint8 (F, H, W, 3), with their fps."""
+    """Read frames start, start + stride, ... (at most `max_frames`) as uint8 (F, H, W, 3), with their fps.
+
+    With `max_side`, each frame is scaled down as it is decoded so that its long side is at most that:
+    a huge source never lies whole in memory.
+    """
     require(stride >= 1, f"stride must be >= 1, got {stride}")
     require(start >= 0, f"start must be >= 0, got {start}")
     require(max_frames is None or max_frames >= 1, f"max_frames must be >= 1 or None, got {max_frames}")
     src = _existing(path)
     suffix = src.suffix.lower()
+    def fit(frame: np.ndarray) -> np.ndarray:
+        return shrink(frame, max_side)
+
     if src.is_dir():
-        frames, fps = _read_folder(src, start, stride, max_frames)
+        frames, fps = _read_folder(src, start, stride, max_frames, fit)
     elif suffix in ANIMATION_EXTS:
-        frames, fps = _read_animation(src, start, stride, max_frames)
+        frames, fps = _read_animation(src, start, stride, max_frames, fit)
     elif suffix in CONTAINER_EXTS:
-        frames, fps = _read_container(src, start, stride, max_frames)
+        frames, fps = _read_container(src, start, stride, max_frames, fit)
     elif suffix in IMAGE_EXTS:
         _select(1, start, stride, max_frames, src)  # a single image is a one-frame video
-        frames, fps = [read_image(src)], DEFAULT_FPS
+        frames, fps = [fit(read_image(src))], DEFAULT_FPS
     else:
         known = ", ".join(CONTAINER_EXTS + IMAGE_EXTS)
         raise KinemaError(f"cannot read {src}: unknown extension {suffix!r}; use a folder of frames or one of {known}")

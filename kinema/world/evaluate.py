@@ -48,15 +48,22 @@ def run_eval(args) -> dict:
     return result
 
 
+# The oracle reads world clips (64 px); larger frames are scaled down to this long side as they are
+# decoded, so a huge file costs neither memory nor minutes. Its readings are relative to the frame size.
+MAX_SIDE = 256
+# Host bytes per scored pixel: the frames as read and stacked (6), one frame's palette distances at a time.
+BYTES_PER_PIXEL = 8
+
+
 def score_files(videos: list[str], caption: str | None) -> dict:
-    from ..video_io import read_video
+    from ..resources import read_clip
 
     require(bool(videos), "nothing to evaluate: give video files with --caption, or --suite world")
     require(caption is not None and world.parse_caption(caption) is not None,
             "--caption must be a canonical world caption such as 'a red circle moving right on a blue background'")
     rows = []
     for v in videos:
-        frames, _ = read_video(v)
+        frames, _ = read_clip(v, f"scoring {v}", BYTES_PER_PIXEL, "score a shorter clip", max_side=MAX_SIDE)
         rows.append({"video": v, **metrics.score(frames, caption)})
     print("| video | colour | background | direction | detected | flicker |")
     print("|---|---|---|---|---|---|")
