@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +20,11 @@ from kinema.models.schedulers import SCHEDULERS, make_scheduler  # noqa: F401  (
 from kinema.models.seams import DenoiserInputs, FrameCondition, TextEmbeds
 
 Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (latents, timestep) -> velocity
+
+# Who watches the steps of this call (the web UI's progress bar and Stop button): called after every step of
+# every loop as on_step(step, steps, desc); what it raises ends the run. A context variable, not a model
+# attribute, so a shared model stays re-entrant.
+ON_STEP: ContextVar[Callable[[int, int, str], None] | None] = ContextVar("kinema_on_step", default=None)
 
 
 @dataclass
@@ -129,6 +135,7 @@ def denoise(
     """Integrate the flow from the scheduler's step `start` down to clean latents."""
     timesteps = scheduler.timesteps[start:]
     sigmas = [float(s) for s in scheduler.sigmas[start:]]
+    on_step = ON_STEP.get()
     for i, t in enumerate(tqdm(timesteps, desc=desc, disable=not progress, leave=False)):
         v = predict(latents, t)  # 1. velocity at this noise level (guided)
         for h in hooks:  # 2. driver corrections of the prediction (flow fusion, window fusion)
@@ -141,6 +148,8 @@ def denoise(
             )
         for h in hooks:  # 5. re-inject what is known (frame conditions)
             latents = h.after_step(i, sigmas[i + 1], latents)
+        if on_step is not None:  # 6. report the step (a progress bar; a Stop button raises here)
+            on_step(i + 1, len(timesteps), desc)
     return latents
 
 
