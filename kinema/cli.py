@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"kinema {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     for add in (_generate_parsers, _animate_parser, _restyle_parser, _model_parsers,
-                lambda sub, fmt: __import__("kinema.batch", fromlist=["add_parser"]).add_parser(sub, fmt)):
+                lambda sub, fmt: __import__("kinema.batch", fromlist=["add_parser"]).add_parser(sub, fmt),
+                lambda sub, fmt: __import__("kinema.serve", fromlist=["add_parser"]).add_parser(sub, fmt)):
         add(sub, fmt)
     return p
 
