@@ -236,13 +236,20 @@ def validate(path: Path, template: str | None, skip_invalid: bool, results: Path
         for w in e.warnings:
             print(f"kinema: warning: {path}:{e.line}: {w}", file=sys.stderr)
     if bad and not skip_invalid:
-        shown = "; ".join(f"{path}:{e.line}: {e.error}" for e in bad[:SHOWN_ERRORS])
-        more = f" (and {len(bad) - SHOWN_ERRORS} more)" if len(bad) > SHOWN_ERRORS else ""
+        groups: dict[str, list[int]] = {}  # the same problem on many lines is said once
+        for e in bad:
+            groups.setdefault(e.error, []).append(e.line)
+        shown = "; ".join(f"{path}:{_lines(lines)}: {error}" for error, lines in list(groups.items())[:SHOWN_ERRORS])
+        more = f" (and {len(groups) - SHOWN_ERRORS} more problems)" if len(groups) > SHOWN_ERRORS else ""
         raise KinemaError(f"{shown}{more}; fix the job{'s' if len(bad) > 1 else ''} or pass --skip-invalid")
     for e in bad:
         print(f"kinema: warning: {path}:{e.line}: {e.error}; left out (--skip-invalid)", file=sys.stderr)
     require(len(bad) < len(entries), f"none of the {len(entries)} jobs in {path} is valid; nothing to run")
     return entries
+
+
+def _lines(lines: list[int]) -> str:
+    return ",".join(map(str, lines[:5])) + (f",... ({len(lines)} jobs)" if len(lines) > 5 else "")
 
 
 def _guard(e: Entry, check) -> None:
@@ -452,7 +459,7 @@ def _check_results(results: Path) -> None:
 def _print_plan(plan: list[Entry]) -> None:
     for e in plan:
         what = e.error if e.status == "invalid" else e.output
-        print(f"line {e.line:>5}  {e.status if e.status != 'pending' else 'to run':<8} {e.command or '-':<9} {what}")
+        print(f"line {e.line:>5}  {e.status if e.status != 'pending' else 'run':<8} {e.command or '-':<9} {what}")
 
 
 #################################################################################

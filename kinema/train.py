@@ -4,10 +4,13 @@
     kinema train configs/default.yaml --model runs/default/model
     kinema train configs/default.yaml --model FOLDER --stages denoiser   # continue a trained folder's denoiser
     accelerate launch -m kinema.cli train configs/default.yaml --model runs/default/model   # many GPUs
+    accelerate launch --multi_gpu --num_processes 2 -m kinema.cli train configs/tiny.yaml --model M  # CPUs: gloo
 
 Reads top to bottom: config, data, checkpoints, the VAE stage, the denoiser stage. Every stage reads
 clips through a `ClipDataset` that the config names (`dataset: world`).
-Both stages run through accelerate, resume from the newest complete checkpoint in
+Both stages run through accelerate. `batch` is the global batch: a step draws the same samples whatever the
+number of processes, each process taking an equal share (`shard`), so N processes train the same weights as
+one (within float tolerance) and a run resumes with another process count. Both stages resume from the newest complete checkpoint in
 `RUN/checkpoints/` after a kill (written to a temporary folder, then renamed), and log
 loss, steps/s and ETA to stderr and `RUN/train.log`. The model folder is rewritten
 (atomically) with the current weights (EMA for the denoiser) at every checkpoint.
@@ -269,6 +272,19 @@ def cooldown_factor(step: int, total: int, cooldown: int) -> float:
     return 1.0 if cooldown <= 0 else min(1.0, (total - step) / cooldown)
 
 
+def shard(batch: int, accelerator) -> slice:
+    """This process's equal share of a global batch of `batch` samples."""
+    n, rank = accelerator.num_processes, accelerator.process_index
+    if batch % n:
+        raise KinemaError(f"a batch of {batch} does not split evenly over {n} processes; make the config's batch a multiple of {n}")
+    return slice(rank * batch // n, (rank + 1) * batch // n)
+
+
+def global_mean(value: torch.Tensor, accelerator) -> torch.Tensor:
+    """The mean of `value` over the processes (itself in one process)."""
+    return value if accelerator.num_processes == 1 else accelerator.reduce(value.detach().clone(), "mean")
+
+
 def _to_tensor(video: np.ndarray) -> torch.Tensor:
     """uint8 (..., F, H, W, 3) -> float (..., 3, F, H, W) in [-1, 1]."""
     t = to_unit(video.reshape(-1, *video.shape[-3:]))[0]  # (3, N, H, W)
@@ -280,13 +296,18 @@ def _to_tensor(video: np.ndarray) -> torch.Tensor:
 #################################################################################
 
 
-def vae_frames(cfg: TrainConfig, rng: np.random.Generator, n: int, split: str = "train") -> torch.Tensor:
-    """n frames (n, 3, H, W) in [-1, 1] of the dataset, each from a different clip (diverse batches train faster)."""
+def vae_frames(cfg: TrainConfig, rng: np.random.Generator, n: int, split: str = "train",
+               part: slice = slice(None)) -> torch.Tensor:
+    """Frames `part` of n (n, 3, H, W) in [-1, 1] of the dataset, each from a different clip (diverse batches train faster).
+
+    `rng` draws all n, so a process rendering its share of a batch leaves it where the whole batch would.
+    """
     data = open_dataset(cfg, split)
     frames = []
-    for seed in rng.integers(0, 2**31, size=n):
+    for i, seed in enumerate(rng.integers(0, 2**31, size=n)):
         t = int(rng.integers(cfg.frames))
-        frames.append(data.clip(int(seed), cfg.frames, times=[t])[0][0])
+        if i in range(n)[part]:
+            frames.append(data.clip(int(seed), cfg.frames, times=[t])[0][0])
     return to_unit(np.stack(frames))[0].transpose(0, 1)  # (n, 3, H, W)
 
 
@@ -332,24 +353,26 @@ def train_vae(cfg: TrainConfig, model: Model, run: Path, accelerator, start: int
     objective, opt = accelerator.prepare(VAEObjective(ae), opt)
     log = Logger(run, "vae", start, cfg.vae.steps, accelerator.is_main_process)
     down = model.vae.spatial_compression
+    part = shard(cfg.vae.batch, accelerator)
     for step in range(start, cfg.vae.steps):
-        rng = np.random.default_rng([cfg.seed, 1, step, accelerator.process_index])
-        x = vae_frames(cfg, rng, cfg.vae.batch).to(accelerator.device)
+        rng = np.random.default_rng([cfg.seed, 1, step, 0])  # the whole batch's draws, on every process
+        x = vae_frames(cfg, rng, cfg.vae.batch, part=part).to(accelerator.device)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.vae.lr, cfg.vae.warmup, cfg.vae.steps)
-        shape = (x.shape[0], model.vae.latent_channels, x.shape[2] // down, x.shape[3] // down)
-        eps = torch.from_numpy(rng.standard_normal(shape)).float().to(accelerator.device)
+        shape = (cfg.vae.batch, model.vae.latent_channels, x.shape[2] // down, x.shape[3] // down)
+        eps = torch.from_numpy(rng.standard_normal(shape)[part]).float().to(accelerator.device)
         with accelerator.autocast():
             rec, kl = objective(x, eps)
         w = object_weights(x, cfg.vae.object_weight)
         err = (rec - x).abs()
-        loss = (w * (err + err * err)).mean() / w.mean() + cfg.vae.kl_weight * kl
+        # the weights' mean over the whole batch, so the processes' mean loss is one process's
+        loss = (w * (err + err * err)).mean() / global_mean(w.mean(), accelerator) + cfg.vae.kl_weight * kl
         accelerator.backward(loss)
         opt.step()
         opt.zero_grad(set_to_none=True)
         log.bar.update(1)
         done = step + 1
-        history.append([done, loss.item()])
+        history.append([done, global_mean(loss, accelerator).item()])
         if done % cfg.log_every == 0:
             log.log(done, loss=float(loss))
         if done % cfg.checkpoint_every == 0 or done == cfg.vae.steps:
@@ -364,7 +387,8 @@ def train_vae(cfg: TrainConfig, model: Model, run: Path, accelerator, start: int
                 model.vae.train()
                 log.log(done, loss=float(loss), psnr_median=med, psnr_worst=worst)
     log.close()
-    plot_curve(history, run / "vae_loss.png", "VAE loss (L1 + MSE + KL)")
+    if accelerator.is_main_process:
+        plot_curve(history, run / "vae_loss.png", "VAE loss (L1 + MSE + KL)")
 
 
 def finish_vae(cfg: TrainConfig, model: Model, run: Path, accelerator) -> None:
@@ -470,12 +494,13 @@ def logit_mean_at(d: DenoiserStage, step: int) -> float:
     return mean
 
 
-def denoiser_batch(cfg: TrainConfig, cache: dict, caption_index: dict, step: int, rank: int,
-                   data: ClipDataset | None = None):
-    """The batch of one step, a pure function of (seed, step, rank): resuming replays it exactly."""
+def denoiser_batch(cfg: TrainConfig, cache: dict, caption_index: dict, step: int, rank: int = 0,
+                   data: ClipDataset | None = None, processes: int = 1):
+    """Share `rank` of `processes` of the batch of one step, a pure function of (seed, step): resuming replays it
+    exactly, with any number of processes."""
     d = cfg.denoiser
     data = open_dataset(cfg) if data is None else data
-    rng = np.random.default_rng([cfg.seed, 2, step, rank])
+    rng = np.random.default_rng([cfg.seed, 2, step, 0])
     short = len(cache["specs"]) - d.long_clips  # the cache holds the short clips, then the long windows
     idx = rng.integers(0, short, size=d.batch)
     if d.long_clips and d.long_share > 0:  # some samples from the windows of longer clips
@@ -498,7 +523,11 @@ def denoiser_batch(cfg: TrainConfig, cache: dict, caption_index: dict, step: int
     s = sigma[:, None, None, None, None]
     xt = (1 - s) * x0 + s * noise  # flow matching: x_t between data (s=0) and noise (s=1)
     cond = frame_condition(x0, rng, d)
-    return xt, sigma * 1000, text, cond, noise - x0, frames
+    if processes == 1:
+        return xt, sigma * 1000, text, cond, noise - x0, frames
+    p = slice(rank * d.batch // processes, (rank + 1) * d.batch // processes)
+    return (xt[p], sigma[p] * 1000, TextEmbeds(text.hidden[p], text.mask[p]), FrameCondition(cond.latents[p], cond.mask[p]),
+            (noise - x0)[p], frames[p])
 
 
 def motion_term(pred: torch.Tensor, target: torch.Tensor, lags) -> torch.Tensor:
@@ -510,7 +539,9 @@ def motion_term(pred: torch.Tensor, target: torch.Tensor, lags) -> torch.Tensor:
 
 def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start: int, state: dict | None) -> None:
     d = cfg.denoiser
-    cache, data = build_cache(cfg, model, run), open_dataset(cfg)
+    with accelerator.main_process_first():  # one process encodes the cache, the others read it
+        cache = build_cache(cfg, model, run)
+    data = open_dataset(cfg)
     caption_index = {c: i for i, c in enumerate(cache["captions"])}
     grow_denoiser(model, d.grow)
     net = model.denoiser.float().train()
@@ -533,7 +564,8 @@ def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start
     warm_from = start if state is None else 0  # without optimizer state (a fresh run, or continuing from a folder) warm up again
     log = Logger(run, "denoiser", start, d.steps, accelerator.is_main_process)
     for step in range(start, d.steps):
-        xt, t, text, cond, target, frames = denoiser_batch(cfg, cache, caption_index, step, accelerator.process_index, data)
+        xt, t, text, cond, target, frames = denoiser_batch(cfg, cache, caption_index, step, accelerator.process_index, data,
+                                                           accelerator.num_processes)
         dev = accelerator.device
         extra = dict(clip_frames=frames.to(dev)) if length_input else {}
         for g in opt.param_groups:
@@ -551,7 +583,7 @@ def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start
         _ema_update(ema, accelerator.unwrap_model(net), min(d.ema, (1 + step) / (10 + step)))
         log.bar.update(1)
         done = step + 1
-        history.append([done, loss.item()])
+        history.append([done, global_mean(loss, accelerator).item()])
         if done % cfg.log_every == 0:
             recent = np.mean([h[1] for h in history[-cfg.log_every :]])
             log.log(done, loss=float(recent))
@@ -670,7 +702,10 @@ def train(config: str | Path, model_dir: str | Path, run_dir: str | Path | None 
     run = Path(run_dir) if run_dir else Path("runs") / Path(config).stem
     model_path = resolve_model_path(model_dir)
     run.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no")
+    # gloo on CPUs under a launcher (accelerate launch --multi_gpu, torchrun), as on one CPU
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=not torch.cuda.is_available())
+    for stage_batch in ([cfg.vae.batch] if stages != "denoiser" else []) + ([cfg.denoiser.batch] if stages != "vae" else []):
+        shard(stage_batch, accelerator)  # each process an equal share of the global batch, checked before any work
     torch.manual_seed(cfg.seed)
     model = load_model(model_path, device=accelerator.device)
     ckpt = latest_checkpoint(run)
