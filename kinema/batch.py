@@ -305,7 +305,7 @@ def _argv(parser, command: str, fields: dict) -> list[str]:
              if a.dest not in NOT_FIELDS}
     options, given = [], {}
     for key, value in fields.items():
-        name = key.replace("-", "_")
+        name = key.lstrip("-").replace("-", "_")  # seed, --seed, negative-prompt, negative_prompt
         if name in positionals:
             require(isinstance(value, (str, int, float)) and not isinstance(value, bool),
                     f"{key} must be text (got {type(value).__name__})")
