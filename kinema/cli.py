@@ -60,7 +60,14 @@ def cmd_info(args) -> None:
 
     info = describe(args.model)
     d = info.defaults
-    report, lines = family_of(info).report(info, args.frames or d.frames, args.height or d.height, args.width or d.width)
+    frames, height, width = args.frames or d.frames, args.height or d.height, args.width or d.width
+    report, lines = family_of(info).report(info, frames, height, width)
+    from .jobs import process_memory  # the whole process's peak on CPU, too
+
+    est = {k: f"{v / 2**20:.0f} MiB" for k, v in process_memory(info, frames, height, width).items()}
+    report["process_estimate"] = dict(frames=frames, height=height, width=width, dtype="float32", **est)
+    lines.append(f"process   ~{est['total']} peak RSS for `kinema generate` of {frames} frames {width}x{height} on "
+                 f"CPU (libraries {est['libraries']}, model {est['model']}, clip {est['clip']})")
     print(json.dumps(report, indent=2, default=str) if args.json else "\n".join(lines))
 
 

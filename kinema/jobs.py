@@ -55,6 +55,7 @@ class Placement:
     attention: str = "sdpa"
     offload: str = "none"
     threads: int = 1  # torch's CPU threads while the job runs (resources.pick_threads)
+    dtype_reason: str = ""  # why this dtype (resources.auto_dtype for --dtype auto)
 
     @property
     def dtype_bytes(self) -> int:
@@ -135,14 +136,22 @@ def placement_for(model, device="auto", dtype="auto", attention: str = "sdpa", o
     from .models.attention import BACKENDS, xformers_available
 
     if isinstance(model, Model):
-        return Placement(model.device, model.dtype, model.attention, model.offload, resources.pick_threads(threads))
+        return Placement(model.device, model.dtype, model.attention, model.offload, resources.pick_threads(threads),
+                         "the loaded model's")
     dev = resources.pick_device(device)
     require(attention in BACKENDS, f"unknown --attention {attention!r}; choose one of {', '.join(BACKENDS)}")
     require(attention != "xformers" or xformers_available(),
             "--attention xformers needs the xformers package: pip install 'kinema[xformers]', or use --attention sdpa")
     offload = offload or "none"
     require(offload in resources.OFFLOAD_MODES, f"unknown --offload {offload!r}; use {', '.join(resources.OFFLOAD_MODES)}")
-    return Placement(dev, resources.pick_dtype(dtype, dev), attention, offload, resources.pick_threads(threads))
+    threads = resources.pick_threads(threads)
+    if dtype in (None, "auto"):
+        torch.set_num_threads(threads)  # the probe measures the threads the job will have
+        chosen, why = resources.auto_dtype(dev)
+    else:
+        chosen = resources.pick_dtype(dtype, dev)
+        why = "--dtype " + str(chosen).replace("torch.", "")
+    return Placement(dev, chosen, attention, offload, threads, why)
 
 
 def info_for(model) -> ModelInfo:
@@ -215,6 +224,21 @@ def model_memory(info: ModelInfo, placement: Placement, settings: Settings, fram
     est = family_of(info).estimate_memory(info, frames or settings.frames, settings.height, settings.width,
                                           placement.dtype_bytes, settings.guidance != 1, settings.decode_chunk_size)
     return est["total"]
+
+
+def process_memory(info: ModelInfo, frames: int, height: int, width: int, dtype_bytes: int = 4) -> dict:
+    """The whole process's estimated peak host bytes for `kinema generate` on CPU (what `kinema info` prints).
+
+    Libraries (Python with torch, diffusers and transformers imported), the model on one context window
+    (the family's estimate: weights, text encoder, activations, a decode chunk), and the clip on the host
+    (HOST_BYTES_PER_PIXEL per output pixel). Tested against a measured peak RSS at 16 and 256 frames.
+    """
+    trained = info.defaults.frames
+    tc = info.temporal_compression
+    window = frames if frames <= trained else min(frames, (info.latent_frames(trained) - 1) * tc + 1)
+    model = family_of(info).estimate_memory(info, window, height, width, dtype_bytes)["total"]
+    host = frames * height * width * resources.HOST_BYTES_PER_PIXEL
+    return dict(libraries=resources.LIBRARY_BYTES, model=model, clip=host, total=resources.LIBRARY_BYTES + model + host)
 
 
 def check_memory(info: ModelInfo, settings: Settings, placement: Placement, context_length: int | None = None,
@@ -508,7 +532,7 @@ def _record(job: Job, model: Model | None, result: Result, load_s: float) -> dic
         kinema_version=__version__, command=job.task, prompt=job.prompt, model=str(job.info.path), family=job.info.family,
         seed=job.settings.seed, settings=job.settings.as_dict(),
         device=str(p.device) if model is not None else "none", dtype=str(p.dtype).replace("torch.", "") if model is not None else "none",
-        attention=p.attention, threads=p.threads, frames_written=int(result.frames.shape[0]),
+        dtype_reason=p.dtype_reason if model is not None else "", attention=p.attention, threads=p.threads, frames_written=int(result.frames.shape[0]),
         size=[int(result.frames.shape[1]), int(result.frames.shape[2])],
         timings={"load": round(load_s, 3), **result.timings.as_dict()},
     )

@@ -18,8 +18,13 @@ OFFLOAD_MODES = ("none", "model", "sequential")  # accelerate's hooks: per compo
 # flows both ways (16), the guide at source size (12), consistency/warp temporaries (float64, ~40), pixel
 # fusion (24).
 RESTYLE_BYTES_PER_PIXEL = 96
-# Host bytes per output pixel of the other tasks: uint8 frames and their copy, the clip's latents, margin.
-HOST_BYTES_PER_PIXEL = 16
+# Host bytes per output pixel of the other tasks: uint8 frames and their copies, the clip's latents and the
+# window fusion's sums, decoded float frames, the writer's buffers (measured: a 256-frame 64x64 clip peaked
+# ~60 MiB above a 16-frame one).
+HOST_BYTES_PER_PIXEL = 64
+# Resident memory of Python with torch, diffusers and transformers imported (measured 414 MiB with the CPU
+# build of torch 2.13 on x86-64): the floor under every run's peak.
+LIBRARY_BYTES = 420 * 2**20
 
 
 def pick_threads(threads: int | None = None) -> int:
@@ -53,12 +58,121 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+# `--dtype auto` on a CPU takes bfloat16 where it ran the probe at least this much faster than float32
+BF16_SPEEDUP = 1.3
+
+
+def _cpu_name() -> str:
+    """The processor's model name and its bf16-related flags (the probe's cache key)."""
+    import platform
+
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = {x for x in value.split() if x.startswith(("amx", "avx512_bf16", "avx512f"))}
+                    break
+    except OSError:
+        pass
+    return " ".join([name, *sorted(flags)])
+
+
+def _time_call(fn, budget: float) -> float:
+    """Best time of `fn()` over a few calls within about `budget` seconds (one call when it is slow)."""
+    import time
+
+    best, spent = float("inf"), 0.0
+    while spent < budget:
+        t = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t
+        best, spent = min(best, dt), spent + dt
+    return best
+
+
+def _probe_bf16() -> float:
+    """How many times faster bfloat16 runs than float32 on this CPU: a 512^2 matmul and a 3x3 conv at 16x16
+    (the default model's kind of work), about 0.1 s. Below 1 where bf16 is emulated."""
+    g = torch.Generator().manual_seed(0)
+    a, x, w = torch.randn(512, 512, generator=g), torch.randn(4, 64, 16, 16, generator=g), torch.randn(64, 64, 3, 3, generator=g)
+    times = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        aa, xx, ww = a.to(dtype), x.to(dtype), w.to(dtype)
+
+        def work():
+            aa @ aa
+            torch.nn.functional.conv2d(xx, ww, padding=1)
+
+        work()  # first call: kernels chosen, memory touched
+        times[dtype] = _time_call(work, 0.03 if dtype == torch.float32 else min(0.03, 2 * times[torch.float32]))
+    return times[torch.float32] / times[torch.bfloat16]
+
+
+def cpu_bf16_speedup() -> tuple[float, str]:
+    """(bf16 speed-up over float32 on this processor, its name), measured once per processor and torch version.
+
+    Cached in ~/.cache/kinema/dtype-probe.json ($XDG_CACHE_HOME); where the cache cannot be written the
+    probe runs again next time.
+    """
+    import json
+    import os
+    from pathlib import Path
+
+    global _SPEEDUP
+    cpu = _cpu_name()
+    key = f"{cpu} | torch {torch.__version__}"
+    if _SPEEDUP is not None and _SPEEDUP[0] == key:
+        return _SPEEDUP[1], cpu
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kinema" / "dtype-probe.json"
+    try:
+        known = json.loads(cache.read_text())
+        speedup = float(known[key])
+    except (OSError, ValueError, KeyError, TypeError):
+        speedup, known = _probe_bf16(), {}
+        try:
+            from .video_io import write_json_atomic
+
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(cache, {**(known if isinstance(known, dict) else {}), key: round(speedup, 3)})
+        except (OSError, KinemaError):
+            pass
+    _SPEEDUP = (key, speedup)
+    return speedup, cpu
+
+
+_SPEEDUP: tuple[str, float] | None = None
+
+
+def auto_dtype(device: torch.device) -> tuple[torch.dtype, str]:
+    """What `--dtype auto` picks on `device`, and why (for the log and the sidecar).
+
+    CUDA: bfloat16. CPU: bfloat16 where the processor runs it at least BF16_SPEEDUP times faster than
+    float32 (AMX, AVX512-BF16), else float32 (bf16 is emulated, often hundreds of times slower, without
+    them). KINEMA_DTYPE (float32 or bfloat16) fixes the choice.
+    """
+    import os
+
+    env = os.environ.get("KINEMA_DTYPE", "")
+    if env:
+        require(env in ("float32", "bfloat16"), f"KINEMA_DTYPE must be float32 or bfloat16 (got {env!r})")
+        return DTYPES[env], f"KINEMA_DTYPE={env}"
+    if device.type == "cuda":
+        return torch.bfloat16, "auto: bfloat16 on CUDA"
+    speedup, cpu = cpu_bf16_speedup()
+    pick = torch.bfloat16 if speedup >= BF16_SPEEDUP else torch.float32
+    return pick, f"auto: bfloat16 ran {speedup:.2f}x as fast as float32 on {cpu}"
+
+
 def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """`auto`: bfloat16 on CUDA, float32 on CPU."""
+    """`auto` (or None): `auto_dtype`'s choice."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return auto_dtype(device)[0]
     if dtype not in DTYPES:
         raise KinemaError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
     if dtype == "float16" and device.type == "cpu":

@@ -107,7 +107,7 @@ class TrainConfig:
     frames: int = 16
     size: int = 64
     dataset: str = "world"  # where clips come from: a name in DATASETS
-    bf16: bool = True
+    bf16: bool | None = None  # bf16 autocast; None: where the processor runs bf16 fast (resources.auto_dtype)
     log_every: int = 25
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
@@ -702,6 +702,12 @@ def train(config: str | Path, model_dir: str | Path, run_dir: str | Path | None 
     run = Path(run_dir) if run_dir else Path("runs") / Path(config).stem
     model_path = resolve_model_path(model_dir)
     run.mkdir(parents=True, exist_ok=True)
+    if cfg.bf16 is None:
+        from .resources import auto_dtype
+
+        dtype, why = auto_dtype(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        cfg.bf16 = dtype == torch.bfloat16
+        print(f"bf16 autocast {'on' if cfg.bf16 else 'off'} ({why})", flush=True)
     # gloo on CPUs under a launcher (accelerate launch --multi_gpu, torchrun), as on one CPU
     accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=not torch.cuda.is_available())
     for stage_batch in ([cfg.vae.batch] if stages != "denoiser" else []) + ([cfg.denoiser.batch] if stages != "vae" else []):

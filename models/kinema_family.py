@@ -126,6 +126,16 @@ def read_configs(path: Path) -> tuple[dict, dict]:
 #################################################################################
 
 
+def _text_encoder_parameters(info) -> int:
+    """Parameters of the folder's text encoder, from its safetensors headers (0 where it cannot be found)."""
+    from .text import resolve_text_encoder
+
+    try:
+        return safetensors_parameters(resolve_text_encoder(info.index.get("text_encoder", "builtin:minilm"), info.path))[0]
+    except KinemaError:
+        return 0  # loading names the problem
+
+
 class KinemaFamily(ModelFamily):
     """Folders written by `kinema init` / `kinema train`: MiniLM text, a frame-wise AutoencoderKL, SpaceTimeUNet."""
 
@@ -171,7 +181,9 @@ class KinemaFamily(ModelFamily):
         heads = max(1, chans[first_attn] // den["head_dim"])
         attn = b * frames * heads * tokens * tokens * dtype_bytes
         dec = 8 * max(vae["block_out_channels"]) * min(frames, decode_chunk_size) * height * width * dtype_bytes
-        return dict(weights=weights, denoiser_activations=level_act + attn, vae_decode=dec, total=weights + level_act + attn + dec)
+        text = _text_encoder_parameters(info) * dtype_bytes
+        return dict(weights=weights, text_encoder=text, denoiser_activations=level_act + attn, vae_decode=dec,
+                    total=weights + text + level_act + attn + dec)
 
     def report(self, info, frames, height, width, dtype="float32"):
         nbytes = {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
@@ -199,8 +211,8 @@ class KinemaFamily(ModelFamily):
             f"defaults  {d.frames} frames {d.width}x{d.height} @ {d.fps:g} fps, {d.steps} steps, guidance {d.guidance}; "
             f"sizes must be multiples of {info.size_multiple}",
             f"frame conditions trained: {', '.join(info.frame_conditions) or 'none'}",
-            f"memory    ~{m['total']} peak for {frames} frames {width}x{height} in {dtype} (weights {m['weights']}, "
-            f"denoiser activations {m['denoiser_activations']}, VAE decode {m['vae_decode']})",
+            f"memory    ~{m['total']} for the model on {frames} frames {width}x{height} in {dtype} (weights {m['weights']}, "
+            f"text encoder {m['text_encoder']}, denoiser activations {m['denoiser_activations']}, VAE decode {m['vae_decode']})",
         ]
         return report, lines
 

@@ -43,7 +43,7 @@ def test_generate_refuses_what_does_not_fit_and_names_what_does(extra, flag, kin
                                                                 monkeypatch):
     from kinema import jobs
 
-    free_memory(256 * 2**20)
+    free_memory(352 * 2**20)  # the text encoder (87 MiB) and the window's share
     argv = ["generate", PROMPT, "--model", tiny_model_dir, "-o", tmp_path / "clip.mp4", "--steps", "1", "--quiet"]
     result = kinema(*argv, *extra)
     check_contract(result, set(), listing(tmp_path))
@@ -67,7 +67,7 @@ def test_generate_refuses_what_does_not_fit_and_names_what_does(extra, flag, kin
 
 def test_animate_and_extend_are_checked_too(kinema, free_memory, tiny_model_dir, bad_inputs, tmp_path):
     images, videos = bad_inputs
-    free_memory(64 * 2**20)
+    free_memory(160 * 2**20)
     for args in (["animate", images["RGBA"], PROMPT, "--frames", "5000"],
                  ["extend", videos["one-frame .mp4"], PROMPT, "--frames", "100000"]):
         result = kinema(*args, "--model", tiny_model_dir, "-o", tmp_path / "clip.mp4", "--steps", "1", "--quiet")
@@ -102,3 +102,47 @@ def test_python_api_refuses_before_loading(free_memory, tiny_model_dir):
     free_memory(GiB // 16)
     with pytest.raises(KinemaError, match="need more memory"):
         kinema.generate(PROMPT, model=str(tiny_model_dir), frames=10**6, height=64, width=64, steps=1, progress=False)
+
+
+@pytest.mark.parametrize("speedup,expected", [(2.3, "bfloat16"), (1.1, "float32"), (0.004, "float32")])
+def test_auto_dtype_follows_the_processor_probe(speedup, expected, monkeypatch, tmp_path):
+    """--dtype auto on a CPU: bfloat16 only where the probe ran it clearly faster (AMX/AVX512-BF16); emulated
+    bf16 (hundreds of times slower) gives float32; the choice and its reason reach the placement."""
+    import torch
+
+    from kinema import jobs, resources
+
+    monkeypatch.delenv("KINEMA_DTYPE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(resources, "_SPEEDUP", None)
+    monkeypatch.setattr(resources, "_probe_bf16", lambda: speedup)
+    place = jobs.placement_for(None, "cpu", "auto")
+    assert str(place.dtype) == f"torch.{expected}"
+    assert place.dtype_reason.startswith(f"auto: bfloat16 ran {speedup:.2f}x as fast as float32 on ")
+    # cached per processor and torch version: the probe runs once
+    monkeypatch.setattr(resources, "_SPEEDUP", None)
+    monkeypatch.setattr(resources, "_probe_bf16", lambda: 1 / 0)
+    assert resources.auto_dtype(torch.device("cpu"))[0] == place.dtype
+    # an explicit choice and KINEMA_DTYPE win, and say so
+    assert jobs.placement_for(None, "cpu", "bfloat16").dtype_reason == "--dtype bfloat16"
+    monkeypatch.setenv("KINEMA_DTYPE", "float32")
+    assert resources.auto_dtype(torch.device("cpu")) == (torch.float32, "KINEMA_DTYPE=float32")
+    monkeypatch.setenv("KINEMA_DTYPE", "half")
+    with pytest.raises(Exception, match="KINEMA_DTYPE must be float32 or bfloat16"):
+        resources.auto_dtype(torch.device("cpu"))
+
+
+def test_the_real_probe_measures_both_dtypes():
+    from kinema import resources
+
+    speedup = resources._probe_bf16()
+    assert 0 < speedup < 100, speedup
+
+
+def test_the_sidecar_records_the_dtype_and_why(kinema, tiny_model_dir, tmp_path):
+    import json
+
+    out = tmp_path / "c.gif"
+    assert kinema("generate", PROMPT, "--model", tiny_model_dir, "-o", out, "--steps", "1", "--frames", "1", "--quiet").code == 0
+    record = json.loads((tmp_path / "c.gif.json").read_text())
+    assert record["dtype"] == "float32" and record["dtype_reason"] == "KINEMA_DTYPE=float32"
