@@ -19,7 +19,7 @@ settings and fitted inputs) is skipped, so rerunning a killed batch finishes the
 A job that fails is recorded and the batch goes on; `JOBS.results.jsonl` (or `--results`) gets one line per
 job: status (ok, skipped, failed, invalid), seconds, output, error. Jobs that share a model run back to back.
 Under torchrun or accelerate launch each process takes a contiguous share of the jobs (sorted by model),
-on its own device (`cuda:LOCAL_RANK`, or the CPU with the gloo backend); rank 0 merges the results.
+on its own device (`cuda:LOCAL_RANK`, or the CPU); the processes agree over gloo; rank 0 merges the results.
 """
 
 from __future__ import annotations
@@ -554,12 +554,15 @@ def summary(rows: list[dict], processes: int, results: Path) -> str:
 
 @dataclass
 class World:
-    """This process's place among the launcher's (torchrun, accelerate launch): rank, size, its device."""
+    """This process's place among the launcher's (torchrun, accelerate launch): rank, size, its device.
+
+    The processes talk over gloo (the plan, a barrier, the outcome), whatever the devices: small messages,
+    and no NCCL rule against two processes on one GPU. Jobs go to `cuda:LOCAL_RANK` (modulo the GPUs).
+    """
 
     rank: int = 0
     size: int = 1
     local_rank: int = 0
-    state: object = None  # accelerate's PartialState when there are several processes
 
     @classmethod
     def start(cls) -> "World":
@@ -567,12 +570,11 @@ class World:
             return cls()
         from datetime import timedelta
 
-        import torch
-        from accelerate import PartialState
+        import torch.distributed as dist
 
-        # gloo on CPU; a long timeout, since ranks wait at the end for the slowest share
-        state = PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(days=7))
-        return cls(state.process_index, state.num_processes, state.local_process_index, state)
+        # the launcher's env:// rendezvous; a long timeout, since ranks wait at the end for the slowest share
+        dist.init_process_group("gloo", timeout=timedelta(days=7))
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
     def device(self, asked: str) -> str | None:
         """The job's device in this process: CUDA jobs go to the GPU of the local rank."""
@@ -583,14 +585,13 @@ class World:
         return None
 
     def share(self, items: list) -> list:
-        """This process's contiguous share (accelerate's split: the first ranks take one more when uneven)."""
-        if self.size == 1:
-            return items
-        with self.state.split_between_processes(items) as part:
-            return list(part)
+        """This process's contiguous share, the first ranks taking one more when uneven (as accelerate's split)."""
+        q, r = divmod(len(items), self.size)
+        start = self.rank * q + min(self.rank, r)
+        return items[start : start + q + (self.rank < r)]
 
     def from_rank0(self, compute):
-        """`compute()` on rank 0, its value (or its KinemaError) on every rank."""
+        """`compute()` on rank 0, its value on every rank; when it fails there, the others exit with status 2."""
         if self.size == 1:
             return compute()
         import torch.distributed as dist
@@ -600,8 +601,7 @@ class World:
             try:
                 box = [("value", compute())]
             except BaseException as err:
-                box = [("error", str(err))]
-                dist.broadcast_object_list(box, src=0)
+                dist.broadcast_object_list([("error", str(err))], src=0)
                 raise
         dist.broadcast_object_list(box, src=0)
         kind, value = box[0]
@@ -611,7 +611,9 @@ class World:
 
     def barrier(self) -> None:
         if self.size > 1:
-            self.state.wait_for_everyone()
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def free_memory(self) -> None:
         import torch
@@ -621,4 +623,6 @@ class World:
 
     def close(self) -> None:
         if self.size > 1:
-            self.state.destroy_process_group()
+            import torch.distributed as dist
+
+            dist.destroy_process_group()

@@ -14,6 +14,9 @@
 #                                              -> flops.json
 #   5. peak GPU memory, offload none/model x VAE tiling off/on, fresh process each -> memory.json
 #   6. kinema vs diffusers on the same folder (21 frames 480x832, 3 steps, A B after a warm-up) -> wan.json
+#   7. kinema batch, 2 processes under torchrun on the GPU(s) (jobs on cuda:LOCAL_RANK, ranks over gloo)
+#                                              -> batch.results.jsonl
+#   8. 2-process training under accelerate launch (NCCL; needs 2 GPUs, else logged as skipped) -> train_ddp.log
 #   then OUT_DIR/results.md from all of them (scripts/bench_gpu.py report).
 set -uo pipefail
 
@@ -60,5 +63,17 @@ stage flops 70 "$PY" scripts/bench_flops.py --model "$WAN" --device cuda --load-
 stage memory 185 "$PY" scripts/bench_gpu.py memory "$WAN" "${SIZE[@]}" --timeout 45 --json-out "$OUT/memory.json"
 stage wan 60 "$PY" scripts/bench_wan.py --folder "$WAN" --device cuda --dtype bfloat16 --frames 21 --height 480 \
     --width 832 --steps 3 --pairs 1 --json-out "$OUT/wan.json"
+printf '{"command": "generate", "prompt": "a red circle moving right on a blue background", "seed": %d, "device": "cuda"}\n' \
+    0 1 2 3 > "$WORK/jobs.jsonl"
+mkdir -p "$WORK/batch"
+stage batch 45 "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 -m kinema.cli batch "$WORK/jobs.jsonl" \
+    -o "$WORK/batch/{index}.mp4" --results "$OUT/batch.results.jsonl"
+if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.device_count() >= 2 else 1)"; then
+    "$PY" -m kinema.cli init "$WORK/tiny" --preset tiny > /dev/null
+    stage train_ddp 60 "$PY" -m accelerate.commands.launch --num_processes 2 -m kinema.cli train configs/tiny.yaml \
+        --model "$WORK/tiny" --run "$WORK/tiny-run"
+else
+    echo "train_ddp skipped (one GPU; NCCL needs a GPU per process)" | tee -a "$OUT/stages.txt"
+fi
 "$PY" scripts/bench_gpu.py report "$OUT"
 echo "gpu_check: $SECONDS s in all; results in $OUT"

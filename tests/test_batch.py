@@ -334,3 +334,13 @@ def test_two_processes_write_every_output_once(launcher, tiny_model_dir, tmp_pat
     a, _ = video_io.read_video(tmp_path / "one.gif")
     b, _ = video_io.read_video(tmp_path / "out" / "5-5.gif")
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+
+
+def test_shares_cover_every_job_once_in_order():
+    from kinema.batch import World
+
+    for n in range(0, 12):
+        for size in (1, 2, 3, 5):
+            shares = [World(rank, size).share(list(range(n))) for rank in range(size)]
+            assert sum(shares, []) == list(range(n))
+            assert max(map(len, shares)) - min(map(len, shares)) <= 1
