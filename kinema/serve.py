@@ -138,8 +138,8 @@ def cmd_serve(args) -> None:
     from .ui.runner import Runner
 
     model = None if args.model is None else str(Path(args.model).expanduser().resolve())  # for the command shown
-    runner = Runner(info, out, model, placement, upload_dirs())
-    demo = build(runner, info, args.max_queue)
+    runner = Runner(info, out, model, placement, upload_dirs(), max_queue=args.max_queue)
+    demo = build(runner, info)
     print(f"kinema: serving {info.name} on http://{args.host}:{args.port} (clips in {out}; Ctrl-C stops)", file=sys.stderr)
     demo.launch(server_name=args.host, server_port=args.port, auth=auth, share=False, max_file_size=MAX_UPLOAD,
                 allowed_paths=[str(out)], show_error=True, quiet=True, ssr_mode=False, pwa=False, mcp_server=False,

@@ -209,19 +209,55 @@ def test_one_job_at_a_time(runner, tmp_path):
     active, most = [0], [0]
     lock = threading.Lock()
 
-    def progress(step, total, desc):
+    def progress(step, total, desc):  # "starting" (the job has the device) .. the last step
         with lock:
-            active[0] += step == 0
+            active[0] += desc == "starting"
             most[0] = max(most[0], active[0])
         time.sleep(0.01)
         with lock:
-            active[0] -= step == total
+            active[0] -= desc != "starting" and step == total and not desc.startswith("queue")
 
     threads = [threading.Thread(target=runner.run, args=("generate", {"prompt": PROMPT, **CHEAP, "seed": s}, str(s), progress))
                for s in range(2)]
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert most[0] == 1 and len(list((tmp_path / "out").glob("*.mp4"))) == 2
+
+
+def test_waiting_jobs_are_told_their_place_bounded_and_stoppable(runner, tmp_path):
+    runner.max_queue = 1
+    running, release, told = threading.Event(), threading.Event(), []
+    outcomes = {}
+
+    def hold(step, total, desc):  # the first job holds the device until released
+        if step == 1:
+            running.set()
+            release.wait(30)
+
+    def job(name, progress):
+        try:
+            outcomes[name] = runner.run("generate", {"prompt": PROMPT, **CHEAP}, name, progress)
+        except KinemaError as e:
+            outcomes[name] = str(e)
+
+    first = threading.Thread(target=job, args=("a", hold))
+    first.start()
+    assert running.wait(30)
+    second = threading.Thread(target=job, args=("b", lambda *a: told.append(a[2])))
+    second.start()
+    for _ in range(300):
+        if told:
+            break
+        time.sleep(0.01)
+    job("c", None)  # one waits already: refused at once
+    assert runner.stop("b")
+    second.join(30)
+    release.set()
+    first.join(30)
+    assert told == ["queue: 1 job ahead"]
+    assert outcomes["c"] == "the queue is full (1 waiting); try again when a job has finished"
+    assert outcomes["b"] == "stopped while waiting; nothing was written"
+    assert outcomes["a"].clip.is_file() and len(list((tmp_path / "out").glob("*.mp4"))) == 1
 
 
 def test_a_path_outside_the_upload_area_is_never_opened(runner, tmp_path):

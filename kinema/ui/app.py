@@ -22,7 +22,6 @@ TITLES = dict(generate="Generate", animate="Animate", restyle="Restyle", extend=
 BUTTONS = dict(generate="Generate", animate="Animate", restyle="Restyle", extend="Extend")
 ACCORDIONS = dict(more="More settings", long="Long clips and windows")
 REQUIRED = ("prompt", "image", "video")
-DEVICE = "device"  # the concurrency group of every job: one at a time on the device
 
 
 def component(f: forms.Field, value, task: str):
@@ -106,16 +105,19 @@ def panel(task: str, info, runner: Runner) -> dict:
         with gr.Column(scale=1):
             video = gr.Video(label="Clip", interactive=False, autoplay=True, loop=True, height=360, elem_id=f"{task}-video")
             gif = gr.File(label="GIF", interactive=False)
-            command = gr.Code(label="The same clip from the command line", language="shell", interactive=False)
+            command = gr.Textbox(label="The same clip from the command line", lines=2, interactive=False, buttons=["copy"],
+                                 elem_id=f"{task}-command")
             sidecar = gr.JSON(label="Sidecar", open=False)
     outputs = [video, gif, sidecar, command]
+    # no Gradio limit: the runner's own line keeps one job on the device, bounds the waiting ones and tells each
+    # its place, and Stop reaches the waiting ones too
     event = run_button.click(handler(task, runner), [inputs[n] for n in forms.names(task)], outputs, api_name=task,
-                             concurrency_limit=1, concurrency_id=DEVICE, show_progress="full")
+                             concurrency_limit=None, show_progress="full")
     return dict(inputs=inputs, event=event, stop=stop_button)
 
 
-def build(runner: Runner, info, max_queue: int) -> gr.Blocks:
-    """The whole page, its queue bounded by `max_queue` waiting jobs."""
+def build(runner: Runner, info) -> gr.Blocks:
+    """The whole page."""
     with gr.Blocks(title="kinema", analytics_enabled=False) as demo:
         gr.Markdown(f"## kinema\nModel: **{info.name}** ({info.family}) · `{info.path}` · clips go to "
                     f"`{runner.output_dir}`")
@@ -128,17 +130,16 @@ def build(runner: Runner, info, max_queue: int) -> gr.Blocks:
                 shown = gr.State([])  # names of the entries shown, in order: a selection names one of them
                 gallery = gr.Gallery(label="Clips in the output folder (select one to load its settings)", columns=6,
                                      height=480, object_fit="contain", preview=False, allow_preview=False,
-                                     elem_id="history")
+                                     fit_columns=False, elem_id="history")
                 refresh = gr.Button("Refresh")
         events = [p["event"] for p in panels.values()]
 
         def stop(request: gr.Request) -> None:
             if not runner.stop(getattr(request, "session_hash", "") or ""):
-                gr.Info("no job of this page is running")
+                gr.Info("no job of this page is running or waiting")
 
         for p in panels.values():
-            p["stop"].click(stop, None, None, queue=False, api_name="stop" if p is panels["generate"] else False,
-                            cancels=events)
+            p["stop"].click(stop, None, None, queue=False, api_name="stop" if p is panels["generate"] else False)
 
         def list_history():
             found = history.entries(runner.output_dir)
@@ -160,7 +161,7 @@ def build(runner: Runner, info, max_queue: int) -> gr.Blocks:
         refresh.click(list_history, None, [gallery, shown], api_visibility="private")
         demo.load(list_history, None, [gallery, shown], api_visibility="private")
         gallery.select(load, shown, [tabs, *every], api_visibility="private")
-    demo.queue(max_size=max_queue, default_concurrency_limit=1)
+    demo.queue(default_concurrency_limit=None)
     return demo
 
 

@@ -1,7 +1,9 @@
-"""The UI's jobs: the CLI's path (check outputs -> prepare -> run -> write) with a step observer and a Stop.
+"""The UI's jobs: the CLI's path (prepare -> check outputs -> run -> write) in a line, watched step by step.
 
-One job runs at a time (a lock, besides the web queue); the model is loaded once by `jobs.load` and
-shared. A clip is written only when its run has finished: a stopped or failed job leaves no file.
+A job is prepared (every check of the CLI) as soon as it is submitted, so a bad one is refused at once;
+then it waits in one first-come line, at most `max_queue` behind the running one, told its place; then
+it runs on the model loaded once by `jobs.load`. A clip is written only when its run has finished: a
+stopped or failed job leaves no file.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import KinemaError, require
@@ -32,57 +34,90 @@ class Output:
     command: str
 
 
+@dataclass(eq=False)
+class Ticket:
+    """A place in the line: whose job it is and its stop flag."""
+
+    session: str
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
 class Runner:
-    """Runs the four tasks for the web UI: one at a time, each stoppable within one denoising step."""
+    """Runs the four tasks for the web UI: one at a time in submission order, each stoppable within one step."""
 
     def __init__(self, info, output_dir: Path, model_dir: str | None = None, placement: dict | None = None,
-                 upload_dirs: tuple[Path, ...] = ()):
+                 upload_dirs: tuple[Path, ...] = (), max_queue: int = 8):
         self.info, self.output_dir, self.model_dir = info, Path(output_dir), model_dir
         self.placement = dict(placement or {})  # device, dtype, attention, offload, threads: the serve command's
         self.upload_dirs = tuple(Path(d).resolve() for d in upload_dirs)
-        self._lock = threading.Lock()
-        self._running: tuple[str, threading.Event] | None = None  # (session, its stop flag)
+        self.max_queue = max_queue
+        self._line: list[Ticket] = []  # the running job first, then the waiting ones
+        self._changed = threading.Condition()
 
-    # ------------------------------------------------------------------ stop
     def stop(self, session: str) -> bool:
-        """Stop `session`'s running job at its next step; False when it has none running."""
-        running = self._running
-        if running is None or running[0] != session:
-            return False
-        running[1].set()
-        return True
+        """Stop `session`'s jobs, the running one at its next step and the waiting ones; False when it has none."""
+        with self._changed:
+            mine = [t for t in self._line if t.session == session]
+            for t in mine:
+                t.stop.set()
+            self._changed.notify_all()
+        return bool(mine)
 
-    # ------------------------------------------------------------------- run
     def run(self, task: str, values: dict, session: str = "", progress=None) -> Output:
-        """Check the form, prepare the job (every CLI check), run it, write the clip, its sidecar and a GIF."""
+        """Prepare the job (every CLI check), wait for its turn, run it, write the clip, its sidecar and a GIF."""
         require(task in forms.FORMS, f"unknown task {task!r}; use one of {', '.join(forms.FORMS)}")
-        with self._lock:
-            stop = threading.Event()
-            self._running = (session, stop)
-            try:
-                return self._run(task, values, stop, progress)
-            finally:
-                self._running = None
+        job, shown, options = self.prepare(task, values)
+        ticket = Ticket(session)
+        with self._changed:
+            waiting = max(0, len(self._line) - 1)
+            require(not self._line or waiting < self.max_queue,
+                    f"the queue is full ({waiting} waiting); try again when a job has finished")
+            self._line.append(ticket)
+        try:
+            self._wait_turn(ticket, progress)
+            return self._run(job, shown, options, ticket.stop, progress)
+        finally:
+            with self._changed:
+                self._line.remove(ticket)
+                self._changed.notify_all()
 
-    def _run(self, task: str, values: dict, stop: threading.Event, progress) -> Output:
-        from .. import jobs, video_io
-        from ..pipelines import loop
+    def _wait_turn(self, ticket: Ticket, progress) -> None:
+        """Until `ticket` is first in line, reporting its place whenever that changes."""
+        place = None
+        with self._changed:
+            while self._line[0] is not ticket:
+                if ticket.stop.is_set():
+                    raise Stopped("stopped while waiting; nothing was written")
+                ahead = self._line.index(ticket)
+                if ahead != place and progress is not None:
+                    progress(0, 1, f"queue: {ahead} job{'s' if ahead > 1 else ''} ahead")
+                place = ahead
+                self._changed.wait(timeout=1)
+
+    def prepare(self, task: str, values: dict):
+        """(the Job, the inputs as the command shows them, the options) from form values, checked as the CLI does."""
+        from .. import jobs
 
         parsed = forms.parse(task, values)
         if parsed.pop("random_seed", False):
             parsed["seed"] = secrets.randbelow(2**31)
         inputs, prompt, options = forms.split(task, parsed)
-        uploads = {Path(p).name: p for p in inputs if p}
-        for name in ("last_image",):
-            if options.get(name):
-                uploads[Path(options[name]).name] = options[name]
-        for path in uploads.values():
+        uploads = [p for p in (*inputs, options.get("last_image")) if p]
+        for path in uploads:
             self.check_upload(path)
-        out, _ = video_io.check_outputs(self.next_output(task, parsed.get("seed", 0)))  # 1. the outputs, before work
         try:
-            job = jobs.PREPARE[task](*inputs, prompt, self.info, **options, **self.placement)  # 2. every check
+            job = jobs.PREPARE[task](*inputs, prompt, self.info, **options, **self.placement)
         except KinemaError as e:
             raise type(e)(self.hide_uploads(str(e), uploads)) from None
+        if options.get("last_image"):
+            options = {**options, "last_image": Path(options["last_image"]).name}
+        return job, [Path(p).name for p in inputs if p], options
+
+    def _run(self, job, shown: list[str], options: dict, stop: threading.Event, progress) -> Output:
+        from .. import jobs, video_io
+        from ..pipelines import loop
+
+        out, _ = video_io.check_outputs(self.next_output(job.task, job.settings.seed))  # 1. a new name, checked
 
         def on_step(step: int, steps: int, desc: str) -> None:
             if stop.is_set():
@@ -94,21 +129,17 @@ class Runner:
             progress(0, job.settings.steps, "starting")
         token = loop.ON_STEP.set(on_step)
         try:
-            result = jobs.run(job, progress=False)  # 3. run, watched step by step
+            result = jobs.run(job, progress=False)  # 2. run, watched step by step
         finally:
             loop.ON_STEP.reset(token)
         if stop.is_set():
             raise Stopped("stopped; nothing was written")
-        shown = [Path(p).name for p in inputs if p]
-        opts = {**{k: (Path(v).name if k == "last_image" and v else v) for k, v in options.items()},
-                "model": self.model_dir, **self.placement}
-        result.record["cli"] = forms.command(task, shown, prompt, opts, out.name)
-        clip, sidecar = video_io.write_outputs(out, result)  # 4. the clip and sidecar, atomically
+        command = forms.command(job.task, shown, job.prompt, {**options, "model": self.model_dir, **self.placement}, out.name)
+        result.record["cli"] = command
+        clip, sidecar = video_io.write_outputs(out, result)  # 3. the clip and sidecar, atomically
         gif = video_io.write_video(clip.with_suffix(".gif"), result.frames, result.fps)
-        record = json.loads(sidecar.read_text(encoding="utf-8"))
-        return Output(clip, Path(gif), sidecar, record, result.record["cli"])
+        return Output(clip, Path(gif), sidecar, json.loads(sidecar.read_text(encoding="utf-8")), command)
 
-    # --------------------------------------------------------------- helpers
     def next_output(self, task: str, seed: int) -> Path:
         """A new clip name in the output folder: time, task, seed (and a count where that is taken)."""
         stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{task}-{seed}"
@@ -125,8 +156,8 @@ class Runner:
                 f"{Path(path).name} is not an uploaded file; upload it in the page")
 
     @staticmethod
-    def hide_uploads(message: str, uploads: dict) -> str:
+    def hide_uploads(message: str, uploads: list[str]) -> str:
         """The CLI's message with each upload's place on the server replaced by its file name."""
-        for name, path in uploads.items():
-            message = message.replace(str(path), name)
+        for path in uploads:
+            message = message.replace(str(path), Path(path).name)
         return message
