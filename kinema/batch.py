@@ -60,6 +60,9 @@ def add_parser(sub, fmt) -> None:
     s.add_argument("--skip-invalid", action="store_true", help="report bad jobs and run the others")
     s.add_argument("--results", default=None, help="results file (default: JOBS with .results.jsonl for its suffix)")
     s.add_argument("--dry-run", action="store_true", help="check every job and print the plan; run nothing")
+    s.add_argument("--parallel", default="jobs", choices=["jobs", "cfg"],
+                   help="jobs: each process runs its share of the jobs; cfg: processes in pairs, each pair running its "
+                        "share with the conditional and unconditional branches of guidance on its two processes")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_batch)
 
@@ -69,14 +72,16 @@ def cmd_batch(args) -> None:
     world = World.start()
     try:
         path, results = Path(args.jobs), _results_path(args)
-        plan = world.from_rank0(lambda: validate(path, args.output, args.skip_invalid, results))
+        plan = world.from_rank0(lambda: _check_parallel(args.parallel, world.size)
+                                or validate(path, args.output, args.skip_invalid, results))
         if args.dry_run:
             if world.rank == 0:
                 _print_plan(plan)
             return
-        mine = world.share(runnable(plan))
+        team = Team.of(world, args.parallel)
+        mine = World(team.index, team.count).share(runnable(plan))
         part = results.with_name(f".{results.name}.rank{world.rank}")
-        run_share(mine, path, part, world, show=not args.quiet and world.rank == 0)
+        run_share(mine, path, part, world, show=not args.quiet and world.rank == 0, team=team)
         world.barrier()
         failed = world.from_rank0(lambda: finish(plan, results, world.size, quiet=args.quiet))
     finally:
@@ -467,11 +472,53 @@ def _print_plan(plan: list[Entry]) -> None:
 #################################################################################
 
 
-def run_share(mine: list[Entry], path: Path, part: Path, world: "World", show: bool) -> None:
-    """Run this process's jobs one by one; each ends as a line of `part` (ok or failed), whatever happens to it."""
+def _check_parallel(kind: str, processes: int) -> None:
+    require(kind != "cfg" or (processes >= 2 and processes % 2 == 0),
+            f"--parallel cfg runs each job on two processes; launch an even number (got {processes}), e.g. "
+            "torchrun --nproc-per-node 2 -m kinema.cli batch JOBS --parallel cfg")
+
+
+@dataclass
+class Team:
+    """The processes that run one job together: this process alone, or a pair splitting guidance's branches."""
+
+    index: int = 0  # which team, in 0..count-1
+    count: int = 1
+    place: int = 0  # this process's place in its team; place 0 writes the outputs and results
+    group: object = None
+
+    @classmethod
+    def of(cls, world: "World", kind: str) -> "Team":
+        if kind != "cfg":
+            return cls(world.rank, world.size)
+        from .parallel import pair_groups
+
+        index, place, group = pair_groups(world.rank, world.size)
+        return cls(index, world.size // 2, place, group)
+
+    def model(self, job):
+        """The job's model as this team runs it (None where the job needs none)."""
+        from . import jobs
+        from .parallel import cfg_parallel
+
+        if not job.needs_model:
+            return None
+        model = jobs.load(job.info, job.placement)
+        return model if self.group is None else cfg_parallel(model, self.place, self.group)
+
+
+def run_share(mine: list[Entry], path: Path, part: Path, world: "World", show: bool, team: Team | None = None) -> None:
+    """Run this process's jobs one by one; each ends as a line of `part` (ok or failed), whatever happens to it.
+
+    In a team of two (--parallel cfg) both processes run every job of the team's share, step for step; the
+    first writes the outputs and the results.
+    """
     from tqdm.auto import tqdm
 
     from . import jobs, video_io
+
+    team = team or Team(world.rank, world.size)
+    writer = team.place == 0
 
     infos: dict = {}
     with part.open("w", encoding="utf-8") as out, tqdm(total=len(mine), desc="jobs", unit="job", disable=not show,
@@ -482,15 +529,27 @@ def run_share(mine: list[Entry], path: Path, part: Path, world: "World", show: b
             try:
                 job = prepare(e, infos, world.device(e.args.device))
                 digest = job_hash(job)  # the inputs as read now
-                result = jobs.run(job, progress=show)
+                t_load = time.perf_counter()
+                model = team.model(job)
+                load_s = time.perf_counter() - t_load
+                result = jobs.run(job, model, progress=show)
+                result.record["timings"]["load"] = round(load_s, 3)
                 result.record["batch"] = dict(jobs_file=str(path.resolve()), index=e.index, line=e.line, job_hash=digest)
+                if team.group is not None:
+                    result.record["parallel"] = dict(kind="cfg", processes=2, split_calls=model.denoiser.split_calls)
+                if not writer:
+                    continue
                 video_io.write_outputs(e.output, result, overwrite=e.args.overwrite)
                 record.update(status="ok", job_hash=digest, timings=result.record.get("timings", {}))
+                if "parallel" in result.record:
+                    record["parallel"] = result.record["parallel"]
             except KeyboardInterrupt:
                 raise
             except Exception as err:  # noqa: BLE001 - a job's failure is recorded, the batch goes on
                 record.update(status="failed", error=_describe_error(err))
                 world.free_memory()
+                if not writer:
+                    continue
             record["seconds"] = round(time.perf_counter() - t0, 3)
             out.write(json.dumps(record, default=str) + "\n")
             out.flush()
