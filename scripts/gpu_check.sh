@@ -7,16 +7,18 @@
 # Stages (each bounded by `timeout` and by what is left of the 450 s budget; a failed stage is logged and
 # the next runs; OUT_DIR/stages.txt lists exit status and seconds of each):
 #   1. pytest -m cuda                          -> pytest_cuda.log, pytest_cuda.xml
-#   2. a random Wan-1.3B-shaped folder (bf16 transformer, Wan 2.1 VAE) in a temporary folder
-#   3. s/step per attention backend, 1.3B shape, 480x832, 81 frames, cond+uncond batch (wan_parity.py --bench)
-#                                              -> backends.json
-#   4. MFU: FLOPs of one denoiser forward / its time, vs a bf16 8192^3 matmul and the datasheet peak
-#                                              -> flops.json
-#   5. peak GPU memory, offload none/model x VAE tiling off/on, fresh process each -> memory.json
-#   6. kinema vs diffusers on the same folder (21 frames 480x832, 3 steps, A B after a warm-up) -> wan.json
-#   7. kinema batch, 2 processes under torchrun on the GPU(s) (jobs on cuda:LOCAL_RANK, ranks over gloo)
+#   2. kinema batch, 2 processes under torchrun on the GPU(s) (jobs on cuda:LOCAL_RANK, ranks over gloo)
 #                                              -> batch.results.jsonl
-#   8. 2-process training under accelerate launch (NCCL; needs 2 GPUs, else logged as skipped) -> train_ddp.log
+#      and --parallel cfg (the two branches of guidance on two processes; NCCL where there is a GPU per rank)
+#                                              -> batch_cfg.results.jsonl
+#   3. 2-process training under accelerate launch (NCCL; needs 2 GPUs, else logged as skipped) -> train_ddp.log
+#   4. a random Wan-1.3B-shaped folder (bf16 transformer, Wan 2.1 VAE) in a temporary folder
+#   5. s/step per attention backend, 1.3B shape, 480x832, 81 frames, cond+uncond batch (wan_parity.py --bench)
+#                                              -> backends.json
+#   6. MFU: FLOPs of one denoiser forward / its time, vs a bf16 8192^3 matmul and the datasheet peak
+#                                              -> flops.json
+#   7. peak GPU memory, offload none/model x VAE tiling off/on, fresh process each -> memory.json
+#   8. kinema vs diffusers on the same folder (21 frames 480x832, 3 steps, A B after a warm-up) -> wan.json
 #   then OUT_DIR/results.md from all of them (scripts/bench_gpu.py report).
 set -uo pipefail
 
@@ -56,18 +58,14 @@ stage() {  # stage NAME LIMIT_S COMMAND...: run with the smaller of LIMIT_S and 
 
 SIZE=(--frames 81 --height 480 --width 832)
 stage pytest_cuda 100 "$PY" -m pytest -m cuda -q -p no:cacheprovider --junitxml="$OUT/pytest_cuda.xml"
-stage folder 60 "$PY" scripts/bench_gpu.py folder "$WAN"
-stage backends 50 sh -c "\"$PY\" scripts/wan_parity.py --device cuda --dtype bfloat16 --bench --no-parity > \"$OUT/backends.json\""
-stage flops 70 "$PY" scripts/bench_flops.py --model "$WAN" --device cuda --load-dtype bfloat16 --dtypes bfloat16 \
-    "${SIZE[@]}" --json-out "$OUT/flops.json"
-stage memory 185 "$PY" scripts/bench_gpu.py memory "$WAN" "${SIZE[@]}" --timeout 45 --json-out "$OUT/memory.json"
-stage wan 60 "$PY" scripts/bench_wan.py --folder "$WAN" --device cuda --dtype bfloat16 --frames 21 --height 480 \
-    --width 832 --steps 3 --pairs 1 --json-out "$OUT/wan.json"
 printf '{"command": "generate", "prompt": "a red circle moving right on a blue background", "seed": %d, "device": "cuda"}\n' \
     0 1 2 3 > "$WORK/jobs.jsonl"
 mkdir -p "$WORK/batch"
 stage batch 45 "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 -m kinema.cli batch "$WORK/jobs.jsonl" \
     -o "$WORK/batch/{index}.mp4" --results "$OUT/batch.results.jsonl"
+mkdir -p "$WORK/batch_cfg"
+stage batch_cfg 45 "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 -m kinema.cli batch "$WORK/jobs.jsonl" \
+    -o "$WORK/batch_cfg/{index}.mp4" --parallel cfg --results "$OUT/batch_cfg.results.jsonl"
 if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.device_count() >= 2 else 1)"; then
     "$PY" -m kinema.cli init "$WORK/tiny" --preset tiny > /dev/null
     stage train_ddp 60 "$PY" -m accelerate.commands.launch --num_processes 2 -m kinema.cli train configs/tiny.yaml \
@@ -75,5 +73,12 @@ if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.device_count() >= 2 els
 else
     echo "train_ddp skipped (one GPU; NCCL needs a GPU per process)" | tee -a "$OUT/stages.txt"
 fi
+stage folder 60 "$PY" scripts/bench_gpu.py folder "$WAN"
+stage backends 50 sh -c "\"$PY\" scripts/wan_parity.py --device cuda --dtype bfloat16 --bench --no-parity > \"$OUT/backends.json\""
+stage flops 70 "$PY" scripts/bench_flops.py --model "$WAN" --device cuda --load-dtype bfloat16 --dtypes bfloat16 \
+    "${SIZE[@]}" --json-out "$OUT/flops.json"
+stage memory 185 "$PY" scripts/bench_gpu.py memory "$WAN" "${SIZE[@]}" --timeout 45 --json-out "$OUT/memory.json"
+stage wan 60 "$PY" scripts/bench_wan.py --folder "$WAN" --device cuda --dtype bfloat16 --frames 21 --height 480 \
+    --width 832 --steps 3 --pairs 1 --json-out "$OUT/wan.json"
 "$PY" scripts/bench_gpu.py report "$OUT"
 echo "gpu_check: $SECONDS s in all; results in $OUT"
