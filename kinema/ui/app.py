@@ -94,6 +94,8 @@ def panel(task: str, info, runner: Runner) -> dict:
         with gr.Column(scale=1):
             for group in ("main", *ACCORDIONS):
                 fields = [f for f in forms.FORMS[task] if f.group == group]
+                if not fields:
+                    continue
                 with gr.Accordion(ACCORDIONS[group], open=False) if group in ACCORDIONS else gr.Group():
                     for row in rows(fields):
                         with gr.Row():
