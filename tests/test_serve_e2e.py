@@ -112,6 +112,26 @@ def test_stop_cancels_a_running_job_and_leaves_no_file(client, served):
     assert listing(served[1]) == before
 
 
+def test_the_server_gives_no_file_from_outside_its_output_folder(served, tiny_model_dir):
+    import urllib.error
+    import urllib.request
+
+    url, out = served
+
+    def status(path) -> int:
+        try:
+            with urllib.request.urlopen(f"{url}gradio_api/file={path}", timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    clips = sorted(out.glob("*.gif"))
+    assert clips and status(clips[0]) == 200
+    for path in ("/etc/passwd", ROOT / "README.md", "README.md", tiny_model_dir / "kinema.json", out / ".." / "x",
+                 out.parent):
+        assert status(path) in (403, 404), path
+
+
 def wait_until_running(job, timeout: float = 60) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
