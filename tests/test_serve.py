@@ -164,10 +164,18 @@ def test_defaults_come_from_the_model_folder(tiny_model_dir):
                                                    ("guidance", float("nan"), "--guidance must be a finite number"),
                                                    ("scheduler", "ddim", "unknown --scheduler 'ddim'"),
                                                    ("motion_length", "ten", "--motion-length must be a number"),
-                                                   ("random_seed", "yes", "--random-seed must be true or false")])
+                                                   ("random_seed", "yes", "--random-seed must be true or false"),
+                                                   ("follow_motion", ["on"], "--follow-motion must be one of auto, on, off"),
+                                                   ("mode", {"a": 1}, "unknown --mode")])
 def test_a_bad_value_is_named_by_its_flag(field, value, message):
     with pytest.raises(KinemaError, match=message):
         forms.parse("generate", {field: value})
+
+
+def test_a_missing_upload_is_named():
+    with pytest.raises(KinemaError, match="no source clip: upload one"):
+        forms.parse("restyle", {"video": None})
+    assert forms.parse("animate", {"last_image": None}) == {"last_image": None}
 
 
 #################################################################################

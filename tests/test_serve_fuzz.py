@@ -53,11 +53,11 @@ FIELDS = {
     "context_length": ([None, 2], ["0", "65", "x"]),
     "context_stride": ([None, 1], ["0", "-1"]),
     "window_weights": (["pyramid", "flat"], ["cubic"]),
-    "follow_motion": (["auto", "off"], ["maybe", True]),
+    "follow_motion": (["auto", "off"], ["maybe", True, ["on"]]),
     "prompt_schedule": (["", "0:a red circle|1:a blue square"], ["1:a", "0:a|0:b", "x", "0:", "0:a|99999:b"]),
     "prompt_transition": ([0, 1], [-1, 1.5]),
     "adain": ([False, True], ["no"]),
-    "resize": (["crop", "pad"], ["zoom", None]),
+    "resize": (["crop", "pad"], ["zoom", None, ["crop"]]),
     "image_noise": ([None, "0", "0.1"], ["nan", "-1"]),
     "strength": ([0, 0.5, 1], BAD_FLOAT + [2]),
     "structure": ([0], [-1, NAN]),
@@ -70,7 +70,7 @@ FIELDS = {
     "start": ([0, 1], [-1, 100]),
 }
 INPUT_FIELDS = {
-    "animate": {"image": (["{in:RGBA}", "{in:CMYK jpeg}", "{in:16-bit grey}"], DAMAGED),
+    "animate": {"image": (["{in:RGBA}", "{in:CMYK jpeg}", "{in:16-bit grey}"], [*DAMAGED, None]),
                 "last_image": ([None], ["{in:grey L}", *DAMAGED[:3], DAMAGED[-1]])},
     "restyle": {"video": (["{in:one-frame .gif}", "{in:odd-sized 17x13 .mp4}", "{in:variable-frame-rate .gif}"], DAMAGED)},
     "extend": {"video": (["{in:one-frame .mp4}"], DAMAGED),

@@ -1,9 +1,9 @@
 """The page: a tab per task (Generate, Animate, Restyle, Extend) and a History tab, on Gradio Blocks.
 
 Each tab's inputs come from `forms.FORMS` (so the API's parameter names are the CLI's options); its Run
-button calls `Runner.run` through the one queue (`api_name` = the task), its Stop button
-`Runner.stop` outside the queue. After a job the tab shows the clip, a GIF to download, the sidecar
-and the `kinema` command that remakes it; the History tab lists the output folder.
+button calls `Runner.run` (`api_name` = the task), which keeps its own line of jobs; its Stop button
+calls `Runner.stop`, outside Gradio's queue. After a job the tab shows the clip, a GIF to download, the
+sidecar and the `kinema` command that remakes it; the History tab lists the output folder.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from ..errors import KinemaError
 from . import forms, history
 from .runner import Runner
 
-TITLES = dict(generate="Generate", animate="Animate", restyle="Restyle", extend="Extend")
-BUTTONS = dict(generate="Generate", animate="Animate", restyle="Restyle", extend="Extend")
+TITLES = dict(generate="Generate", animate="Animate", restyle="Restyle", extend="Extend")  # the tabs and their buttons
 ACCORDIONS = dict(more="More settings", long="Long clips and windows")
 REQUIRED = ("prompt", "image", "video")
 
@@ -31,7 +30,7 @@ def component(f: forms.Field, value, task: str):
         hint = "a red circle moving right on a blue background" if f.name == "prompt" else None
         return gr.Textbox(value=value, lines=3 if f.name == "prompt" else 1, placeholder=hint, **common)
     if f.kind in ("int", "float") and f.optional:  # gr.Number shows None as 0: a text box can stay blank
-        return gr.Textbox(value="" if value is None else str(value), placeholder="blank: default", **common)
+        return gr.Textbox(value=shown(f, value), placeholder="blank: default", **common)
     if f.kind in ("int", "float"):
         return gr.Number(value=value, step=1 if f.kind == "int" else None, **common)
     if f.kind == "switch":
@@ -42,6 +41,13 @@ def component(f: forms.Field, value, task: str):
         return gr.Dropdown(list(f.choices), value=value, **common)
     types = video_io.IMAGE_EXTS if f.kind == "image" else (*video_io.CONTAINER_EXTS, *video_io.ANIMATION_EXTS)
     return gr.File(file_types=list(types), type="filepath", height=120, **common)
+
+
+def shown(f: forms.Field, value):
+    """A value as its component holds it: an optional number as text, blank for the default."""
+    if f.kind in ("int", "float") and f.optional:
+        return "" if value is None else str(value)
+    return value
 
 
 def handler(task: str, runner: Runner):
@@ -102,7 +108,7 @@ def panel(task: str, info, runner: Runner) -> dict:
                             for f in row:
                                 inputs[f.name] = component(f, values[f.name], task)
             with gr.Row():
-                run_button = gr.Button(BUTTONS[task], variant="primary", elem_id=f"{task}-run")
+                run_button = gr.Button(TITLES[task], variant="primary", elem_id=f"{task}-run")
                 stop_button = gr.Button("Stop", variant="stop", elem_id=f"{task}-stop")
         with gr.Column(scale=1):
             video = gr.Video(label="Clip", interactive=False, autoplay=True, loop=True, height=360, elem_id=f"{task}-video")
@@ -156,7 +162,8 @@ def build(runner: Runner, info) -> gr.Blocks:
                 raise gr.Error("that clip is no longer in the output folder; press Refresh")
             task, values = history.form_values(found[name].record)
             inputs = panels[task]["inputs"]
-            return {tabs: gr.Tabs(selected=task), **{inputs[k]: v for k, v in values.items() if k in inputs}}
+            return {tabs: gr.Tabs(selected=task),
+                    **{inputs[f.name]: shown(f, values[f.name]) for f in forms.FORMS[task] if f.name in values}}
 
         for e in events:
             e.then(list_history, None, [gallery, shown], api_visibility="private")

@@ -2,7 +2,7 @@
 
 One table gives the page its inputs (labels, kinds, defaults from the model folder), the API its
 parameter names, `jobs.PREPARE` its options, the sidecar its reproducing `kinema` command, and the
-history the way back from a sidecar to a filled-in form. Nothing here imports gradio or torch.
+history the way back from a sidecar to a filled-in form. Nothing here imports gradio.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class Field:
     kind: str  # text, int, float, choice, switch (on/off), tristate (auto/on/off), image, video
     label: str
     choices: tuple | Choices = ()  # for choice and tristate: the registry's names
-    group: str = "main"  # main, more (an accordion of sampling details), long, advanced
+    group: str = "main"  # main, more (an accordion of sampling details), long (one of windows and schedules)
     optional: bool = False  # a blank number means the CLI's default (the model's, the source's, automatic)
 
 
@@ -63,7 +63,8 @@ WINDOW_WEIGHTS = Field("window_weights", "choice", "Window weights", Choices("ki
                        group="long")
 
 FORMS: dict[str, tuple[Field, ...]] = {
-    "generate": (PROMPT, NEGATIVE, FRAMES, *SAMPLING, Field("mode", "choice", "Long clips", Choices("kinema.pipelines.long_video", "MODES"), group="long"),
+    "generate": (PROMPT, NEGATIVE, FRAMES, *SAMPLING,
+                 Field("mode", "choice", "Long clips", Choices("kinema.pipelines.long_video", "MODES"), group="long"),
                  *CONTEXT, WINDOW_WEIGHTS, Field("follow_motion", "tristate", "Follow motion", tuple(TRISTATE), group="long"),
                  *SCHEDULE),
     "animate": (Field("image", "image", "Image"), PROMPT, Field("last_image", "image", "Last image (optional)"), NEGATIVE,
@@ -84,10 +85,11 @@ FORMS: dict[str, tuple[Field, ...]] = {
 INPUTS = ("image", "video")  # positional inputs of the command, before the prompt
 NOT_OPTIONS = ("prompt", "image", "video", "random_seed")
 
-# the model folder's defaults shown in the form (the CLI's None means them); task -> {field: ModelDefaults name}
+# the model folder's defaults shown in the form where the CLI's default is None: field -> ModelDefaults name
 MODEL_DEFAULTS = dict(frames="frames", height="height", width="width", steps="steps", guidance="guidance",
                       scheduler="scheduler", fps="fps", image_noise="image_noise", motion_length="motion_length",
                       strength="restyle_strength", structure="restyle_structure")
+FROM_SOURCE = {("restyle", "fps"), ("extend", "fps"), ("extend", "frames")}  # left blank: the source clip's
 
 
 def names(task: str) -> list[str]:
@@ -114,10 +116,8 @@ def defaults(task: str, info) -> dict:
     values = {}
     for f in FORMS[task]:
         v = cli.get(f.name)
-        model_name = MODEL_DEFAULTS.get(f.name)
-        if v is None and model_name and not (f.name == "fps" and task in ("restyle", "extend")) and not (
-                f.name == "frames" and task == "extend"):
-            v = getattr(d, model_name)
+        if v is None and f.name in MODEL_DEFAULTS and (task, f.name) not in FROM_SOURCE:
+            v = getattr(d, MODEL_DEFAULTS[f.name])
         if f.name == "guidance" and task == "restyle" and d.restyle_guidance is not None:
             v = d.restyle_guidance
         if f.kind == "tristate":
@@ -157,7 +157,8 @@ def coerce(f: Field, v):
             except ValueError:
                 raise KinemaError(f"{flag} must be a number (got {v!r})") from None
     if v is None:
-        require(f.optional or f.kind in ("text", "image"), f"{flag} is empty; give a value")
+        require(f.kind not in ("image", "video") or f.name == "last_image", f"no {f.label.lower()}: upload one")
+        require(f.optional or f.kind in ("text", "image", "video"), f"{flag} is empty; give a value")
         return None
     if f.kind == "int":
         return _whole(v, flag)
@@ -170,10 +171,10 @@ def coerce(f: Field, v):
         require(isinstance(v, bool), f"{flag} must be true or false (got {v!r})")
         return v
     if f.kind == "tristate":
-        require(v in TRISTATE, f"{flag} must be one of {', '.join(TRISTATE)} (got {v!r})")
+        require(isinstance(v, str) and v in TRISTATE, f"{flag} must be one of {', '.join(TRISTATE)} (got {v!r})")
         return TRISTATE[v]
     if f.kind == "choice":
-        require(v in f.choices, f"unknown {flag} {v!r}; choose one of {', '.join(f.choices)}")
+        require(isinstance(v, str) and v in f.choices, f"unknown {flag} {v!r}; choose one of {', '.join(f.choices)}")
         return v
     require(isinstance(v, str), f"{flag}: expected an uploaded file")  # image, video: a path in the upload area
     return v
