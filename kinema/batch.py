@@ -5,6 +5,7 @@
     kinema batch prompts.csv -o "out/{index:05d}-{seed}.mp4"   # a header row; jobs without an output use the template
     torchrun --nproc-per-node 4 -m kinema.cli batch jobs.jsonl          # one share of the jobs per process
     accelerate launch --num_processes 8 -m kinema.cli batch jobs.jsonl  # (on CPUs add --multi_gpu: gloo)
+    torchrun --nproc-per-node 2 -m kinema.cli batch jobs.jsonl --parallel cfg   # each clip's guidance on 2 processes
 
 A job is a `kinema COMMAND` call written as fields: `command` (generate, animate, restyle, extend), its
 positionals (`prompt`, `image`, `video`) and its options by flag name (`seed`, `frames`, `negative-prompt` or
@@ -63,7 +64,7 @@ def add_parser(sub, fmt) -> None:
     s.add_argument("--parallel", default="jobs", choices=["jobs", "cfg"],
                    help="jobs: each process runs its share of the jobs; cfg: processes in pairs, each pair running its "
                         "share with the conditional and unconditional branches of guidance on its two processes")
-    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--quiet", action="store_true", help="no progress bars and no summary table")
     s.set_defaults(func=cmd_batch)
 
 
@@ -81,7 +82,11 @@ def cmd_batch(args) -> None:
         team = Team.of(world, args.parallel)
         mine = World(team.index, team.count).share(runnable(plan))
         part = results.with_name(f".{results.name}.rank{world.rank}")
-        run_share(mine, path, part, world, show=not args.quiet and world.rank == 0, team=team)
+        try:
+            run_share(mine, path, part, world, show=not args.quiet and world.rank == 0, team=team)
+        except KeyboardInterrupt:  # the clips written so far stay (a rerun skips them); the partial record goes
+            part.unlink(missing_ok=True)
+            raise
         world.barrier()
         failed = world.from_rank0(lambda: finish(plan, results, world.size, quiet=args.quiet))
     finally:

@@ -94,9 +94,12 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         jobs_file = write_jobs(work / "jobs.jsonl", args.jobs, args.steps)
+        load_before = os.getloadavg()[0]
         one, two = figures(run_batch(work, jobs_file, 1)), figures(run_batch(work, jobs_file, 2))
+        load_after = os.getloadavg()[0]
     head = (f"kinema batch: {args.jobs} jobs of the default model (16 frames 64x64, {args.steps} steps), "
-            f"1 thread per process\nmachine: {machine()}")
+            f"1 thread per process\nmachine: {machine()}; 1-minute load average {load_before:.1f} before, "
+            f"{load_after:.1f} after (other work on the machine slows both runs)")
     text = head + "\n\n" + table(one, two)
     print(text)
     if args.out:

@@ -291,12 +291,22 @@ def test_a_killed_batch_rerun_finishes_the_rest_and_repeats_nothing(tiny_model_d
     assert 3 <= len(first) < n, "the batch was not killed mid-way"
     gifs = {q.name for q in (tmp_path / "out").glob("*.gif")}
     assert gifs == {name[:-5] for name in first}  # outputs are pairs, renamed into place together
+    # a second run stopped by SIGTERM (as Ctrl-C): exit 130, its finished clips kept, no partial record left
+    p = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while len(list((tmp_path / "out").glob("*.gif.json"))) < len(first) + 2 and time.time() < deadline and p.poll() is None:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "interrupted" in err, err
+    assert not [q for q in files(tmp_path) if ".rank" in q or ".tmp-" in q]
+    second = {q.name for q in (tmp_path / "out").glob("*.gif.json")}
+    assert second > set(first) and {q.name for q in (tmp_path / "out").glob("*.gif")} == {n[:-5] for n in second}
     r = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     rows = results(tmp_path / "j.results.jsonl")
     assert len(rows) == n and [r["index"] for r in rows] == list(range(n))
-    assert {Path(r["output"]).name + ".json" for r in rows if r["status"] == "skipped"} == set(first)
-    assert sum(r["status"] == "ok" for r in rows) == n - len(first)
+    assert {Path(r["output"]).name + ".json" for r in rows if r["status"] == "skipped"} == second
+    assert sum(r["status"] == "ok" for r in rows) == n - len(second)
     assert {q.name: q.read_bytes() for q in (tmp_path / "out").glob("*.gif.json") if q.name in first} == first
     assert len(list((tmp_path / "out").glob("*.gif"))) == n and not [q for q in files(tmp_path) if ".tmp-" in q]
 
