@@ -67,6 +67,8 @@ def handler(task: str, runner: Runner):
             raise gr.Error(str(e), print_exception=False) from None
         except MemoryError:
             raise gr.Error("out of memory; try fewer frames, a smaller height/width", print_exception=False) from None
+        for warning in out.warnings:
+            gr.Warning(warning)
         return str(out.clip), str(out.gif), out.record, out.command
 
     # a blank field (None) is optional for API callers too: Gradio takes that from a default of None

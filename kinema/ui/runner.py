@@ -32,6 +32,7 @@ class Output:
     sidecar: Path
     record: dict
     command: str
+    warnings: tuple[str, ...] = ()  # the job's, as the CLI prints them
 
 
 @dataclass(eq=False)
@@ -138,7 +139,7 @@ class Runner:
         result.record["cli"] = command
         clip, sidecar = video_io.write_outputs(out, result)  # 3. the clip and sidecar, atomically
         gif = video_io.write_video(clip.with_suffix(".gif"), result.frames, result.fps)
-        return Output(clip, Path(gif), sidecar, json.loads(sidecar.read_text(encoding="utf-8")), command)
+        return Output(clip, Path(gif), sidecar, json.loads(sidecar.read_text(encoding="utf-8")), command, job.warnings)
 
     def next_output(self, task: str, seed: int) -> Path:
         """A new clip name in the output folder: time, task, seed (and a count where that is taken)."""
