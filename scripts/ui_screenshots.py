@@ -1,5 +1,6 @@
 """Drive the web UI in a real headless Chromium: type a prompt, press Generate, wait for the clip to play,
-load it back from the History tab, and save a screenshot of every tab.
+start a long job and Stop it, load the first clip back from the History tab, and save a screenshot of
+every tab (and of the running job's progress).
 
     python scripts/ui_screenshots.py                       # serves the shipped model, writes docs/ui/*.png
     python scripts/ui_screenshots.py --url http://127.0.0.1:7860 --out /tmp/shots --steps 2
@@ -87,18 +88,32 @@ def shoot(url: str, out: Path, steps: int | None = None, frames: int | None = No
                    while (v.currentTime <= 0 && performance.now() - t0 < 10000) await new Promise(r => setTimeout(r, 50));
                    return {time: v.currentTime, paused: v.paused, width: v.videoWidth, height: v.videoHeight}; }""")
             page.screenshot(path=str(out / "generate.png"), full_page=True)
-            for tab in TABS[1:]:  # 4. every other tab
+            seen["stopped"] = stop_a_long_job(page, out / "running.png", timeout_s)  # 4. progress, and Stop
+            for tab in TABS[1:]:  # 5. every other tab
                 page.get_by_role("tab", name=tab).click()
                 page.wait_for_timeout(500)
                 page.screenshot(path=str(out / f"{tab.lower()}.png"), full_page=True)
-            page.locator("#history .thumbnail-item").first.click()  # 5. a past job back into its tab
+            page.locator("#history .thumbnail-item").first.click()  # 6. a past job back into its tab
             page.locator("#generate-prompt textarea").wait_for(state="visible", timeout=10_000)
             page.wait_for_function("() => document.querySelector('#generate-prompt textarea').value.length > 0")
             seen["loaded_prompt"] = page.locator("#generate-prompt textarea").input_value()
+            seen["loaded_steps"] = page.locator("#generate-steps input").input_value()  # 1000 before (the stopped job)
         finally:
             browser.close()
     seen["screenshots"] = sorted(str(p) for p in out.glob("*.png"))
     return seen
+
+
+def stop_a_long_job(page, shot: Path, timeout_s: float) -> str:
+    """Generate with 1000 steps, screenshot its progress bar once it denoises, press Stop: the message shown."""
+    page.locator("#generate-steps input").fill("1000")
+    page.locator("#generate-run").click()
+    page.locator("#generate-video").get_by_text("denoise").first.wait_for(timeout=timeout_s * 1000)
+    page.screenshot(path=str(shot), full_page=True)
+    page.locator("#generate-stop").click()
+    message = page.get_by_text("stopped; nothing was written").first
+    message.wait_for(timeout=timeout_s * 1000)
+    return message.inner_text()
 
 
 def main(argv: list[str] | None = None) -> dict:

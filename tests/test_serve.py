@@ -227,13 +227,13 @@ def test_one_job_at_a_time(runner, tmp_path):
     active, most = [0], [0]
     lock = threading.Lock()
 
-    def progress(step, total, desc):  # "starting" (the job has the device) .. the last step
+    def progress(step, total, desc):  # "starting" or "loading the model" (the job has the device) .. the last step
         with lock:
-            active[0] += desc == "starting"
+            active[0] += desc in ("starting", "loading the model")
             most[0] = max(most[0], active[0])
         time.sleep(0.01)
         with lock:
-            active[0] -= desc != "starting" and step == total and not desc.startswith("queue")
+            active[0] -= step == total and desc == "denoise"
 
     threads = [threading.Thread(target=runner.run, args=("generate", {"prompt": PROMPT, **CHEAP, "seed": s}, str(s), progress))
                for s in range(2)]

@@ -195,7 +195,7 @@ def test_the_client_example_script_runs(served, tmp_path):
 #################################################################################
 
 
-def test_in_chromium_a_typed_prompt_plays_and_loads_back_from_history(served, tmp_path):
+def test_in_chromium_a_typed_prompt_plays_stops_and_loads_back_from_history(served, tmp_path):
     shots = load_script("ui_screenshots")
     if not Path(shots.CHROMIUM).is_file():
         pytest.skip(f"no {shots.CHROMIUM}: apt-get install chromium (.ci/run does it as root)")
@@ -203,7 +203,9 @@ def test_in_chromium_a_typed_prompt_plays_and_loads_back_from_history(served, tm
     seen = shots.shoot(served[0], tmp_path, steps=2, frames=4, prompt="a yellow square moving up on a black background")
     played = seen["played"]
     assert played["time"] > 0 and not played["paused"] and played["width"] == 64
-    assert seen["loaded_prompt"] == "a yellow square moving up on a black background"
-    assert sorted(Path(p).name for p in seen["screenshots"]) == sorted(f"{t.lower()}.png" for t in shots.TABS)
+    assert seen["loaded_prompt"] == "a yellow square moving up on a black background" and seen["loaded_steps"] == "2"
+    assert sorted(Path(p).name for p in seen["screenshots"]) == sorted([*(f"{t.lower()}.png" for t in shots.TABS), "running.png"])
     sidecars = [json.loads(p.read_text()) for p in served[1].glob("*.json")]
-    assert any(s["prompt"] == "a yellow square moving up on a black background" and s["frames_written"] == 4 for s in sidecars)
+    mine = [s for s in sidecars if s["prompt"] == "a yellow square moving up on a black background"]
+    assert [s["frames_written"] for s in mine] == [4]  # the stopped job wrote nothing
+    assert seen["stopped"] == "stopped; nothing was written"

@@ -122,7 +122,7 @@ def panel(task: str, info, runner: Runner) -> dict:
     # no Gradio limit: the runner's own line keeps one job on the device, bounds the waiting ones and tells each
     # its place, and Stop reaches the waiting ones too
     event = run_button.click(handler(task, runner), [inputs[n] for n in forms.names(task)], outputs, api_name=task,
-                             concurrency_limit=None, show_progress="full")
+                             concurrency_limit=None, show_progress="full", show_progress_on=[video])
     return dict(inputs=inputs, event=event, stop=stop_button)
 
 
@@ -137,7 +137,7 @@ def build(runner: Runner, info) -> gr.Blocks:
                 with gr.Tab(title, id=task):
                     panels[task] = panel(task, info, runner)
             with gr.Tab("History", id="history"):
-                shown = gr.State([])  # names of the entries shown, in order: a selection names one of them
+                listed = gr.State([])  # names of the entries shown, in order: a selection names one of them
                 gallery = gr.Gallery(label="Clips in the output folder (select one to load its settings)", columns=6,
                                      height=480, object_fit="contain", preview=False, allow_preview=False,
                                      fit_columns=False, elem_id="history")
@@ -168,10 +168,10 @@ def build(runner: Runner, info) -> gr.Blocks:
                     **{inputs[f.name]: shown(f, values[f.name]) for f in forms.FORMS[task] if f.name in values}}
 
         for e in events:
-            e.then(list_history, None, [gallery, shown], api_visibility="private")
-        refresh.click(list_history, None, [gallery, shown], api_visibility="private")
-        demo.load(list_history, None, [gallery, shown], api_visibility="private")
-        gallery.select(load, shown, [tabs, *every], api_visibility="private")
+            e.then(list_history, None, [gallery, listed], api_visibility="private")
+        refresh.click(list_history, None, [gallery, listed], api_visibility="private")
+        demo.load(list_history, None, [gallery, listed], api_visibility="private")
+        gallery.select(load, listed, [tabs, *every], api_visibility="private")
     demo.queue(default_concurrency_limit=None)
     return demo
 

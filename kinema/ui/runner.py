@@ -54,6 +54,7 @@ class Runner:
         self.max_queue = max_queue
         self._line: list[Ticket] = []  # the running job first, then the waiting ones
         self._changed = threading.Condition()
+        self._loaded = False  # whether a job has run (and so loaded the model)
 
     def stop(self, session: str) -> bool:
         """Stop `session`'s jobs, the running one at its next step and the waiting ones; False when it has none."""
@@ -127,12 +128,13 @@ class Runner:
                 progress(step, steps, desc)
 
         if progress is not None:
-            progress(0, job.settings.steps, "starting")
+            progress(0, job.settings.steps, "starting" if self._loaded else "loading the model")
         token = loop.ON_STEP.set(on_step)
         try:
             result = jobs.run(job, progress=False)  # 2. run, watched step by step
         finally:
             loop.ON_STEP.reset(token)
+        self._loaded = True
         if stop.is_set():
             raise Stopped("stopped; nothing was written")
         command = forms.command(job.task, shown, job.prompt, {**options, "model": self.model_dir, **self.placement}, out.name)
