@@ -34,11 +34,11 @@ def write_jobs(path: Path, jobs: int, steps: int) -> Path:
     return path
 
 
-def run_batch(work: Path, jobs_file: Path, processes: int) -> dict:
-    """One `kinema batch` run into work/outN: wall seconds and its results rows."""
-    out = work / f"out{processes}"
+def run_batch(work: Path, jobs_file: Path, processes: int, round: int = 0) -> dict:
+    """One `kinema batch` run into a fresh folder: wall seconds and its results rows."""
+    out = work / f"out{processes}-{round}"
     out.mkdir()
-    results = work / f"results{processes}.jsonl"
+    results = work / f"results{processes}-{round}.jsonl"
     bin = Path(sys.executable).parent
     head = [sys.executable] if processes == 1 else [str(bin / "torchrun"), "--standalone", f"--nproc-per-node={processes}"]
     cmd = [*head, "-m", "kinema.cli", "batch", str(jobs_file), "-o", f"{out}/{{index:02d}}.mp4", "--results", str(results), "--quiet"]
@@ -65,6 +65,11 @@ def figures(run: dict) -> dict:
                 startup_s=run["wall"] - busiest)
 
 
+def mean(runs: list[dict]) -> dict:
+    return {k: sum(r[k] for r in runs) / len(runs) if k not in ("processes", "jobs", "ok") else min(r[k] for r in runs)
+            for k in runs[0]}
+
+
 def table(one: dict, two: dict) -> str:
     rows = [("jobs (ok)", "{jobs} ({ok})"), ("wall, s", "{wall_s:.1f}"), ("throughput, jobs/s", "{jobs_per_s:.3f}"),
             ("process-s per job", "{process_s_per_job:.3f}"), ("  in the denoiser", "{denoiser_s_per_job:.3f}"),
@@ -89,23 +94,28 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--jobs", type=int, default=32, help="jobs in the file")
     p.add_argument("--steps", type=int, default=8, help="denoising steps per job (short jobs)")
+    p.add_argument("--rounds", type=int, default=1, help="runs of each, alternating (1 2 1 2 ...); the table has their means")
     p.add_argument("--out", default=None, help="also write OUT.txt and OUT.json")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         jobs_file = write_jobs(work / "jobs.jsonl", args.jobs, args.steps)
         load_before = os.getloadavg()[0]
-        one, two = figures(run_batch(work, jobs_file, 1)), figures(run_batch(work, jobs_file, 2))
+        runs = {1: [], 2: []}
+        for r in range(args.rounds):
+            for n in (1, 2):
+                runs[n].append(figures(run_batch(work, jobs_file, n, r)))
+        one, two = mean(runs[1]), mean(runs[2])
         load_after = os.getloadavg()[0]
     head = (f"kinema batch: {args.jobs} jobs of the default model (16 frames 64x64, {args.steps} steps), "
-            f"1 thread per process\nmachine: {machine()}; 1-minute load average {load_before:.1f} before, "
+            f"1 thread per process, {args.rounds} round(s) of 1 then 2 processes (means)\nmachine: {machine()}; 1-minute load average {load_before:.1f} before, "
             f"{load_after:.1f} after (other work on the machine slows both runs)")
     text = head + "\n\n" + table(one, two)
     print(text)
     if args.out:
         Path(args.out).with_suffix(".txt").write_text(text + "\n")
         Path(args.out).with_suffix(".json").write_text(json.dumps(dict(jobs=args.jobs, steps=args.steps, machine=machine(),
-                                                                       one=one, two=two), indent=2) + "\n")
+                                                                       rounds=runs, one=one, two=two), indent=2) + "\n")
     return 0
 
 
