@@ -302,6 +302,20 @@ def test_a_bad_upload_gets_the_cli_message_with_its_name(runner, tmp_path, capsy
     assert str(bad.parent) not in str(e.value)
 
 
+def test_the_page_has_a_tab_and_an_api_name_per_task_the_model_can_run(runner, tiny_model_dir):
+    import dataclasses
+
+    from kinema.ui.app import build
+
+    def api_names(info):
+        runner.info = info
+        return sorted(f.api_name for f in build(runner, info).fns.values() if f.api_name and f.api_visibility == "public")
+
+    info = describe(tiny_model_dir)
+    assert api_names(info) == ["animate", "extend", "generate", "restyle", "stop"]
+    assert api_names(dataclasses.replace(info, tasks=("animate",))) == ["animate", "stop"]  # as a Wan I2V folder
+
+
 #################################################################################
 #                                    History                                    #
 #################################################################################

@@ -134,8 +134,9 @@ def build(runner: Runner, info) -> gr.Blocks:
         panels = {}
         with gr.Tabs() as tabs:
             for task, title in TITLES.items():
-                with gr.Tab(title, id=task):
-                    panels[task] = panel(task, info, runner)
+                if task in info.tasks:  # a checkpoint that only animates (Wan I2V) shows only Animate
+                    with gr.Tab(title, id=task):
+                        panels[task] = panel(task, info, runner)
             with gr.Tab("History", id="history"):
                 listed = gr.State([])  # names of the entries shown, in order: a selection names one of them
                 gallery = gr.Gallery(label="Clips in the output folder (select one to load its settings)", columns=6,
@@ -148,8 +149,8 @@ def build(runner: Runner, info) -> gr.Blocks:
             if not runner.stop(getattr(request, "session_hash", "") or ""):
                 gr.Info("no job of this page is running or waiting")
 
-        for p in panels.values():
-            p["stop"].click(stop, None, None, queue=False, api_name="stop" if p is panels["generate"] else False)
+        for k, p in enumerate(panels.values()):
+            p["stop"].click(stop, None, None, queue=False, api_name="stop" if k == 0 else False)
 
         def list_history():
             found = history.entries(runner.output_dir)
@@ -163,6 +164,8 @@ def build(runner: Runner, info) -> gr.Blocks:
             if name not in found:
                 raise gr.Error("that clip is no longer in the output folder; press Refresh")
             task, values = history.form_values(found[name].record)
+            if task not in panels:
+                raise gr.Error(f"this model cannot {task}; that clip was made with another")
             inputs = panels[task]["inputs"]
             return {tabs: gr.Tabs(selected=task),
                     **{inputs[f.name]: shown(f, values[f.name]) for f in forms.FORMS[task] if f.name in values}}
