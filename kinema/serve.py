@@ -2,7 +2,7 @@
 
     kinema serve                                   # http://127.0.0.1:7860, the shipped model
     kinema serve --model runs/default/model --output-dir clips --max-queue 4
-    kinema serve --host 0.0.0.0 --auth me:secret   # reachable from the network: always with --auth
+    kinema serve --host 0.0.0.0 --auth alice:PASSWORD   # reachable from the network: always with --auth
 
 Every argument is checked before anything is served (a port in use, a malformed --auth, an output
 folder that cannot be written, a bad model folder: one line, exit status 2); gradio is imported only
