@@ -68,12 +68,11 @@ class Runner:
     def run(self, task: str, values: dict, session: str = "", progress=None) -> Output:
         """Prepare the job (every CLI check), wait for its turn, run it, write the clip, its sidecar and a GIF."""
         require(task in forms.FORMS, f"unknown task {task!r}; use one of {', '.join(forms.FORMS)}")
+        self._check_room()  # before reading any upload
         job, shown, options = self.prepare(task, values)
         ticket = Ticket(session)
         with self._changed:
-            waiting = max(0, len(self._line) - 1)
-            require(not self._line or waiting < self.max_queue,
-                    f"the queue is full ({waiting} waiting); try again when a job has finished")
+            self._check_room()
             self._line.append(ticket)
         try:
             self._wait_turn(ticket, progress)
@@ -82,6 +81,12 @@ class Runner:
             with self._changed:
                 self._line.remove(ticket)
                 self._changed.notify_all()
+
+    def _check_room(self) -> None:
+        with self._changed:
+            waiting = max(0, len(self._line) - 1)
+            require(not self._line or waiting < self.max_queue,
+                    f"the queue is full ({waiting} waiting); try again when a job has finished")
 
     def _wait_turn(self, ticket: Ticket, progress) -> None:
         """Until `ticket` is first in line, reporting its place whenever that changes."""
