@@ -276,39 +276,61 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-def test_a_killed_batch_rerun_finishes_the_rest_and_repeats_nothing(tiny_model_dir, tmp_path):
-    n = 24
-    jl = write_jsonl(tmp_path / "j.jsonl", [job(i, tiny_model_dir, output=f"out/{i:02d}.gif") for i in range(n)])
-    (tmp_path / "out").mkdir()
-    cmd = [sys.executable, "-m", "kinema.cli", "batch", str(jl), "--quiet"]
-    p = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def _start_and_stop(cmd, cwd: Path, sig: int, outputs: int) -> tuple[int, str]:
+    """Start `cmd` and send it `sig` once the clip folder holds `outputs` finished clips: (exit status, stderr)."""
+    p = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while len(list((tmp_path / "out").glob("*.gif.json"))) < 3 and time.time() < deadline and p.poll() is None:
+    while len(list((cwd / "out").glob("*.gif.json"))) < outputs and time.time() < deadline and p.poll() is None:
         time.sleep(0.01)
-    p.send_signal(signal.SIGKILL)
-    p.communicate()
-    first = {q.name: q.read_bytes() for q in (tmp_path / "out").glob("*.gif.json")}
-    assert 3 <= len(first) < n, "the batch was not killed mid-way"
-    gifs = {q.name for q in (tmp_path / "out").glob("*.gif")}
-    assert gifs == {name[:-5] for name in first}  # outputs are pairs, renamed into place together
-    # a second run stopped by SIGTERM (as Ctrl-C): exit 130, its finished clips kept, no partial record left
-    p = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    while len(list((tmp_path / "out").glob("*.gif.json"))) < len(first) + 2 and time.time() < deadline and p.poll() is None:
-        time.sleep(0.01)
-    p.send_signal(signal.SIGTERM)
+    p.send_signal(sig)
     _, err = p.communicate(timeout=60)
-    assert p.returncode == 130 and "interrupted" in err, err
-    assert not [q for q in files(tmp_path) if ".rank" in q or ".tmp-" in q]
-    second = {q.name for q in (tmp_path / "out").glob("*.gif.json")}
-    assert second > set(first) and {q.name for q in (tmp_path / "out").glob("*.gif")} == {n[:-5] for n in second}
+    return p.returncode, err
+
+
+def _batch_of(tmp_path: Path, model: Path, n: int) -> list[str]:
+    jl = write_jsonl(tmp_path / "j.jsonl", [job(i, model, output=f"out/{i:02d}.gif") for i in range(n)])
+    (tmp_path / "out").mkdir()
+    return [sys.executable, "-m", "kinema.cli", "batch", str(jl), "--quiet"]
+
+
+def _finish_and_check(cmd, tmp_path: Path, n: int, done_before: set[str]) -> None:
+    """Rerun to the end: the clips done before are skipped, untouched; the rest run once."""
+    before = {name: (tmp_path / "out" / name).read_bytes() for name in done_before}
     r = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     rows = results(tmp_path / "j.results.jsonl")
     assert len(rows) == n and [r["index"] for r in rows] == list(range(n))
-    assert {Path(r["output"]).name + ".json" for r in rows if r["status"] == "skipped"} == second
-    assert sum(r["status"] == "ok" for r in rows) == n - len(second)
-    assert {q.name: q.read_bytes() for q in (tmp_path / "out").glob("*.gif.json") if q.name in first} == first
+    assert {Path(r["output"]).name + ".json" for r in rows if r["status"] == "skipped"} == done_before
+    assert sum(r["status"] == "ok" for r in rows) == n - len(done_before)
+    assert {name: (tmp_path / "out" / name).read_bytes() for name in done_before} == before
     assert len(list((tmp_path / "out").glob("*.gif"))) == n and not [q for q in files(tmp_path) if ".tmp-" in q]
+
+
+def _done(tmp_path: Path) -> set[str]:
+    sides = {q.name for q in (tmp_path / "out").glob("*.gif.json")}
+    assert {q.name for q in (tmp_path / "out").glob("*.gif")} == {n[:-5] for n in sides}  # clip and sidecar: pairs
+    return sides
+
+
+def test_a_killed_batch_rerun_finishes_the_rest_and_repeats_nothing(tiny_model_dir, tmp_path):
+    n = 24
+    cmd = _batch_of(tmp_path, tiny_model_dir, n)
+    _start_and_stop(cmd, tmp_path, signal.SIGKILL, 3)
+    done = _done(tmp_path)
+    assert 3 <= len(done) < n, "the batch was not killed mid-way"
+    _finish_and_check(cmd, tmp_path, n, done)
+
+
+@pytest.mark.slow
+def test_a_stopped_batch_keeps_its_clips_and_leaves_no_partial_record(tiny_model_dir, tmp_path):
+    """SIGTERM (as Ctrl-C): exit 130, the finished clips kept, no partial results; a rerun finishes the rest."""
+    n = 24
+    cmd = _batch_of(tmp_path, tiny_model_dir, n)
+    code, err = _start_and_stop(cmd, tmp_path, signal.SIGTERM, 3)
+    assert code == 130 and "kinema: interrupted" in err, err
+    done = _done(tmp_path)
+    assert 3 <= len(done) < n and not [q for q in files(tmp_path) if ".rank" in q or ".tmp-" in q]
+    _finish_and_check(cmd, tmp_path, n, done)
 
 
 def launch(launcher: str, jl: Path, cwd: Path, *extra) -> subprocess.CompletedProcess:
