@@ -122,6 +122,7 @@ def read_jobs(path: Path) -> list[Entry]:
     """The jobs of a JSONL, YAML or CSV file, each with its line; a job that cannot be read is already invalid."""
     fmt = FORMATS.get(path.suffix.lower())
     require(fmt is not None, f"jobs file {path} must end in .jsonl, .yaml, .yml or .csv")
+    require(not path.is_dir(), f"jobs file {path} is a folder; pass a .jsonl, .yaml or .csv file of jobs")
     require(path.is_file(), f"jobs file {path} does not exist; pass a .jsonl, .yaml or .csv file of jobs")
     require(path.stat().st_size <= MAX_BYTES, f"jobs file {path} is larger than {MAX_BYTES // 2**20} MiB; split it")
     try:

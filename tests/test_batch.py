@@ -149,11 +149,13 @@ def test_bad_jsonl_lines(text, message, tmp_path, kinema):
     ("j.yaml", b"- 3\n- {command: generate}\n", "j.yaml:1: a job must be a mapping"),
     ("j.csv", b"", "needs a header row"), ("j.csv", b"command,command\ngenerate,generate\n", "appears twice"),
     ("j.csv", b"command,prompt\ngenerate,a,b\n", "j.csv:2: the row has 3 cells"),
-    ("j.txt", b"{}", "must end in .jsonl"), ("absent.jsonl", None, "does not exist"),
+    ("j.txt", b"{}", "must end in .jsonl"), ("absent.jsonl", None, "does not exist"), ("dir.jsonl", "dir", "is a folder"),
     ("j.jsonl", "caf\xe9".encode("latin-1"), "as UTF-8 text"), ("j.jsonl", b"{}\x00", "NUL bytes"),
 ])
 def test_bad_files(name, data, message, tmp_path, kinema):
-    if data is not None:
+    if data == "dir":
+        (tmp_path / name).mkdir()
+    elif data is not None:
         (tmp_path / name).write_bytes(data)
     code, _, err = kinema("batch", name)
     assert code == 2 and message in err and err.count("\n") == 1, err
