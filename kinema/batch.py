@@ -81,14 +81,9 @@ def cmd_batch(args) -> None:
             return
         team = Team.of(world, args.parallel)
         mine = World(team.index, team.count).share(runnable(plan))
-        part = results.with_name(f".{results.name}.rank{world.rank}")
-        try:
-            run_share(mine, path, part, world, show=not args.quiet and world.rank == 0, team=team)
-        except KeyboardInterrupt:  # the clips written so far stay (a rerun skips them); the partial record goes
-            part.unlink(missing_ok=True)
-            raise
-        world.barrier()
-        failed = world.from_rank0(lambda: finish(plan, results, world.size, quiet=args.quiet))
+        records = run_share(mine, path, world, show=not args.quiet and world.rank == 0, team=team)
+        ranks = world.gather(records)  # over the process group: no file shared between nodes is needed
+        failed = world.from_rank0(lambda: finish(plan, ranks, results, world.size, quiet=args.quiet))
     finally:
         world.close()
     if failed:
@@ -513,11 +508,12 @@ class Team:
         return model if self.group is None else cfg_parallel(model, self.place, self.group)
 
 
-def run_share(mine: list[Entry], path: Path, part: Path, world: "World", show: bool, team: Team | None = None) -> None:
-    """Run this process's jobs one by one; each ends as a line of `part` (ok or failed), whatever happens to it.
+def run_share(mine: list[Entry], path: Path, world: "World", show: bool, team: Team | None = None) -> list[dict]:
+    """Run this process's jobs one by one; each ends as a record (ok or failed), whatever happens to it.
 
     In a team of two (--parallel cfg) both processes run every job of the team's share, step for step; the
-    first writes the outputs and the results.
+    first writes the outputs and returns the records. An interrupt ends the batch: the clips written so far
+    stay, and a rerun skips them.
     """
     from tqdm.auto import tqdm
 
@@ -527,8 +523,8 @@ def run_share(mine: list[Entry], path: Path, part: Path, world: "World", show: b
     writer = team.place == 0
 
     infos: dict = {}
-    with part.open("w", encoding="utf-8") as out, tqdm(total=len(mine), desc="jobs", unit="job", disable=not show,
-                                                       dynamic_ncols=True) as bar:
+    records = []
+    with tqdm(total=len(mine), desc="jobs", unit="job", disable=not show, dynamic_ncols=True) as bar:
         for e in mine:
             t0 = time.perf_counter()
             record = dict(index=e.index, line=e.line, command=e.command, output=e.output, rank=world.rank)
@@ -557,9 +553,9 @@ def run_share(mine: list[Entry], path: Path, part: Path, world: "World", show: b
                 if not writer:
                     continue
             record["seconds"] = round(time.perf_counter() - t0, 3)
-            out.write(json.dumps(record, default=str) + "\n")
-            out.flush()
+            records.append(record)
             bar.update(1)
+    return records
 
 
 def _describe_error(err: BaseException) -> str:
@@ -575,22 +571,19 @@ def _first_line(err: BaseException) -> str:
     return lines[0][:300] if lines else type(err).__name__
 
 
-def finish(plan: list[Entry], results: Path, processes: int, quiet: bool = False) -> str:
-    """Merge every process's results with the jobs not run, write them, print the summary; an error line or ''."""
+def finish(plan: list[Entry], ranks: list[list[dict]], results: Path, processes: int, quiet: bool = False) -> str:
+    """Merge every process's records with the jobs not run, write them, print the summary; an error line or ''."""
     records = {e.index: dict(index=e.index, line=e.line, command=e.command, output=e.output, status=e.status,
                              seconds=0.0, job_hash=e.job_hash, error=e.error)
                for e in plan if e.status != "pending"}
-    parts = [results.with_name(f".{results.name}.rank{r}") for r in range(processes)]
-    for part in parts:
-        for line in part.read_text(encoding="utf-8").splitlines():
-            r = json.loads(line)
-            records[r["index"]] = r
+    records.update((r["index"], r) for rows in ranks for r in rows)
     rows = [records[i] for i in sorted(records)]
     tmp = results.with_name(f".{results.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, results)
-    for part in parts:
-        part.unlink()
+    try:
+        tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows), encoding="utf-8")
+        os.replace(tmp, results)
+    finally:
+        tmp.unlink(missing_ok=True)
     if not quiet:
         print(summary(rows, processes, results))
     failed = [r for r in rows if r["status"] == "failed"]
@@ -674,11 +667,15 @@ class World:
             raise SystemExit(2)  # rank 0 says why
         return value
 
-    def barrier(self) -> None:
-        if self.size > 1:
-            import torch.distributed as dist
+    def gather(self, records: list) -> list[list]:
+        """Every process's records on rank 0 (in rank order); elsewhere an empty list."""
+        if self.size == 1:
+            return [records]
+        import torch.distributed as dist
 
-            dist.barrier()
+        out = [None] * self.size if self.rank == 0 else None
+        dist.gather_object(records, out, dst=0)
+        return out or []
 
     def free_memory(self) -> None:
         import torch
