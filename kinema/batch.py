@@ -61,9 +61,10 @@ def add_parser(sub, fmt) -> None:
     s.add_argument("--skip-invalid", action="store_true", help="report bad jobs and run the others")
     s.add_argument("--results", default=None, help="results file (default: JOBS with .results.jsonl for its suffix)")
     s.add_argument("--dry-run", action="store_true", help="check every job and print the plan; run nothing")
-    s.add_argument("--parallel", default="jobs", choices=["jobs", "cfg"],
+    s.add_argument("--parallel", default="jobs", metavar="jobs|cfg|ulysses:N|ring:N",
                    help="jobs: each process runs its share of the jobs; cfg: processes in pairs, each pair running its "
-                        "share with the conditional and unconditional branches of guidance on its two processes")
+                        "share with the conditional and unconditional branches of guidance on its two processes; "
+                        "ulysses:N, ring:N: every job on all N processes (GPUs) with diffusers' context parallelism (Wan)")
     s.add_argument("--quiet", action="store_true", help="no progress bars and no summary table")
     s.set_defaults(func=cmd_batch)
 
@@ -474,9 +475,9 @@ def _print_plan(plan: list[Entry]) -> None:
 
 
 def _check_parallel(kind: str, processes: int) -> None:
-    require(kind != "cfg" or (processes >= 2 and processes % 2 == 0),
-            f"--parallel cfg runs each job on two processes; launch an even number (got {processes}), e.g. "
-            "torchrun --nproc-per-node 2 -m kinema.cli batch JOBS --parallel cfg")
+    from .parallel import check
+
+    check(kind, processes)
 
 
 @dataclass
@@ -486,16 +487,20 @@ class Team:
     index: int = 0  # which team, in 0..count-1
     count: int = 1
     place: int = 0  # this process's place in its team; place 0 writes the outputs and results
-    group: object = None
+    group: object = None  # cfg: the pair's process group
+    context: object = None  # ulysses, ring: parallel.ContextParallel over every process
 
     @classmethod
     def of(cls, world: "World", kind: str) -> "Team":
-        if kind != "cfg":
-            return cls(world.rank, world.size)
-        from .parallel import pair_groups
+        from .parallel import ContextParallel, pair_groups, parse
 
-        index, place, group = pair_groups(world.rank, world.size)
-        return cls(index, world.size // 2, place, group)
+        name, n = parse(kind)
+        if name == "jobs":
+            return cls(world.rank, world.size)
+        if name == "cfg":
+            index, place, group = pair_groups(world.rank, world.size)
+            return cls(index, world.size // 2, place, group)
+        return cls(0, 1, world.rank, context=ContextParallel(name, n))
 
     def model(self, job):
         """The job's model as this team runs it (None where the job needs none)."""
@@ -505,7 +510,17 @@ class Team:
         if not job.needs_model:
             return None
         model = jobs.load(job.info, job.placement)
+        if self.context is not None:
+            return self.context.apply(model)
         return model if self.group is None else cfg_parallel(model, self.place, self.group)
+
+    def record(self, model) -> dict | None:
+        """What the sidecar says of how the job was shared."""
+        if self.group is not None:
+            return dict(kind="cfg", processes=2, split_calls=model.denoiser.split_calls)
+        if self.context is not None:
+            return dict(kind=self.context.name, processes=self.context.degree)
+        return None
 
 
 def run_share(mine: list[Entry], path: Path, world: "World", show: bool, team: Team | None = None) -> list[dict]:
@@ -537,8 +552,8 @@ def run_share(mine: list[Entry], path: Path, world: "World", show: bool, team: T
                 result = jobs.run(job, model, progress=show)
                 result.record["timings"]["load"] = round(load_s, 3)
                 result.record["batch"] = dict(jobs_file=str(path.resolve()), index=e.index, line=e.line, job_hash=digest)
-                if team.group is not None:
-                    result.record["parallel"] = dict(kind="cfg", processes=2, split_calls=model.denoiser.split_calls)
+                if team.record(model) is not None:
+                    result.record["parallel"] = team.record(model)
                 if not writer:
                     continue
                 video_io.write_outputs(e.output, result, overwrite=e.args.overwrite)

@@ -1,4 +1,9 @@
-"""One clip on several processes: every denoiser call's batch split over a group of ranks, the predictions gathered.
+"""One clip on several processes: guidance's branches on two ranks (cfg), or the token sequence on N (ulysses, ring).
+
+    torchrun --nproc-per-node 2 -m kinema.cli batch jobs.jsonl --parallel cfg          # any family, CPU or GPU
+    torchrun --nproc-per-node 4 -m kinema.cli batch jobs.jsonl --parallel ulysses:4    # Wan, 4 GPUs
+
+CFG-parallel: every denoiser call's batch split over a group of ranks, the predictions gathered.
 
 Classifier-free guidance batches the conditional and unconditional branches in one call (`loop.guided`), so
 with two ranks each runs one branch: CFG-parallel, for any family, since it wraps the denoiser seam only.
@@ -9,11 +14,48 @@ inputs with a batch of their own (structure injection, Wan I2V's image context),
 Ranks gather over gloo (CPU tensors; a CUDA prediction goes through the host); with a GPU per rank an NCCL
 group gathers on the GPUs (the NCCL path needs two GPUs, so it runs in scripts/gpu_check.sh only).
 Every rank of a group must make the same calls: they run the same job, step for step.
+
+Context parallelism (`ulysses:N`, `ring:N`) is diffusers' (`ModelMixin.enable_parallelism`): every attention of
+a transformer that has a context-parallel plan (Wan's) runs over all N processes, one GPU each, over NCCL.
+diffusers builds it on an accelerator only, so it is GPU-only: scripts/gpu_check.sh runs it where there are
+two GPUs; on this project's CPU machines only its checks run (tests/test_batch.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+
+from .errors import KinemaError, require
+
+def parse(kind: str) -> tuple[str, int]:
+    """`--parallel`: ("jobs", 1), ("cfg", 2), ("ulysses", N) or ("ring", N); a bad one is a KinemaError."""
+    if kind in ("jobs", "cfg"):
+        return kind, 1 if kind == "jobs" else 2
+    name, _, degree = kind.partition(":")
+    require(name in ("ulysses", "ring") and degree.isdigit() and int(degree) >= 2,
+            f"unknown --parallel {kind!r}; use jobs, cfg, ulysses:N or ring:N (N >= 2 processes)")
+    return name, int(degree)
+
+
+def check(kind: str, processes: int) -> None:
+    """Refuse, before any work, a --parallel that these processes cannot run."""
+    import os
+
+    import torch
+
+    name, n = parse(kind)
+    if name == "cfg":
+        require(processes >= 2 and processes % 2 == 0,
+                f"--parallel cfg runs each job on two processes; launch an even number (got {processes}), e.g. "
+                "torchrun --nproc-per-node 2 -m kinema.cli batch JOBS --parallel cfg")
+    elif name != "jobs":
+        require(processes == n, f"--parallel {kind} runs each job on {n} processes; launch {n} (got {processes}), e.g. "
+                                f"torchrun --nproc-per-node {n} -m kinema.cli batch JOBS --parallel {kind}")
+        require(torch.cuda.is_available(), f"--parallel {kind} is diffusers' context parallelism, which runs on GPUs only; "
+                                           "on CPUs use --parallel cfg or jobs")
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", n))
+        require(torch.cuda.device_count() >= local, f"--parallel {kind} needs a GPU per process: {local} processes on this "
+                                                    f"node, {torch.cuda.device_count()} GPUs")
 
 
 @dataclass
@@ -74,3 +116,31 @@ def pair_groups(rank: int, size: int):
 def cfg_parallel(model, rank_in_pair: int, group):
     """The model with its denoiser's calls split over the pair (see SplitBatch); the original is unchanged."""
     return replace(model, denoiser=SplitBatch(model.denoiser, rank_in_pair, 2, group))
+
+
+@dataclass
+class ContextParallel:
+    """diffusers' context parallelism over all processes (GPU-only; see the module docstring)."""
+
+    name: str  # ulysses or ring
+    degree: int
+    mesh: object = None
+
+    def apply(self, model):
+        """Enable it on every transformer of `model` that has a plan (once; the loaded model keeps it)."""
+        from torch.distributed.device_mesh import init_device_mesh
+
+        from diffusers import ContextParallelConfig
+
+        planned = [m for m in model.denoiser.modules() if getattr(m, "_cp_plan", None) and hasattr(m, "enable_parallelism")]
+        if not planned:
+            raise KinemaError(f"this model's denoiser has no context-parallel plan in diffusers (Wan's has); "
+                              f"use --parallel cfg or jobs")
+        if self.mesh is None:
+            shape = (self.degree, 1) if self.name == "ring" else (1, self.degree)
+            self.mesh = init_device_mesh("cuda", shape, mesh_dim_names=("ring", "ulysses"),
+                                         backend_override={"ring": "nccl", "ulysses": "nccl"})
+        for m in planned:
+            if getattr(m, "_parallel_config", None) is None:
+                m.enable_parallelism(config=ContextParallelConfig(**{f"{self.name}_degree": self.degree}, mesh=self.mesh))
+        return model

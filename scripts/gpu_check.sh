@@ -11,7 +11,8 @@
 #                                              -> batch.results.jsonl
 #      and --parallel cfg (the two branches of guidance on two processes; NCCL where there is a GPU per rank)
 #                                              -> batch_cfg.results.jsonl
-#   3. 2-process training under accelerate launch (NCCL; needs 2 GPUs, else logged as skipped) -> train_ddp.log
+#   3. with 2 GPUs (else logged as skipped): 2-process training under accelerate launch (NCCL) -> train_ddp.log;
+#      --parallel ulysses:2 and ring:2 on a small random Wan folder vs one process -> context_parallel.log
 #   4. a random Wan-1.3B-shaped folder (bf16 transformer, Wan 2.1 VAE) in a temporary folder
 #   5. s/step per attention backend, 1.3B shape, 480x832, 81 frames, cond+uncond batch (wan_parity.py --bench)
 #                                              -> backends.json
@@ -70,8 +71,16 @@ if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.device_count() >= 2 els
     "$PY" -m kinema.cli init "$WORK/tiny" --preset tiny > /dev/null
     stage train_ddp 60 "$PY" -m accelerate.commands.launch --num_processes 2 -m kinema.cli train configs/tiny.yaml \
         --model "$WORK/tiny" --run "$WORK/tiny-run"
+    "$PY" -c "from kinema.models import wan_testing as w; w.t2v_folder('$WORK/wan-cp')"
+    echo "{\"command\": \"generate\", \"prompt\": \"a cat\", \"model\": \"$WORK/wan-cp\", \"frames\": 9, \"height\": 64, \"width\": 64, \"steps\": 2, \"device\": \"cuda\", \"dtype\": \"float32\"}" > "$WORK/cp.jsonl"
+    CP=(-m torch.distributed.run --standalone --nproc-per-node 2 -m kinema.cli batch "$WORK/cp.jsonl")
+    stage context_parallel 90 sh -c "\"$PY\" -m kinema.cli batch \"$WORK/cp.jsonl\" -o \"$WORK/cp-one\" --results \"$WORK/one.jsonl\" && \
+        \"$PY\" ${CP[*]} -o \"$WORK/cp-ulysses\" --results \"$WORK/u.jsonl\" --parallel ulysses:2 && \
+        \"$PY\" ${CP[*]} -o \"$WORK/cp-ring\" --results \"$WORK/r.jsonl\" --parallel ring:2 && \
+        \"$PY\" -c \"from kinema import video_io as v; a = v.read_video('$WORK/cp-one')[0].astype(int); \
+[print(k, 'max |diff| vs one process', abs(a - v.read_video('$WORK/cp-' + k)[0].astype(int)).max()) for k in ('ulysses', 'ring')]\""
 else
-    echo "train_ddp skipped (one GPU; NCCL needs a GPU per process)" | tee -a "$OUT/stages.txt"
+    echo "train_ddp and context_parallel skipped (one GPU; NCCL needs a GPU per process)" | tee -a "$OUT/stages.txt"
 fi
 stage folder 60 "$PY" scripts/bench_gpu.py folder "$WAN"
 stage backends 50 sh -c "\"$PY\" scripts/wan_parity.py --device cuda --dtype bfloat16 --bench --no-parity > \"$OUT/backends.json\""

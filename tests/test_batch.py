@@ -403,3 +403,41 @@ def test_cfg_parallel_on_two_processes_gives_the_one_process_clip(trained_like_m
     assert np.abs(a.astype(int) - video_io.read_video(tmp_path / "g1")[0].astype(int)).max() > 10  # guidance matters
     code, _, err = kinema("batch", jl, "--parallel", "cfg")
     assert code == 2 and "--parallel cfg runs each job on two processes; launch an even number (got 1)" in err
+
+
+def test_parallel_kinds_are_checked_before_work(monkeypatch):
+    """--parallel: cfg wants pairs; ulysses:N and ring:N (diffusers' context parallelism) N processes and a GPU each."""
+    import torch
+
+    from kinema.errors import KinemaError
+    from kinema.parallel import check, parse
+
+    assert [parse(k) for k in ("jobs", "cfg", "ulysses:4", "ring:2")] == [("jobs", 1), ("cfg", 2), ("ulysses", 4), ("ring", 2)]
+    for bad in ("bogus", "ulysses", "ulysses:1", "ring:x", "cfg:2", "ulysses:-2"):
+        with pytest.raises(KinemaError, match="unknown --parallel"):
+            parse(bad)
+    check("jobs", 1), check("cfg", 2), check("cfg", 4)
+    with pytest.raises(KinemaError, match="launch an even number"):
+        check("cfg", 3)
+    with pytest.raises(KinemaError, match="runs each job on 4 processes; launch 4"):
+        check("ulysses:4", 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(KinemaError, match="runs on GPUs only"):
+        check("ring:2", 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(KinemaError, match="needs a GPU per process: 2 processes on this node, 1 GPUs"):
+        check("ulysses:2", 2)
+
+
+def test_context_parallel_needs_a_planned_transformer(tiny_model, tmp_path):
+    """Wan's transformer carries diffusers' context-parallel plan; kinema's UNet has none and is refused."""
+    from kinema.errors import KinemaError
+    from kinema.models import wan_testing
+    from kinema.models.family import load_model
+    from kinema.parallel import ContextParallel
+
+    with pytest.raises(KinemaError, match="no context-parallel plan"):
+        ContextParallel("ulysses", 2).apply(tiny_model)
+    wan = load_model(wan_testing.t2v_folder(tmp_path / "wan"))
+    assert [type(m).__name__ for m in wan.denoiser.modules() if getattr(m, "_cp_plan", None)] == ["WanTransformer3DModel"]
