@@ -51,7 +51,7 @@ SHOWN_ERRORS = 3  # bad jobs named in the one-line error
 
 def add_parser(sub, fmt) -> None:
     """`kinema batch`: added to the CLI by cli.build_parser (nothing heavy imported here)."""
-    head, examples, text = __doc__.split("\n\n", 2)
+    _, examples, text = __doc__.split("\n\n", 2)
     s = sub.add_parser("batch", help="run many jobs from a JSONL, YAML or CSV file, the model loaded once",
                        formatter_class=type("BatchHelp", (argparse.RawDescriptionHelpFormatter, fmt), {}),
                        description=text, epilog="examples:\n" + examples)
@@ -232,12 +232,12 @@ def validate(path: Path, template: str | None, skip_invalid: bool, results: Path
     parsers = _task_parsers(build_parser())
     for e in entries:
         if e.status == "pending":
-            _guard(e, lambda: _parse(e, parsers, template))
+            _guard(e, _parse, e, parsers, template)
     _refuse_duplicates(entries)
     infos: dict = {}
     for e in entries:
         if e.status == "pending":
-            _guard(e, lambda: _prepare_and_check(e, infos))
+            _guard(e, _prepare_and_check, e, infos)
     bad = [e for e in entries if e.status == "invalid"]
     for e in entries:
         for w in e.warnings:
@@ -259,9 +259,10 @@ def _lines(lines: list[int]) -> str:
     return ",".join(map(str, lines[:5])) + (f",... ({len(lines)} jobs)" if len(lines) > 5 else "")
 
 
-def _guard(e: Entry, check) -> None:
+def _guard(e: Entry, check, *args) -> None:
+    """`check(*args)`; what it refuses makes the job invalid, with the reason."""
     try:
-        check()
+        check(*args)
     except KinemaError as err:
         e.status, e.error = "invalid", str(err)
     except MemoryError:
@@ -420,7 +421,9 @@ def job_hash(job) -> str:
 
     import numpy as np
 
-    plain = lambda o: dataclasses.asdict(o) if dataclasses.is_dataclass(o) else o  # noqa: E731
+    def plain(o):
+        return dataclasses.asdict(o) if dataclasses.is_dataclass(o) else o
+
     what = dict(task=job.task, prompt=job.prompt, model=str(Path(job.info.path).resolve()), family=job.info.family,
                 settings=job.settings.as_dict(), long=plain(job.long), restyle=plain(job.restyle), inputs=dict(job.inputs),
                 image_noise=job.image_noise, dtype=str(job.placement.dtype))
@@ -491,7 +494,7 @@ class Team:
     context: object = None  # ulysses, ring: parallel.ContextParallel over every process
 
     @classmethod
-    def of(cls, world: "World", kind: str) -> "Team":
+    def of(cls, world: World, kind: str) -> Team:
         from .parallel import ContextParallel, pair_groups, parse
 
         name, n = parse(kind)
@@ -523,7 +526,7 @@ class Team:
         return None
 
 
-def run_share(mine: list[Entry], path: Path, world: "World", show: bool, team: Team | None = None) -> list[dict]:
+def run_share(mine: list[Entry], path: Path, world: World, show: bool, team: Team | None = None) -> list[dict]:
     """Run this process's jobs one by one; each ends as a record (ok or failed), whatever happens to it.
 
     In a team of two (--parallel cfg) both processes run every job of the team's share, step for step; the
@@ -562,7 +565,7 @@ def run_share(mine: list[Entry], path: Path, world: "World", show: bool, team: T
                     record["parallel"] = result.record["parallel"]
             except KeyboardInterrupt:
                 raise
-            except Exception as err:  # noqa: BLE001 - a job's failure is recorded, the batch goes on
+            except Exception as err:  # a job's failure is recorded, and the batch goes on
                 record.update(status="failed", error=_describe_error(err))
                 world.free_memory()
                 if not writer:
@@ -638,7 +641,7 @@ class World:
     local_rank: int = 0
 
     @classmethod
-    def start(cls) -> "World":
+    def start(cls) -> World:
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls()
         from datetime import timedelta

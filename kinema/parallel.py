@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 
 from .errors import KinemaError, require
 
+
 def parse(kind: str) -> tuple[str, int]:
     """`--parallel`: ("jobs", 1), ("cfg", 2), ("ulysses", N) or ("ring", N); a bad one is a KinemaError."""
     if kind in ("jobs", "cfg"):
@@ -128,14 +129,13 @@ class ContextParallel:
 
     def apply(self, model):
         """Enable it on every transformer of `model` that has a plan (once; the loaded model keeps it)."""
-        from torch.distributed.device_mesh import init_device_mesh
-
         from diffusers import ContextParallelConfig
+        from torch.distributed.device_mesh import init_device_mesh
 
         planned = [m for m in model.denoiser.modules() if getattr(m, "_cp_plan", None) and hasattr(m, "enable_parallelism")]
         if not planned:
-            raise KinemaError(f"this model's denoiser has no context-parallel plan in diffusers (Wan's has); "
-                              f"use --parallel cfg or jobs")
+            raise KinemaError("this model's denoiser has no context-parallel plan in diffusers (Wan's has); "
+                              "use --parallel cfg or jobs")
         if self.mesh is None:
             shape = (self.degree, 1) if self.name == "ring" else (1, self.degree)
             self.mesh = init_device_mesh("cuda", shape, mesh_dim_names=("ring", "ulysses"),

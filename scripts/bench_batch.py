@@ -83,9 +83,11 @@ def table(one: dict, two: dict) -> str:
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     import torch
+
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
 
     return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}"
 
@@ -108,7 +110,8 @@ def main(argv=None) -> int:
         one, two = mean(runs[1]), mean(runs[2])
         load_after = os.getloadavg()[0]
     head = (f"kinema batch: {args.jobs} jobs of the default model (16 frames 64x64, {args.steps} steps), "
-            f"1 thread per process, {args.rounds} round(s) of 1 then 2 processes (means)\nmachine: {machine()}; 1-minute load average {load_before:.1f} before, "
+            f"1 thread per process, {args.rounds} round(s) of 1 then 2 processes (means)\n"
+            f"machine: {machine()}; 1-minute load average {load_before:.1f} before, "
             f"{load_after:.1f} after (other work on the machine slows both runs)")
     text = head + "\n\n" + table(one, two)
     print(text)

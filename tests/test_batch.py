@@ -182,8 +182,9 @@ def test_skip_invalid_runs_the_rest_and_records_them(tiny_model_dir, tmp_path, k
 
 def test_batch_writes_every_output_loads_once_and_reruns_nothing(tiny_model_dir, tmp_path, kinema, monkeypatch):
     """Two models interleaved in the file: each loaded once (jobs sharing a model run together); a rerun skips all."""
-    from kinema import jobs
     from kinema.models import family
+
+    from kinema import jobs
 
     other = tmp_path / "tiny2"
     shutil.copytree(tiny_model_dir, other)
@@ -373,7 +374,7 @@ def test_two_processes_write_every_output_once(launcher, tiny_model_dir, tmp_pat
 def test_shares_cover_every_job_once_in_order():
     from kinema.batch import World
 
-    for n in range(0, 12):
+    for n in range(12):
         for size in (1, 2, 3, 5):
             shares = [World(rank, size).share(list(range(n))) for rank in range(size)]
             assert sum(shares, []) == list(range(n))
@@ -432,9 +433,10 @@ def test_parallel_kinds_are_checked_before_work(monkeypatch):
 
 def test_context_parallel_needs_a_planned_transformer(tiny_model, tmp_path):
     """Wan's transformer carries diffusers' context-parallel plan; kinema's UNet has none and is refused."""
-    from kinema.errors import KinemaError
     from kinema.models import wan_testing
     from kinema.models.family import load_model
+
+    from kinema.errors import KinemaError
     from kinema.parallel import ContextParallel
 
     with pytest.raises(KinemaError, match="no context-parallel plan"):

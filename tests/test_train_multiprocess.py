@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from kinema.models.kinema_family import init
 from safetensors.torch import load_file
 
-from kinema.models.kinema_family import init
 from kinema.train import latest_checkpoint
 
 # both stages, a few steps each; `batch` is the global batch, split 2 + 2 over two processes
