@@ -74,7 +74,8 @@ def restyle(video, prompt: str, *, model=None, progress: bool = True, return_res
     Frames `start`, `start + stride`, ... (at most `max_frames`) are fitted to the clip's size; the
     output has as many, at the source's fps unless `fps` is given. `strength` 0 returns the fitted
     source without loading the model; `structure` is the fraction of the steps that take the source's
-    layout; both default to the model folder's (see kinema.pipelines.video_to_video).
+    layout; both default to the model folder's (see kinema.pipelines.video_to_video). `method="flowedit"`
+    edits without inversion, from `source_prompt` (what the source shows) to `prompt`.
     """
     return _run(jobs.prepare_restyle(video, prompt, model, **options), model, progress, return_result)
 

@@ -290,7 +290,8 @@ def _restyle_parser(sub, fmt) -> None:
     s = sub.add_parser("restyle", help="video-to-video: restyle a clip, keeping its motion", formatter_class=fmt,
                        description="Restyle VIDEO as PROMPT says: its frames are encoded, noised to --strength and "
                                    "denoised with PROMPT, taking the source's layout during the first --structure of "
-                                   "the steps; the decoded frames are fused along the source's optical flow. The "
+                                   "the steps (--method sdedit), or edited without inversion from --source-prompt to "
+                                   "PROMPT (--method flowedit); the decoded frames are fused along the source's optical flow. The "
                                    "output has the chosen frames' count and the source's fps (unless --fps); --frames "
                                    "does not apply.")
     s.add_argument("video", help="the source: mp4, webm, mov, mkv, avi, gif, webp, or a folder of frames")
@@ -302,6 +303,15 @@ def _restyle_parser(sub, fmt) -> None:
                    help="fraction of the denoising steps, from the first, that take the source's layout (attention "
                         "queries/keys and mid-level features of a pass over the noised source); 0 turns it off "
                         "(default: the model's, 0.3 for the default model, else 0)")
+    s.add_argument("--method", default=None, metavar="METHOD", choices=Choices("kinema.pipelines.video_to_video", "METHODS"),
+                   help="sdedit: noise the source to --strength and denoise with PROMPT; flowedit: inversion-free "
+                        "(FlowEdit): from --strength down, move the source by the difference of PROMPT's and "
+                        "--source-prompt's velocities (default: the model's, sdedit for the default model)")
+    s.add_argument("--source-prompt", default=None,
+                   help="flowedit: what the source shows, e.g. its caption (default: the empty prompt)")
+    s.add_argument("--n-avg", type=positive_int, default=None, help="flowedit: noise draws averaged per step (default 1)")
+    s.add_argument("--tail", type=finite_float, default=0.0,
+                   help="flowedit: fraction of the steps that run, at the end, sampled plainly from the edit")
     s.add_argument("--flow", action=argparse.BooleanOptionalAction, default=True,
                    help="guide by the source's optical flow: fuse the decoded frames (and, with --flow-steps, latents) along it")
     s.add_argument("--flow-steps", type=finite_float, default=0.0,

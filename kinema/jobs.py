@@ -38,7 +38,8 @@ PLACEMENT = ("device", "dtype", "attention", "offload", "threads")
 WINDOWS = ("context_length", "context_stride", "window_weights")
 LONG = (*WINDOWS, "mode", "prompt_schedule", "prompt_transition", "adain", "follow_motion")
 EXTEND_LONG = ("context_length", "context_stride", "prompt_schedule", "prompt_transition", "adain")
-RESTYLE = ("strength", "flow", "flow_steps", "flow_strength", "pixel_fusion", "structure")
+RESTYLE = ("strength", "flow", "flow_steps", "flow_strength", "pixel_fusion", "structure", "method", "source_prompt",
+           "n_avg", "tail")
 SOURCE = ("max_frames", "stride", "start", "resize")
 
 #################################################################################
@@ -389,8 +390,14 @@ def prepare_restyle(video, prompt: str, model=None, max_frames: int | None = Non
         sampling["guidance"] = info.defaults.restyle_guidance  # the model's own scale for restyling
     base = settings_for(info, **{**sampling, "frames": 1})  # the caller's settings, checked
     opts = restyle_options(info, base.steps, **restyle)
+    if opts.method == "flowedit":  # its update is an Euler step of the velocity difference
+        require(sampling.get("scheduler") in (None, "euler"), "FlowEdit steps with Euler; drop --scheduler or pass euler")
+        sampling["scheduler"] = "euler"
     plan = _RestylePlan(info, placement, sampling, windows, opts)
     source, settings, long = plan.read(video, start, stride, max_frames, base)
+    require(opts.method != "flowedit" or long is None,
+            f"--method flowedit restyles up to the model's trained {info.defaults.frames} frames (the source gives "
+            f"{settings.frames}); pass --max-frames {info.defaults.frames}, or --method sdedit for longer sources")
     if source.shape[1:3] != (settings.height, settings.width):
         source = video_io.resize_frames(source, settings.height, settings.width, policy=resize)
     inputs = dict(video=_describe_input(video), resize=resize, start=start, stride=stride, max_frames=max_frames)
@@ -398,11 +405,16 @@ def prepare_restyle(video, prompt: str, model=None, max_frames: int | None = Non
 
 
 def restyle_options(info: ModelInfo, steps: int, strength=None, flow: bool = True, flow_steps: float = 0.0,
-                    flow_strength: float = 0.8, pixel_fusion=None, structure=None):
+                    flow_strength: float = 0.8, pixel_fusion=None, structure=None, method=None, source_prompt=None,
+                    n_avg=None, tail: float = 0.0):
     """RestyleOptions with the model's `restyle_*` defaults for what is left out, checked once."""
     from .pipelines import video_to_video as v2v
 
-    given = v2v.RestyleOptions(strength, flow, flow_steps, flow_strength, pixel_fusion, structure)
+    if source_prompt is not None:
+        check_text(source_prompt, "--source-prompt")
+        check_length(source_prompt, "--source-prompt")
+    given = v2v.RestyleOptions(strength, flow, flow_steps, flow_strength, pixel_fusion, structure, method,
+                               source_prompt, n_avg, tail)
     opts = v2v.resolve_restyle_options(given, info.defaults.as_dict(), steps)
     require(opts.structure == 0 or opts.strength == 0 or "structure" in info.features,
             "this model's denoiser cannot take the source's layout; pass --structure 0")

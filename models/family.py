@@ -49,6 +49,7 @@ class ModelDefaults:
     restyle_strength: float = 0.7
     restyle_structure: float = 0.0
     restyle_guidance: float | None = None  # None: `guidance`
+    restyle_method: str = "sdedit"  # sdedit (noise the source, denoise with the prompt) or flowedit (inversion-free)
 
     @classmethod
     def parse(cls, data, where: str) -> "ModelDefaults":
@@ -88,6 +89,8 @@ def _valid(key: str, v) -> tuple[bool, str]:
         return _number(v) and 0 <= v <= 1, "a number in [0, 1]"
     if key == "scheduler":
         return isinstance(v, str) and v in ("euler", "unipc"), "euler or unipc"
+    if key == "restyle_method":
+        return isinstance(v, str) and v in ("sdedit", "flowedit"), "sdedit or flowedit"
     return isinstance(v, bool), "true or false"  # follow_motion
 
 

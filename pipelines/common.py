@@ -93,6 +93,7 @@ def sample(
     predict: Predict | None = None,
     desc: str = "denoise",
     inputs: DenoiserInputs | None = None,
+    noised: bool = True,
 ) -> torch.Tensor:
     """Noise (or `init` latents noised to `strength`) -> clean latents, through the one loop.
 
@@ -101,7 +102,8 @@ def sample(
     (image-to-video). `inputs` are the denoiser's per-call inputs, told the clip's length here
     (`clip_inputs`). `noise` replaces the seeded Gaussian (FreeNoise, continuation windows) and
     `predict` the guided denoiser (window fusion; built with `clip_inputs(settings)`); both default to
-    plain text-to-video.
+    plain text-to-video. `noised` False starts the loop at `init` itself (an edit that carries the clean
+    source down the schedule: FlowEdit).
     """
     t0 = time.perf_counter()
     if noise is None:
@@ -110,7 +112,7 @@ def sample(
     scheduler = make_scheduler(settings.scheduler, model.scheduler_config, settings.shift)
     start = set_timesteps(scheduler, settings.steps, strength, device=model.device)
     sigma0 = float(scheduler.sigmas[start])
-    latents = noise if init is None else (1 - sigma0) * init + sigma0 * noise
+    latents = noise if init is None else (1 - sigma0) * init + sigma0 * noise if noised else init.clone()
     hooks = list(hooks)
     if known is not None and known.any:
         hooks.append(KnownFrames(known, noise))

@@ -109,6 +109,10 @@ class RestyleOptions:
     flow_strength: float = 0.8  # blend weight toward the warped previous frame where the flow holds
     pixel_fusion: bool | None = None  # a last fusion of the decoded frames; None: when `flow` is on
     structure: float | None = 0.0  # fraction of the steps that run, from the first, with the source's layout injected
+    method: str | None = "sdedit"  # sdedit, or flowedit (inversion-free: `FlowEdit`); None: the model's
+    source_prompt: str | None = None  # flowedit: what the source shows (None: the empty prompt)
+    n_avg: int | None = None  # flowedit: noise draws averaged per step (None: 1)
+    tail: float = 0.0  # flowedit: fraction of the steps that run, at the end, sampled plainly from the edit
 
     def __post_init__(self):
         if self.pixel_fusion is None:  # fixed once, as the options are made
@@ -122,8 +126,31 @@ class RestyleOptions:
         return asdict(self)
 
 
+METHODS = ("sdedit", "flowedit")
+
+
 def resolve_restyle_options(options: RestyleOptions, model_defaults: Mapping, steps: int) -> RestyleOptions:
-    """New options: None strength/structure from the model's `restyle_*` defaults (else MODEL_DEFAULTS), checked for `steps`."""
+    """New options: None strength/structure/method from the model's `restyle_*` defaults (else MODEL_DEFAULTS),
+    checked for `steps`. FlowEdit takes no source layout: its structure is 0 unless given (an error then)."""
+    method = options.method if options.method is not None else model_defaults.get("restyle_method", "sdedit")
+    require(method in METHODS, f"unknown restyle method {method!r}; use {' or '.join(METHODS)}")
+    options = replace(options, method=method)
+    if method == "flowedit":
+        require(options.structure in (None, 0), "--structure injects the source's layout into SDEdit's passes; "
+                                                "FlowEdit keeps the source without it: drop --structure or use --method sdedit")
+        require(options.flow_steps == 0, "--flow-steps fuses SDEdit's predicted latents; with --method flowedit the "
+                                         "decoded frames are fused (--pixel-fusion): drop --flow-steps")
+        options = replace(options, structure=0.0, n_avg=1 if options.n_avg is None else options.n_avg,
+                          source_prompt="" if options.source_prompt is None else options.source_prompt)
+        require(isinstance(options.n_avg, int) and not isinstance(options.n_avg, bool) and options.n_avg >= 1,
+                f"--n-avg must be a whole number >= 1 (noise draws averaged per step); got {options.n_avg}")
+        tail = options.tail
+        require(isinstance(tail, (int, float)) and not isinstance(tail, bool) and math.isfinite(tail) and 0 <= tail < 1,
+                f"--tail must be a number in [0, 1) (the fraction of the steps sampled plainly at the end); got {tail}")
+    else:
+        for name, flag in (("source_prompt", "--source-prompt"), ("n_avg", "--n-avg")):
+            require(getattr(options, name) is None, f"{flag} is read by --method flowedit only; drop it or pass --method flowedit")
+        require(options.tail == 0, "--tail is read by --method flowedit only; drop it or pass --method flowedit")
     filled = {name: float(model_defaults.get(f"restyle_{name}", fallback))
               for name, fallback in MODEL_DEFAULTS.items() if getattr(options, name) is None}
     return check_options(replace(options, **filled), steps)
@@ -195,6 +222,75 @@ def fuse_pixels(frames: np.ndarray, guide: FlowGuide, strength: float) -> np.nda
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].float()  # (1, 3, F, H, W) 0..255
     out = pixel_fusion(x, guide, strength)
     return out[0].permute(1, 2, 3, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+#################################################################################
+#                                   FlowEdit                                    #
+#################################################################################
+
+
+@dataclass
+class FlowEdit(Hook):
+    """FlowEdit (Kulikov et al. 2024), inversion-free editing for flow models, as a predict on the one loop.
+
+    The loop's latents are the edit Z, starting at the clean source latents X (`sample(noised=False)`).
+    At a step of sigma s: draw N; Z_src = (1 - s) X + s N; Z_tar = Z + Z_src - X; the velocity handed to
+    the Euler step is V(Z_tar, prompt) - V(Z_src, source prompt), each guided, the two in one forward
+    (`n_avg` draws averaged). Where the prompts agree and Z = X the two rows are the same, so the edit
+    stays at X: the source comes back as its VAE reconstruction. The last `plain` steps sample plainly:
+    after the step before them the latents become Z_tar at the next sigma (Z + s'(N - X)) and the velocity
+    is the prompt's alone (the paper's n_min).
+    """
+
+    edit: object  # guided predict over rows (Z_tar, Z_src) with texts (prompt, source prompt)
+    plain_predict: object  # guided predict of the prompt alone
+    source: torch.Tensor  # X (1, C, F, h, w)
+    generator: torch.Generator
+    n_avg: int
+    plain_from: int  # loop step (from the first that runs) where plain sampling starts
+    plain_t: float  # its timestep (-1: none)
+    train_steps: int = 1000
+
+    def _noise(self) -> torch.Tensor:
+        n = torch.randn(self.source.shape, generator=self.generator, dtype=torch.float32)
+        return n.to(self.source.device)
+
+    def predict(self, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if float(t.reshape(-1)[0]) <= self.plain_t:
+            return self.plain_predict(latents, t)
+        sigma = float(t.reshape(-1)[0]) / self.train_steps
+        delta = torch.zeros_like(latents)
+        for _ in range(self.n_avg):
+            z_src = (1 - sigma) * self.source + sigma * self._noise()
+            v = self.edit(torch.cat([latents + z_src - self.source, z_src]), t)
+            delta += v[: len(latents)] - v[len(latents):]
+        return delta / self.n_avg
+
+    def after_step(self, i, sigma, latents):
+        if i == self.plain_from - 1:  # into the plain tail: the edit noised to the next sigma
+            return latents + sigma * (self._noise() - self.source)
+        return latents
+
+
+def flowedit(model, prompt: str, settings: Settings, options: RestyleOptions, init: torch.Tensor, run: int,
+             timings: Timings) -> FlowEdit:
+    """The FlowEdit of a restyle: prompt and source prompt encoded, the plain tail's first step placed."""
+    text, uncond = encode_prompts(model, prompt, settings, timings)
+    t0 = time.perf_counter()
+    src = model.text_encoder.encode([options.source_prompt]).to(model.device, model.dtype)
+    timings.add("text_encode", time.perf_counter() - t0)
+    inputs = clip_inputs(settings)
+    pair = TextEmbeds.cat([text, TextEmbeds(src.hidden, src.mask)])
+    edit = guided(model.denoiser, pair, None if uncond is None else uncond.repeat(2), settings.guidance, None,
+                  timings.denoiser, inputs)
+    plain = guided(model.denoiser, text, uncond, settings.guidance, None, timings.denoiser, inputs)
+    plain_steps = fusion_steps(run, options.tail)
+    scheduler = make_scheduler(settings.scheduler, model.scheduler_config, settings.shift)
+    start = set_timesteps(scheduler, settings.steps, options.strength)
+    plain_t = float(scheduler.timesteps[start + run - plain_steps]) if plain_steps else -1.0
+    train_steps = int(model.scheduler_config.get("num_train_timesteps", 1000))
+    generator = torch.Generator().manual_seed(settings.seed)
+    return FlowEdit(edit, plain, init, generator, options.n_avg, run - plain_steps, plain_t, train_steps)
 
 
 #################################################################################
@@ -324,18 +420,27 @@ def restyle_video(
     if options.strength == 0:  # 0. nothing to change: the source as it is, no VAE round trip
         timings.add("total", time.perf_counter() - t0)
         return Result(source.copy(), torch.empty(0), timings, info)
+    editing = options.method == "flowedit"
+    require(not editing or long is None, "--method flowedit restyles sources up to the model's trained length; "
+                                         "pass --max-frames, or --method sdedit for longer sources")
+    require(not editing or settings.scheduler == "euler", "FlowEdit steps with Euler: pass --scheduler euler")
     init = encode_video(model, source, timings).to(model.device)  # 1. encode the source
-    until = structure_until(model, settings, options.strength, structured) if structured else None
-    text, uncond, noise, predict, windows = prompted(model, prompt, settings, init, structured, until, long,
-                                                     timings)  # 2. encode prompt; the source's layout; windows
-    if windows is not None:
-        info["long"] = windows
     guide = flow_guide(model, source, timings) if options.flow or options.pixel_fusion else None  # 3. source flow
     if guide is not None:
         info["restyle"]["reliable_fraction"] = round(float(guide.mask.mean()), 4) if guide.frames > 1 else None
-    hooks = [FlowFusion(guide, options.flow_strength, fused)] if options.flow else []  # 4-5. flow fusion
-    latents = sample(model, text, uncond, settings, timings, init=init, strength=options.strength, hooks=hooks,
-                     progress=progress, noise=noise, predict=predict)  # noise to strength, denoise
+    if editing:  # 2. FlowEdit from the clean source; the decoded frames are fused below
+        edit = flowedit(model, prompt, settings, options, init, run, timings)
+        latents = sample(model, None, None, settings, timings, init=init, strength=options.strength, hooks=[edit],
+                         progress=progress, predict=edit.predict, noised=False)
+    else:
+        until = structure_until(model, settings, options.strength, structured) if structured else None
+        text, uncond, noise, predict, windows = prompted(model, prompt, settings, init, structured, until, long,
+                                                         timings)  # 2. encode prompt; the source's layout; windows
+        if windows is not None:
+            info["long"] = windows
+        hooks = [FlowFusion(guide, options.flow_strength, fused)] if options.flow else []  # 4-5. flow fusion
+        latents = sample(model, text, uncond, settings, timings, init=init, strength=options.strength, hooks=hooks,
+                         progress=progress, noise=noise, predict=predict)  # noise to strength, denoise
     frames = decode(model, latents, settings, timings)  # 6. decode in chunks
     if options.pixel_fusion:  # 7. last fusion at full resolution
         frames = fuse_decoded(model, frames, source, guide, options.flow_strength, timings)

@@ -405,6 +405,18 @@ BAD = [
     ("src.gif", ["--height", "8", "--width", "8"], "at least 16x16"),
     ("src.gif", ["--height", "8192", "--width", "8192"], "--max-frames"),
     ("src.gif", ["--context-length", "2", "--context-stride", "3"], "--context-stride"),
+    ("src.gif", ["--source-prompt", "a red circle"], "--source-prompt is read by --method flowedit only"),
+    ("src.gif", ["--method", "sdedit", "--n-avg", "2"], "--n-avg is read by --method flowedit only"),
+    ("src.gif", ["--tail", "0.2"], "--tail is read by --method flowedit only"),
+    ("src.gif", ["--method", "flowedit", "--n-avg", "0"], "--n-avg: must be >= 1"),
+    ("src.gif", ["--method", "flowedit", "--tail", "1"], "--tail must be a number in [0, 1)"),
+    ("src.gif", ["--method", "flowedit", "--structure", "0.3"], "drop --structure or use --method sdedit"),
+    ("src.gif", ["--method", "flowedit", "--flow-steps", "0.5"], "drop --flow-steps"),
+    ("src.gif", ["--method", "flowedit", "--scheduler", "unipc"], "FlowEdit steps with Euler"),
+    ("src.gif", ["--method", "flowedit", "--strength", "1.5"], "--strength must be a number in [0, 1]"),
+    ("src.gif", ["--method", "flowedit", "--source-prompt", "x" * 10001], "--source-prompt is 10001 characters"),
+    ("src.gif", ["--method", "flowedit", "--context-length", "2"], "--method flowedit restyles up to"),
+    ("src.gif", ["--method", "pnp"], "invalid choice"),
 ]
 
 
@@ -486,3 +498,70 @@ def test_pixel_fusion_follows_flow_unless_set():
     assert RestyleOptions().pixel_fusion is True and RestyleOptions(flow=False).pixel_fusion is False
     assert RestyleOptions(pixel_fusion=False).pixel_fusion is False
     assert RestyleOptions(flow=False, pixel_fusion=True).pixel_fusion is True
+
+
+#################################################################################
+#                                   FlowEdit                                    #
+#################################################################################
+
+
+def _flowedit(model, source, prompt, source_prompt, **kw):
+    options = v2v.resolve_restyle_options(RestyleOptions(**{**dict(strength=0.75, flow=False, method="flowedit",
+                                                                   source_prompt=source_prompt), **kw}),
+                                          {}, 4)
+    return restyle_video(model, prompt, source, small(frames=len(source)), options, progress=False)
+
+
+def test_flowedit_with_the_source_prompt_returns_the_source_reconstruction(trained_like_model):
+    """V(Z_tar) - V(Z_src) is 0 when the prompts agree and the edit is the source: the latents stay the
+    source's (FlowEdit's fixed point); with another prompt they move."""
+    from kinema.pipelines.common import encode_video
+    from kinema.pipelines.loop import Timings as T
+
+    source = moving()
+    x = encode_video(trained_like_model, source, T())
+    same = _flowedit(trained_like_model, source, PROMPT, PROMPT)
+    assert float((same.latents - x).abs().max()) <= 1e-5
+    other = _flowedit(trained_like_model, source, PROMPT, "a red square moving up on a white background")
+    assert float((other.latents - x).abs().max()) > 1e-2
+
+
+def test_flowedit_batches_both_predictions_in_one_forward_per_draw(trained_like_model, monkeypatch):
+    calls = []
+    real = type(trained_like_model.denoiser).predict
+    monkeypatch.setattr(type(trained_like_model.denoiser), "predict",
+                        lambda self, x, *a, **k: calls.append(x.shape[0]) or real(self, x, *a, **k))
+    _flowedit(trained_like_model, moving(), PROMPT, "")  # 0.75 x 4 steps = 3 steps, one forward each
+    assert calls == [4, 4, 4]  # (target, source) x (cond, uncond)
+    calls.clear()
+    _flowedit(trained_like_model, moving(), PROMPT, "", n_avg=2)
+    assert calls == [4] * 6
+
+
+def test_flowedit_tail_samples_the_last_steps_plainly(trained_like_model, monkeypatch):
+    calls = []
+    real = type(trained_like_model.denoiser).predict
+    monkeypatch.setattr(type(trained_like_model.denoiser), "predict",
+                        lambda self, x, *a, **k: calls.append(x.shape[0]) or real(self, x, *a, **k))
+    with_tail = _flowedit(trained_like_model, moving(), PROMPT, "", tail=0.3)
+    assert calls == [4, 4, 2]  # ceil(0.3 x 3) = 1 plain step at the end: the prompt and the negative only
+    without = _flowedit(trained_like_model, moving(), PROMPT, "")
+    assert not torch.equal(with_tail.latents, without.latents)
+    assert with_tail.frames.shape == without.frames.shape
+
+
+def test_flowedit_is_seeded_and_recorded(tiny_model_dir, tmp_path):
+    src = write_video(tmp_path / "src.gif", moving(frames=5), fps=8)
+    outs = []
+    for name in ("a.gif", "b.gif"):
+        out = tmp_path / name
+        code = main(["restyle", str(src), PROMPT, "-o", str(out), "--model", str(tiny_model_dir), "--method", "flowedit",
+                     "--source-prompt", "a red circle", "--steps", "4", "--height", "16", "--width", "16", "--quiet",
+                     "--seed", "3"])
+        assert code == 0
+        outs.append(read_video(out)[0])
+    assert np.array_equal(outs[0], outs[1])
+    record = json.loads((tmp_path / "a.gif.json").read_text())
+    assert record["restyle"]["method"] == "flowedit" and record["restyle"]["source_prompt"] == "a red circle"
+    assert record["restyle"]["n_avg"] == 1 and record["restyle"]["structure"] == 0.0
+    assert record["settings"]["scheduler"] == "euler"
