@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -309,6 +311,25 @@ def test_structure_injection_is_refused_clearly(folders):
     with pytest.raises(KinemaError, match="pass --structure 0"):
         restyle_video(model, PROMPT, source, settings(model, steps=2), RestyleOptions(strength=1.0, structure=0.5),
                       progress=False)
+
+
+def test_flowedit_with_the_source_prompt_returns_the_source_reconstruction(folders):
+    """FlowEdit on a flow backbone of another family: with the source prompt equal to the prompt, the edit stays
+    at the source's latents (within 1e-5); with another prompt it moves. Wan's own UniPC is replaced by Euler."""
+    from kinema.pipelines.common import encode_video
+    from kinema.pipelines.loop import Timings
+    from kinema.pipelines.video_to_video import RestyleOptions, resolve_restyle_options, restyle_video
+
+    model = load(folders["t2v"])
+    source = np.random.default_rng(2).integers(0, 256, (FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
+    x = encode_video(model, source, Timings())
+    s = replace(settings(model), scheduler="euler")
+    for prompt, moved in ((PROMPT, False), ("a completely different scene", True)):
+        opts = resolve_restyle_options(RestyleOptions(strength=0.75, flow=False, method="flowedit", source_prompt=PROMPT),
+                                       {}, s.steps)
+        out = restyle_video(model, prompt, source, s, opts, progress=False)
+        diff = float((out.latents - x).abs().max())
+        assert (diff > 1e-3) if moved else (diff <= 1e-5), (prompt, diff)
 
 
 def test_every_driver_runs_a_wan_folder(folders):
