@@ -71,12 +71,17 @@ FORMS: dict[str, tuple[Field, ...]] = {
                 FRAMES, *SAMPLING, Field("resize", "choice", "Resize", RESIZE),
                 Field("image_noise", "float", "Image noise (blank: the model's)", optional=True)),
     "restyle": (Field("video", "video", "Source clip"), PROMPT, NEGATIVE,
-                Field("strength", "float", "Strength"), Field("structure", "float", "Structure"),
+                Field("method", "choice", "Method", Choices("kinema.pipelines.video_to_video", "METHODS")),
+                Field("source_prompt", "text", "Source prompt (flowedit: what the source shows)"),
+                Field("strength", "float", "Strength"),
+                Field("structure", "float", "Structure (sdedit; blank: the model's)", optional=True),
                 Field("flow", "switch", "Optical flow"), Field("flow_strength", "float", "Flow strength"),
                 Field("flow_steps", "float", "Flow steps (fraction)"),
                 Field("pixel_fusion", "tristate", "Pixel fusion", tuple(TRISTATE)),
                 Field("max_frames", "int", "Max frames (blank: all)", optional=True), Field("stride", "int", "Stride"),
                 Field("start", "int", "Start frame"), Field("resize", "choice", "Resize", RESIZE),
+                Field("n_avg", "int", "Noise draws per step (flowedit; blank: 1)", group="more", optional=True),
+                Field("tail", "float", "Plain sampling at the end, fraction of steps (flowedit)", group="more"),
                 *SAMPLING, *CONTEXT, WINDOW_WEIGHTS),
     "extend": (Field("video", "video", "Clip to extend"), PROMPT, NEGATIVE,
                Field("frames", "int", "Frames of the whole output (blank: the clip's + the model's)", optional=True),
@@ -88,7 +93,7 @@ NOT_OPTIONS = ("prompt", "image", "video", "random_seed")
 # the model folder's defaults shown in the form where the CLI's default is None: field -> ModelDefaults name
 MODEL_DEFAULTS = dict(frames="frames", height="height", width="width", steps="steps", guidance="guidance",
                       scheduler="scheduler", fps="fps", image_noise="image_noise", motion_length="motion_length",
-                      strength="restyle_strength", structure="restyle_structure")
+                      strength="restyle_strength", method="restyle_method")  # structure: blank is the model's
 FROM_SOURCE = {("restyle", "fps"), ("extend", "fps"), ("extend", "frames")}  # left blank: the source clip's
 
 
