@@ -24,7 +24,7 @@ demo: setup
 	$(BIN)/kinema generate "$(PROMPT)" -o clip.mp4 --overwrite
 
 test: setup
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/pytest -q -p no:cacheprovider
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/pytest -q -p no:cacheprovider --durations=15
 
 test-all: setup
 	$(BIN)/pytest -q -p no:cacheprovider -m "slow or not slow"

@@ -449,7 +449,7 @@ def build_cache(cfg: TrainConfig, model: Model, run: Path) -> dict:
                 video, label, length = long_window(cfg, cfg.seed * 10_000_000 + 5_000_000 + j, long_data)
             videos.append(video), specs.append(label), lengths.append(length)
         x = _to_tensor(np.stack(videos))
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(auto_bf16()[0] if cfg.bf16 is None else cfg.bf16)):
             latents.append(vae.encode(x).float().half())
     captions = [""] + sorted({c for s in specs for c in data.captions(s)})
     hidden, mask = [], []
@@ -685,6 +685,14 @@ def plot_curve(history: list, path: Path, title: str) -> None:
 #################################################################################
 
 
+def auto_bf16() -> tuple[bool, str]:
+    """Whether bf16 autocast pays on this machine (`resources.auto_dtype`'s processor probe), and why."""
+    from .resources import auto_dtype
+
+    dtype, why = auto_dtype(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return dtype == torch.bfloat16, why
+
+
 def train(config: str | Path, model_dir: str | Path, run_dir: str | Path | None = None, stages: str = "all") -> Path:
     """Run (or resume) training; returns the model folder."""
     from accelerate import Accelerator
@@ -703,10 +711,7 @@ def train(config: str | Path, model_dir: str | Path, run_dir: str | Path | None 
     model_path = resolve_model_path(model_dir)
     run.mkdir(parents=True, exist_ok=True)
     if cfg.bf16 is None:
-        from .resources import auto_dtype
-
-        dtype, why = auto_dtype(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-        cfg.bf16 = dtype == torch.bfloat16
+        cfg.bf16, why = auto_bf16()
         print(f"bf16 autocast {'on' if cfg.bf16 else 'off'} ({why})", flush=True)
     # gloo on CPUs under a launcher (accelerate launch --multi_gpu, torchrun), as on one CPU
     accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=not torch.cuda.is_available())

@@ -38,8 +38,9 @@ TARGETS = dict(warp_ratio=0.7, motion_px=2.0, colour=0.85)
 
 
 def clips(n: int, frames: int, size: int, first: int = 0,
-          new_background: bool = False) -> list[tuple[np.ndarray, str, str, str]]:
-    """(source frames, recolour prompt, target colour, the prompt's background) of the first `n` moving world clips.
+          new_background: bool = False) -> list[tuple[np.ndarray, str, str, str, str]]:
+    """(source frames, recolour prompt, target colour, the prompt's background, the source's caption) of the first
+    `n` moving world clips.
 
     With `new_background`, the prompt also names another background (drawn from the clip's seed).
     """
@@ -58,7 +59,8 @@ def clips(n: int, frames: int, size: int, first: int = 0,
             if new_background:
                 others = [c for c in world.COLOURS if c not in (s.background, target)]
                 background = others[int(np.random.default_rng([seed, 11]).integers(len(others)))]
-            out.append((clip.video, world.canonical_caption(target, s.shape, s.direction, background), target, background))
+            out.append((clip.video, world.canonical_caption(target, s.shape, s.direction, background), target, background,
+                        clip.caption))
         seed += 1
     return out
 
@@ -109,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, default=None, help="restyle strength of both runs (default: the model's)")
     p.add_argument("--structure", type=float, default=None,
                    help="fraction of the steps that take the source's layout, both runs (default: the model's)")
+    p.add_argument("--method", default=None, choices=["sdedit", "flowedit"],
+                   help="restyle method (default: the model's); flowedit edits from each clip's caption")
     p.add_argument("--flow-steps", type=float, default=0.0, help="fraction of the steps that fuse latents along the flow")
     p.add_argument("--flow-strength", type=float, default=0.8, help="fusion weight")
     p.add_argument("--pixel-fusion", action=argparse.BooleanOptionalAction, default=True,
@@ -133,12 +137,13 @@ def restyle_clips(args, common: dict) -> tuple[list[dict], dict]:
     rows = []
     print(f"{'clip':>4}  {'prompt':<52} {'warp src':>8} {'flow':>7} {'no-flow':>7}  {'motion px flow/no':>17}  colour flow/no")
     fixed = clips(args.clips, args.frames, args.size, args.first_clip, args.new_background)
-    for i, (source, prompt, target, background) in enumerate(fixed):
+    for i, (source, prompt, target, background, caption) in enumerate(fixed):
         fw, mask = reference(source)
         track = metrics.analyse_video(source).trajectory
         runs = {}
         for name, flow in (("flow", True), ("no_flow", False)):
-            result = kinema.restyle(source, prompt, flow=flow, seed=args.seed + i, **common,
+            edit = dict(source_prompt=caption) if args.method == "flowedit" else {}  # FlowEdit: from the source's caption
+            result = kinema.restyle(source, prompt, flow=flow, seed=args.seed + i, **common, **edit,
                                     pixel_fusion=args.pixel_fusion and flow, return_result=True)
             runs[name] = score(result.frames, fw, mask, track, target, background, args.size)
             used = dict(result.info["restyle"], guidance=result.record["settings"]["guidance"])  # as resolved
@@ -161,7 +166,8 @@ def summary(rows: list[dict], name: str) -> dict:
 def figures_of(args, rows: list[dict], used: dict, t0: float) -> dict:
     """Both runs' summaries, the warp-error ratio, the targets, the settings as given and as resolved, the rows."""
     flow_s, plain_s = summary(rows, "flow"), summary(rows, "no_flow")
-    resolved = dict(strength=used["strength"], structure=used["structure"], guidance=used["guidance"])
+    resolved = dict(strength=used["strength"], structure=used["structure"], guidance=used["guidance"],
+                    method=used["method"])
     ratio = flow_s["warp_error"] / plain_s["warp_error"] if plain_s["warp_error"] > 0 else float("nan")
     return dict(flow=flow_s, no_flow=plain_s, warp_ratio=ratio, source_warp_error=_mean(r["source_warp_error"] for r in rows),
                 targets=TARGETS, settings=dict({k: v for k, v in vars(args).items() if k != "json_out"}, resolved=resolved),
@@ -178,7 +184,7 @@ def print_figures(args, figures: dict) -> None:
     print(f"{'motion (px at 64x64)':<22}{flow_s['motion_px']:10.2f}{plain_s['motion_px']:10.2f}   <= {TARGETS['motion_px']}")
     print(f"{'target colour':<22}{flow_s['colour']:10.0%}{plain_s['colour']:10.0%}   >= {TARGETS['colour']:.0%}")
     print(f"{'background as prompted' if args.new_background else 'background kept':<22}{flow_s['background']:10.0%}{plain_s['background']:10.0%}")
-    print(f"{len(figures['rows'])} clips x 2 runs, {args.frames} frames {args.size}x{args.size}, strength {resolved['strength']}, "
+    print(f"{len(figures['rows'])} clips x 2 runs, {resolved['method']}, {args.frames} frames {args.size}x{args.size}, strength {resolved['strength']}, "
           f"structure {resolved['structure']}, guidance {resolved['guidance']}, flow steps {args.flow_steps}, "
           f"{args.steps} steps, {figures['seconds']:.1f} s")
 
@@ -195,7 +201,7 @@ def main() -> None:
         sys.exit(f"bench_restyle: error: {e}")
     common = dict(model=model, steps=args.steps, guidance=args.guidance, strength=args.strength, height=args.size,
                   width=args.size, flow_steps=args.flow_steps, flow_strength=args.flow_strength,
-                  structure=args.structure, progress=False)
+                  structure=args.structure, method=args.method, progress=False)
     # 2. every clip with flow guidance and without
     t0 = time.perf_counter()
     rows, used = restyle_clips(args, common)
