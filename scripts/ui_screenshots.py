@@ -1,6 +1,6 @@
 """Drive the web UI in a real headless Chromium: type a prompt, press Generate, wait for the clip to play,
-start a long job and Stop it, load the first clip back from the History tab, and save a screenshot of
-every tab (and of the running job's progress).
+load it back from the History tab, start a long job and Stop it, and save a screenshot of every tab (and
+of the running job's progress).
 
     python scripts/ui_screenshots.py                       # serves the shipped model, writes docs/ui/*.png
     python scripts/ui_screenshots.py --url http://127.0.0.1:7860 --out /tmp/shots --steps 2
@@ -88,16 +88,17 @@ def shoot(url: str, out: Path, steps: int | None = None, frames: int | None = No
                    while (v.currentTime <= 0 && performance.now() - t0 < 10000) await new Promise(r => setTimeout(r, 50));
                    return {time: v.currentTime, paused: v.paused, width: v.videoWidth, height: v.videoHeight}; }""")
             page.screenshot(path=str(out / "generate.png"), full_page=True)
-            seen["stopped"] = stop_a_long_job(page, out / "running.png", timeout_s)  # 4. progress, and Stop
-            for tab in TABS[1:]:  # 5. every other tab
+            for tab in TABS[1:]:  # 4. every other tab
                 page.get_by_role("tab", name=tab).click()
                 page.wait_for_timeout(500)
                 page.screenshot(path=str(out / f"{tab.lower()}.png"), full_page=True)
-            page.locator("#history .thumbnail-item").first.click()  # 6. a past job back into its tab
+            page.locator("#history .thumbnail-item").first.click()  # 5. a past job back into its tab
             page.locator("#generate-prompt textarea").wait_for(state="visible", timeout=10_000)
             page.wait_for_function("() => document.querySelector('#generate-prompt textarea').value.length > 0")
             seen["loaded_prompt"] = page.locator("#generate-prompt textarea").input_value()
-            seen["loaded_steps"] = page.locator("#generate-steps input").input_value()  # 1000 before (the stopped job)
+            seen["loaded_steps"] = page.locator("#generate-steps input").input_value()
+            # 6. progress, and Stop: last, so that its message is in no other screenshot
+            seen["stopped"] = stop_a_long_job(page, out / "running.png", timeout_s)
         finally:
             browser.close()
     seen["screenshots"] = sorted(str(p) for p in out.glob("*.png"))

@@ -133,10 +133,11 @@ def test_generate_same_seed_same_file_content(tiny_model_dir, tmp_path):
     assert np.array_equal(*outs)
 
 
-def test_parsing_imports_no_torch():
-    """`kinema --help`, argument errors and signal handling come before torch, diffusers and the networks load."""
-    code = ("import sys, kinema.cli; kinema.cli.build_parser().parse_args(['generate', 'x', '-o', 'x.mp4']); "
-            "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'cv2') if m in sys.modules))")
+@pytest.mark.parametrize("argv", [["generate", "x", "-o", "x.mp4"], ["serve", "--port", "8000"], ["batch", "jobs.jsonl"]])
+def test_parsing_imports_no_torch(argv):
+    """`kinema --help`, argument errors and signal handling come before torch, diffusers, gradio and the networks load."""
+    code = (f"import sys, kinema.cli; kinema.cli.build_parser().parse_args({argv!r}); "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'cv2', 'gradio') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
 
