@@ -363,6 +363,8 @@ def _model_parsers(sub, fmt) -> None:
     s = sub.add_parser("eval", help="score videos against captions with the world oracle, or run a suite", formatter_class=fmt)
     s.add_argument("videos", nargs="*", help="video files to score (with --caption), or none with --suite")
     s.add_argument("--caption", default=None, help="canonical caption the videos should show")
+    s.add_argument("--source", default=None,
+                   help="score the videos as edits of this clip: object-mask IoU, area ratio, track, shape kept")
     s.add_argument("--suite", default=None, choices=["world", "animate", "vae"], help="generate and score a fixed suite")
     s.add_argument("--split", default="heldout", choices=["heldout", "train", "all"], help="world split of the suite")
     s.add_argument("--per-combo", type=positive_int, default=2, help="clips per (colour, shape, motion)")

@@ -65,6 +65,55 @@ def clips(n: int, frames: int, size: int, first: int = 0,
     return out
 
 
+def own_clips(n: int, frames: int, size: int, first: int = 0,
+              new_background: bool = False) -> list[tuple[np.ndarray, str, str, str, str]]:
+    """Clips the world's renderer does not make, in `clips`' form: drawn with PIL at 4x and scaled down (another
+    anti-aliasing), objects of 1/4 to 1/3 of the side (the world's: 1/6 to 1/4), started anywhere they fit,
+    moving 0.3 to 0.9 px a frame (sub-pixel steps) in one of the four directions; world palette colours, so
+    the oracle reads them."""
+    from PIL import Image, ImageDraw
+
+    from kinema import world
+
+    out, names, k = [], list(world.COLOURS), 4
+    directions = dict(left=(-1, 0), right=(1, 0), up=(0, -1), down=(0, 1))
+    for seed in range(first, first + n):
+        rng = np.random.default_rng([seed, 2026])
+        colour, background = rng.choice(names, 2, replace=False)
+        shape, direction = rng.choice(["circle", "square", "triangle"]), rng.choice(list(directions))
+        side = float(rng.uniform(size / 4, size / 3))
+        speed = float(rng.uniform(0.3, 0.9))
+        travel = speed * (frames - 1)
+        dx, dy = directions[direction]
+        lo, hi = side / 2 + 1, size - side / 2 - 1
+        start = [float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi))]
+        for axis, d in ((0, dx), (1, dy)):  # room for the whole move
+            if d:
+                start[axis] = float(rng.uniform(lo, hi - travel)) if d > 0 else float(rng.uniform(lo + travel, hi))
+        video = np.empty((frames, size, size, 3), np.uint8)
+        for t in range(frames):
+            im = Image.new("RGB", (size * k, size * k), tuple(world.COLOURS[background]))
+            draw = ImageDraw.Draw(im)
+            cx, cy, r = (start[0] + dx * speed * t) * k, (start[1] + dy * speed * t) * k, side * k / 2
+            fill = tuple(world.COLOURS[colour])
+            if shape == "circle":
+                draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+            elif shape == "square":
+                draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
+            else:
+                draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+            video[t] = np.asarray(im.resize((size, size), Image.Resampling.LANCZOS))
+        choices = [c for c in names if c not in (colour, background)]
+        target = choices[int(rng.integers(len(choices)))]
+        bg = background
+        if new_background:
+            others = [c for c in names if c not in (background, target)]
+            bg = others[int(rng.integers(len(others)))]
+        out.append((video, world.canonical_caption(target, shape, direction, bg), target, bg,
+                    world.canonical_caption(colour, shape, direction, background)))
+    return out
+
+
 def reference(source: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """The source's forward flows and the mask of pixels where they hold (consistent and photometrically right)."""
     from kinema.pipelines import flow
@@ -84,14 +133,17 @@ def motion_px(out: np.ndarray, source_track: list, size: int) -> float:
     return float(np.mean(d)) * 64 / size if d else float("nan")
 
 
-def score(out: np.ndarray, fw, mask, source_track, target: str, background: str, size: int) -> dict:
+def score(out: np.ndarray, fw, mask, source_track, target: str, background: str, size: int,
+          source: np.ndarray | None = None, prompt: str | None = None) -> dict:
     from kinema.world import metrics
     from kinema.pipelines import flow
 
     reading = metrics.analyse_video(out)
+    edit = metrics.edit_scores(out, source, prompt) if source is not None else {}
     return dict(warp_error=flow.warp_error(out, fw, mask), motion_px=motion_px(out, source_track, size),
                 colour_ok=reading.colour == target, background_ok=reading.background == background,
-                detected=f"{reading.colour} on {reading.background}")
+                detected=f"{reading.colour} on {reading.background}",
+                **{k: edit[k] for k in ("iou", "area_ratio", "shape_kept") if k in edit})
 
 
 def _mean(values) -> float:
@@ -111,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, default=None, help="restyle strength of both runs (default: the model's)")
     p.add_argument("--structure", type=float, default=None,
                    help="fraction of the steps that take the source's layout, both runs (default: the model's)")
+    p.add_argument("--renderer", default="world", choices=["world", "own"],
+                   help="world: the world's clips; own: clips drawn by this script (larger objects, other positions, "
+                        "sub-pixel speeds, other anti-aliasing)")
     p.add_argument("--method", default=None, choices=["sdedit", "flowedit"],
                    help="restyle method (default: the model's); flowedit edits from each clip's caption")
     p.add_argument("--flow-steps", type=float, default=0.0, help="fraction of the steps that fuse latents along the flow")
@@ -136,7 +191,8 @@ def restyle_clips(args, common: dict) -> tuple[list[dict], dict]:
 
     rows = []
     print(f"{'clip':>4}  {'prompt':<52} {'warp src':>8} {'flow':>7} {'no-flow':>7}  {'motion px flow/no':>17}  colour flow/no")
-    fixed = clips(args.clips, args.frames, args.size, args.first_clip, args.new_background)
+    make = own_clips if args.renderer == "own" else clips
+    fixed = make(args.clips, args.frames, args.size, args.first_clip, args.new_background)
     for i, (source, prompt, target, background, caption) in enumerate(fixed):
         fw, mask = reference(source)
         track = metrics.analyse_video(source).trajectory
@@ -145,7 +201,7 @@ def restyle_clips(args, common: dict) -> tuple[list[dict], dict]:
             edit = dict(source_prompt=caption) if args.method == "flowedit" else {}  # FlowEdit: from the source's caption
             result = kinema.restyle(source, prompt, flow=flow, seed=args.seed + i, **common, **edit,
                                     pixel_fusion=args.pixel_fusion and flow, return_result=True)
-            runs[name] = score(result.frames, fw, mask, track, target, background, args.size)
+            runs[name] = score(result.frames, fw, mask, track, target, background, args.size, source, prompt)
             used = dict(result.info["restyle"], guidance=result.record["settings"]["guidance"])  # as resolved
         row = dict(prompt=prompt, target=target, source_warp_error=warp_error(source, fw, mask), **runs)
         rows.append(row)
@@ -160,7 +216,9 @@ def summary(rows: list[dict], name: str) -> dict:
     rs = [r[name] for r in rows]
     return dict(warp_error=_mean(r["warp_error"] for r in rs), motion_px=_mean(r["motion_px"] for r in rs),
                 colour=float(np.mean([r["colour_ok"] for r in rs])),
-                background=float(np.mean([r["background_ok"] for r in rs])))
+                background=float(np.mean([r["background_ok"] for r in rs])),
+                iou=_mean(r["iou"] for r in rs), area_ratio=_mean(r["area_ratio"] for r in rs),
+                shape_kept=float(np.mean([r["shape_kept"] for r in rs])))
 
 
 def figures_of(args, rows: list[dict], used: dict, t0: float) -> dict:
@@ -184,6 +242,9 @@ def print_figures(args, figures: dict) -> None:
     print(f"{'motion (px at 64x64)':<22}{flow_s['motion_px']:10.2f}{plain_s['motion_px']:10.2f}   <= {TARGETS['motion_px']}")
     print(f"{'target colour':<22}{flow_s['colour']:10.0%}{plain_s['colour']:10.0%}   >= {TARGETS['colour']:.0%}")
     print(f"{'background as prompted' if args.new_background else 'background kept':<22}{flow_s['background']:10.0%}{plain_s['background']:10.0%}")
+    print(f"{'object IoU with source':<22}{flow_s['iou']:10.3f}{plain_s['iou']:10.3f}")
+    print(f"{'object area ratio':<22}{flow_s['area_ratio']:10.2f}{plain_s['area_ratio']:10.2f}")
+    print(f"{'shape kept':<22}{flow_s['shape_kept']:10.0%}{plain_s['shape_kept']:10.0%}   (mean IoU >= 0.5)")
     print(f"{len(figures['rows'])} clips x 2 runs, {resolved['method']}, {args.frames} frames {args.size}x{args.size}, strength {resolved['strength']}, "
           f"structure {resolved['structure']}, guidance {resolved['guidance']}, flow steps {args.flow_steps}, "
           f"{args.steps} steps, {figures['seconds']:.1f} s")

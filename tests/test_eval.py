@@ -39,3 +39,39 @@ def test_suites_run(tiny_model_dir, tmp_path, suite):
         assert result["frames"] > 0 and result["worst"] <= result["median"]
     else:
         assert result["n"] == len(world.HELDOUT) and 0 <= result["colour"] <= 1
+
+
+def test_edit_scores_compare_the_object_with_the_source():
+    """The same clip is a perfect edit; the object moved by its own side scores no overlap and a track error
+    of at least that side (rolled: a wrapped object lands further); a recoloured copy keeps IoU 1 and reads the new colour."""
+    import numpy as np
+
+    from kinema.world import metrics
+
+    w = world.World("all", canonical=True)
+    clip = next(c for s in range(50) if (c := w.clip(s)).spec.direction == "right")
+    same = metrics.edit_scores(clip.video, clip.video, clip.caption)
+    assert same["iou"] == 1.0 and same["area_ratio"] == 1.0 and same["track_px"] == 0.0 and same["shape_kept"]
+    side = int(np.ceil(clip.spec.size)) + 2
+    moved = np.roll(clip.video, side, axis=1)  # down by more than the object's side
+    far = metrics.edit_scores(moved, clip.video, clip.caption)
+    assert far["iou"] == 0.0 and not far["shape_kept"] and far["track_px"] >= side - 0.5
+    recoloured = clip.video.copy()
+    mask = metrics.object_masks(clip.video)
+    recoloured[mask] = world.COLOURS["yellow" if clip.spec.colour != "yellow" else "white"]
+    caption = world.canonical_caption("yellow" if clip.spec.colour != "yellow" else "white", clip.spec.shape,
+                                      clip.spec.direction, clip.spec.background)
+    edit = metrics.edit_scores(recoloured, clip.video, caption)
+    assert edit["iou"] == 1.0 and edit["colour_ok"] and edit["background_ok"]
+
+
+def test_eval_source_scores_edits_and_refuses_another_clip(tmp_path, capsys):
+    w = world.World("all", canonical=True)
+    a, b = w.clip(1), w.clip(2)
+    src = write_video(tmp_path / "src.mp4", a.video, fps=8)
+    other = write_video(tmp_path / "other.gif", b.video[:8], fps=8)
+    assert main(["eval", str(src), "--source", str(src), "--caption", a.caption]) == 0
+    assert "| 1.000 | 1.00 | 0.00 | yes |" in capsys.readouterr().out
+    assert main(["eval", str(other), "--source", str(src), "--caption", a.caption]) == 2
+    err = capsys.readouterr().err
+    assert "compare an edit with its own source" in err and err.count("\n") == 1

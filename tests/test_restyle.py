@@ -482,16 +482,37 @@ def test_restyle_guidance_default_comes_from_the_model(tiny_model_dir):
     assert prepare(plain).guidance == plain.defaults.guidance  # without the key: the model's guidance
 
 
-def test_benchmark_smoke(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--renderer", "own", "--method", "flowedit"]])
+def test_benchmark_smoke(tiny_model_dir, tmp_path, extra):
     out = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_restyle.py"), "--model", str(tiny_model_dir),
-                        "--clips", "2", "--frames", "4", "--size", "16", "--steps", "2", "--json-out", str(out)],
+                        "--clips", "2", "--frames", "4", "--size", "16", "--steps", "2", "--json-out", str(out), *extra],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     figures = json.loads(out.read_text())
     assert len(figures["rows"]) == 2 and figures["warp_ratio"] > 0 and figures["source_warp_error"] >= 0
-    assert {"warp_error", "motion_px", "colour", "background"} <= set(figures["flow"])
-    assert "ratio" in r.stdout and "motion" in r.stdout
+    assert {"warp_error", "motion_px", "colour", "background", "iou", "area_ratio", "shape_kept"} <= set(figures["flow"])
+    assert "ratio" in r.stdout and "motion" in r.stdout and "object IoU" in r.stdout
+    assert figures["settings"]["resolved"]["method"] == ("flowedit" if extra else "sdedit")
+
+
+def test_own_renderer_draws_clips_the_oracle_reads():
+    """The benchmark's own clips: objects larger than the world's, on the world's palette, read right by the oracle."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_restyle", ROOT / "scripts" / "bench_restyle.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from kinema.world import metrics
+
+    made = bench.own_clips(6, 16, 64)
+    areas = []
+    for video, prompt, target, background, caption in made:
+        s = metrics.score(video, caption)
+        assert s["colour_ok"] and s["background_ok"], caption
+        areas.append(metrics.object_masks(video).sum(axis=(1, 2)).mean())
+        assert target not in caption and background in prompt
+    assert np.mean(areas) > (64 / 4) ** 2 * 0.6  # larger than the world's largest object on average (circles included)
 
 
 def test_pixel_fusion_follows_flow_unless_set():

@@ -1,6 +1,7 @@
 """`kinema eval`: score video files against captions, or generate and score a fixed suite.
 
     kinema eval clip.mp4 --caption "a red circle moving right on a blue background"
+    kinema eval edit.mp4 --source src.mp4 --caption "a green circle moving right on a blue background"  # an edit
     kinema eval --suite world --split heldout            # text-to-video on the held-out prompts
     kinema eval --suite vae --split heldout              # VAE reconstruction PSNR on world frames
     kinema eval --suite animate --split heldout          # image-to-video from world anchors (and last frames)
@@ -31,7 +32,9 @@ def run_eval(args) -> dict:
         require(not out.is_dir() or out.is_symlink(), f"--json-out {out} is a folder; choose a file name")
         require(not os.path.lexists(out) or getattr(args, "overwrite", False),
                 f"{out} already exists; pass --overwrite to replace it")
-    if args.suite is None:
+    if args.suite is None and getattr(args, "source", None):
+        result = score_edits(args.videos, args.source, args.caption)
+    elif args.suite is None:
         result = score_files(args.videos, args.caption)
     elif args.videos:
         raise KinemaError("give either video files with --caption, or --suite, not both")
@@ -70,6 +73,28 @@ def score_files(videos: list[str], caption: str | None) -> dict:
     for r in rows:
         det = f"{r['detected_colour']} on {r['detected_background']}, {r['detected_direction']}"
         print(f"| {r['video']} | {_ok(r['colour_ok'])} | {_ok(r['background_ok'])} | {_ok(r['direction_ok'])} | {det} | {r['flicker']:.2f} |")
+    return {"rows": rows}
+
+
+def score_edits(videos: list[str], source: str, caption: str | None) -> dict:
+    """Each video as an edit of `source` (`metrics.edit_scores`): object IoU, area, track, shape; colour and background."""
+    from ..resources import read_clip
+
+    require(bool(videos), "nothing to evaluate: give the edited videos, --source and --caption")
+    require(caption is not None and world.parse_caption(caption) is not None,
+            "--caption must be the canonical caption the edit should show, e.g. 'a green circle moving right on a blue background'")
+    src, _ = read_clip(source, f"reading {source}", BYTES_PER_PIXEL, "use a shorter source", max_side=MAX_SIDE)
+    rows = []
+    for v in videos:
+        frames, _ = read_clip(v, f"scoring {v}", BYTES_PER_PIXEL, "score a shorter clip", max_side=MAX_SIDE)
+        require(frames.shape == src.shape, f"{v} is {frames.shape[0]} frames at {frames.shape[2]}x{frames.shape[1]} but the "
+                                           f"source is {src.shape[0]} at {src.shape[2]}x{src.shape[1]}; compare an edit with its own source")
+        rows.append({"video": v, **metrics.edit_scores(frames, src, caption)})
+    print("| video | object IoU | area ratio | track px | shape kept | colour | background |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['video']} | {r['iou']:.3f} | {r['area_ratio']:.2f} | {r['track_px']:.2f} | {_ok(r['shape_kept'])} | "
+              f"{_ok(r['colour_ok'])} ({r['detected_colour']}) | {_ok(r['background_ok'])} ({r['detected_background']}) |")
     return {"rows": rows}
 
 

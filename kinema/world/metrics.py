@@ -291,6 +291,44 @@ def score(video: np.ndarray, caption: str) -> dict:
     }
 
 
+# An object pixel differs from its frame's background (the median of the frame's border) by more than this
+# (RGB distance): between the closest palette colours' distance and anti-aliased edges' half steps.
+OBJECT_DISTANCE = 60.0
+SHAPE_KEPT_IOU = 0.5  # mean object-mask IoU with the source at which an edit counts as keeping the shape
+
+
+def object_masks(video: np.ndarray) -> np.ndarray:
+    """(F, H, W) bool: where each frame differs from its own background (the median of its border pixels)."""
+    _check_video(video)
+    x = video.astype(np.float32)
+    border = np.concatenate([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], axis=1)  # (F, 2H + 2W, 3)
+    bg = np.median(border, axis=1)[:, None, None]  # (F, 1, 1, 3)
+    return np.linalg.norm(x - bg, axis=-1) > OBJECT_DISTANCE
+
+
+def edit_scores(out: np.ndarray, source: np.ndarray, caption: str) -> dict:
+    """How an edit of `source` into `out` keeps the source's object: mask IoU per frame (mean), area ratio,
+    centroid track error (px at 64 px), shape kept (mean IoU >= SHAPE_KEPT_IOU); and the caption's colour
+    and background read on `out` (`score`)."""
+    if out.shape != source.shape:
+        raise ValueError(f"an edit and its source must have one shape, got {out.shape} and {source.shape}")
+    a, b = object_masks(out), object_masks(source)
+    inter, union = (a & b).sum(axis=(1, 2)), (a | b).sum(axis=(1, 2))
+    ious = inter[union > 0] / union[union > 0]
+    track = []
+    for ma, mb in zip(a, b):
+        if ma.any() and mb.any():
+            ya, xa = np.nonzero(ma)
+            yb, xb = np.nonzero(mb)
+            track.append(math.hypot(xa.mean() - xb.mean(), ya.mean() - yb.mean()))
+    iou = float(ious.mean()) if len(ious) else 1.0
+    side = 64.0 / max(out.shape[1:3])
+    read = score(out, caption)
+    return dict(iou=iou, area_ratio=float(a.sum() / max(b.sum(), 1)), track_px=float(np.mean(track)) * side if track else float("nan"),
+                shape_kept=iou >= SHAPE_KEPT_IOU, colour_ok=read["colour_ok"], background_ok=read["background_ok"],
+                detected_colour=read["detected_colour"], detected_background=read["detected_background"])
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB of two uint8 arrays (data range 255); inf when identical."""
     if a.dtype != np.uint8 or b.dtype != np.uint8 or a.shape != b.shape:
