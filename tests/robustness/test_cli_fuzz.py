@@ -113,7 +113,9 @@ COMMANDS = {
         Arg("--flow-steps", ("0", "1"), tuple(BAD_FLOAT)), Arg("--flow-strength", ("0.3",), tuple(BAD_FLOAT)),
         Arg("--structure", ("0", "0.5"), tuple(BAD_FLOAT)), switch("--no-flow"), switch("--pixel-fusion"), Arg("--max-frames", ("2", "3"), tuple(BAD_INT), True),
         Arg("--stride", ("2",), tuple(BAD_INT)), Arg("--start", ("1",), tuple(BAD_INT) + ("100",)),
-        Arg("--frames", (), ("3",)), Arg("--context-length", ("2",), tuple(BAD_INT)), *SAMPLING]),
+        Arg("--frames", (), ("3",)), Arg("--context-length", ("2",), tuple(BAD_INT)),
+        Arg("--method", ("flowedit", "sdedit"), ("pnp", "")), Arg("--source-prompt", ("a red circle",), ("x" * 10_001, "\udcff")),
+        Arg("--n-avg", ("2",), tuple(BAD_INT)), Arg("--tail", ("0.3",), tuple(BAD_FLOAT) + ("1",)), *SAMPLING]),
     "info": command_line("info", [
         Arg(None, ("{MODEL}",), ("{W}", "{W}/file.txt", "{W}/no", "")), Arg("--frames", ("8", "1000000"), tuple(BAD_FRAMES)),
         Arg("--height", ("64",), tuple(BAD_SIZE)), Arg("--width", ("64",), tuple(BAD_SIZE)), switch("--json"), UNKNOWN_FLAGS]),
@@ -130,6 +132,7 @@ COMMANDS = {
     "eval": command_line("eval", [
         Arg(None, *damaged("{in:one-frame .gif}", "{in:folder of 3 frames}", "{in:odd-sized 33x19 .avi}")),
         Arg("--caption", (PROMPT,), ("a purple dodecahedron", "", "\udcff"), True), Arg("--suite", (), ("world", "vae", "all")),
+        Arg("--source", ("{in:one-frame .gif}", "{in:folder of 3 frames}"), tuple(f"{{in:{d}}}" for d in DAMAGED)),
         Arg("--model", (), BAD_MODELS),
         Arg("--json-out", ("{W}/scores.json",), ("{W}/scores.txt", "{W}/missing/s.json", "{W}/dir.mp4")),
         Arg("--per-combo", (), tuple(BAD_INT)), Arg("--steps", (), tuple(BAD_STEPS)), Arg("--guidance", (), tuple(BAD_FLOAT)),
