@@ -130,14 +130,18 @@ def cpu_bf16_speedup() -> tuple[float, str]:
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kinema" / "dtype-probe.json"
     try:
         known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    try:
         speedup = float(known[key])
-    except (OSError, ValueError, KeyError, TypeError):
-        speedup, known = _probe_bf16(), {}
-        try:
+    except (KeyError, ValueError, TypeError):
+        speedup = _probe_bf16()
+        try:  # other processors' entries kept
             from .video_io import write_json_atomic
 
             cache.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(cache, {**(known if isinstance(known, dict) else {}), key: round(speedup, 3)})
+            write_json_atomic(cache, {**known, key: round(speedup, 3)})
         except (OSError, KinemaError):
             pass
     _SPEEDUP = (key, speedup)

@@ -449,7 +449,7 @@ def build_cache(cfg: TrainConfig, model: Model, run: Path) -> dict:
                 video, label, length = long_window(cfg, cfg.seed * 10_000_000 + 5_000_000 + j, long_data)
             videos.append(video), specs.append(label), lengths.append(length)
         x = _to_tensor(np.stack(videos))
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(auto_bf16()[0] if cfg.bf16 is None else cfg.bf16)):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(cfg)):
             latents.append(vae.encode(x).float().half())
     captions = [""] + sorted({c for s in specs for c in data.captions(s)})
     hidden, mask = [], []
@@ -691,6 +691,11 @@ def auto_bf16() -> tuple[bool, str]:
 
     dtype, why = auto_dtype(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     return dtype == torch.bfloat16, why
+
+
+def use_bf16(cfg: TrainConfig) -> bool:
+    """The config's bf16 autocast, or the probe's choice where it leaves it (None)."""
+    return auto_bf16()[0] if cfg.bf16 is None else bool(cfg.bf16)
 
 
 def train(config: str | Path, model_dir: str | Path, run_dir: str | Path | None = None, stages: str = "all") -> Path:

@@ -58,16 +58,20 @@ MAX_SIDE = 256
 BYTES_PER_PIXEL = 8
 
 
-def score_files(videos: list[str], caption: str | None) -> dict:
+def _read(path: str, what: str, fix: str) -> np.ndarray:
+    """A clip's frames as scored: checked against memory from its header, scaled to MAX_SIDE as decoded."""
     from ..resources import read_clip
 
+    return read_clip(path, f"{what} {path}", BYTES_PER_PIXEL, fix, max_side=MAX_SIDE)[0]
+
+
+def score_files(videos: list[str], caption: str | None) -> dict:
     require(bool(videos), "nothing to evaluate: give video files with --caption, or --suite world")
     require(caption is not None and world.parse_caption(caption) is not None,
             "--caption must be a canonical world caption such as 'a red circle moving right on a blue background'")
     rows = []
     for v in videos:
-        frames, _ = read_clip(v, f"scoring {v}", BYTES_PER_PIXEL, "score a shorter clip", max_side=MAX_SIDE)
-        rows.append({"video": v, **metrics.score(frames, caption)})
+        rows.append({"video": v, **metrics.score(_read(v, "scoring", "score a shorter clip"), caption)})
     print("| video | colour | background | direction | detected | flicker |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -78,15 +82,13 @@ def score_files(videos: list[str], caption: str | None) -> dict:
 
 def score_edits(videos: list[str], source: str, caption: str | None) -> dict:
     """Each video as an edit of `source` (`metrics.edit_scores`): object IoU, area, track, shape; colour and background."""
-    from ..resources import read_clip
-
     require(bool(videos), "nothing to evaluate: give the edited videos, --source and --caption")
     require(caption is not None and world.parse_caption(caption) is not None,
             "--caption must be the canonical caption the edit should show, e.g. 'a green circle moving right on a blue background'")
-    src, _ = read_clip(source, f"reading {source}", BYTES_PER_PIXEL, "use a shorter source", max_side=MAX_SIDE)
+    src = _read(source, "reading", "use a shorter source")
     rows = []
     for v in videos:
-        frames, _ = read_clip(v, f"scoring {v}", BYTES_PER_PIXEL, "score a shorter clip", max_side=MAX_SIDE)
+        frames = _read(v, "scoring", "score a shorter clip")
         require(frames.shape == src.shape, f"{v} is {frames.shape[0]} frames at {frames.shape[2]}x{frames.shape[1]} but the "
                                            f"source is {src.shape[0]} at {src.shape[2]}x{src.shape[1]}; compare an edit with its own source")
         rows.append({"video": v, **metrics.edit_scores(frames, src, caption)})
