@@ -251,12 +251,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_control_options(s) -> None:
+    """generate/animate: a control clip's structure with the prompt's appearance (models with a control input)."""
+    s.add_argument("--control", default=None, metavar="VIDEO",
+                   help="take the structure (outlines and motion: soft edge maps) from this clip, the appearance from "
+                        "PROMPT; its frames set --frames unless given, its size must be the clip's (models with a "
+                        "control input, such as the default model)")
+    s.add_argument("--control-scale", type=finite_float, default=None,
+                   help="how strongly the control steers, 0 to 5 (default 1, as trained)")
+
+
 def _generate_parsers(sub, fmt) -> None:
     """generate and extend."""
     s = sub.add_parser("generate", help="text-to-video", formatter_class=fmt)
     s.add_argument("prompt", help="what the clip shows")
     add_sampling_options(s)
     add_long_options(s)
+    add_control_options(s)
     s.set_defaults(func=cmd_task)
 
     s = sub.add_parser("extend", help="continue a clip window by window", formatter_class=fmt,
@@ -283,6 +294,7 @@ def _animate_parser(sub, fmt) -> None:
     s.add_argument("--image-noise", type=finite_float, default=None,
                    help="std of the anchor's noise augmentation in latent space (default: the model's, 0.02)")
     add_sampling_options(s)
+    add_control_options(s)
     s.set_defaults(func=cmd_task)
 
 
@@ -312,6 +324,11 @@ def _restyle_parser(sub, fmt) -> None:
     s.add_argument("--n-avg", type=positive_int, default=None, help="flowedit: noise draws averaged per step (default 1)")
     s.add_argument("--tail", type=finite_float, default=0.0,
                    help="flowedit: fraction of the steps that run, at the end, sampled plainly from the edit")
+    s.add_argument("--control", default=None, metavar="KIND", choices=Choices("kinema.models.control", "KINDS"),
+                   help="edges: the source's soft edge maps steer every denoising step (models with a control input); "
+                        "none: they do not (default: edges where the model has the input)")
+    s.add_argument("--control-scale", type=finite_float, default=None,
+                   help="how strongly the control steers, 0 to 5 (default 1, as trained)")
     s.add_argument("--flow", action=argparse.BooleanOptionalAction, default=True,
                    help="guide by the source's optical flow: fuse the decoded frames (and, with --flow-steps, latents) along it")
     s.add_argument("--flow-steps", type=finite_float, default=0.0,

@@ -41,6 +41,8 @@ EXTEND_LONG = ("context_length", "context_stride", "prompt_schedule", "prompt_tr
 RESTYLE = ("strength", "flow", "flow_steps", "flow_strength", "pixel_fusion", "structure", "method", "source_prompt",
            "n_avg", "tail")
 SOURCE = ("max_frames", "stride", "start", "resize")
+CONTROL = ("control", "control_scale")  # generate/animate: a control VIDEO; restyle: edges|none (from the source)
+MAX_CONTROL_SCALE = 5.0
 
 #################################################################################
 #                                  Jobs, results                                #
@@ -302,14 +304,64 @@ def _memory_hints(fits, info: ModelInfo, settings: Settings, placement: Placemen
 
 
 def prepare_generate(prompt: str, model=None, **options) -> Job:
-    """Text-to-video; past the model's trained length (or with a context option or a prompt schedule) in windows."""
+    """Text-to-video; past the model's trained length (or with a context option or a prompt schedule) in windows.
+
+    `control` (a clip's path or uint8 frames) gives the structure, the prompt the appearance (a model with a
+    control input only)."""
     check_prompt(prompt)
-    sampling, where, long = _split(options, "generate", SAMPLING, PLACEMENT, LONG)
+    sampling, where, long, control = _split(options, "generate", SAMPLING, PLACEMENT, LONG, CONTROL)
     info, placement = info_for(model), placement_for(model, **where)
     info.check_task("generate")
+    frames = _control_frames(info, sampling, **control)
     settings = settings_for(info, **sampling)
     check_memory(info, settings, placement, long.get("context_length"), windows=True)
-    return Job("generate", prompt, info, settings, placement, long=long_options(info, settings, **long))
+    opts = long_options(info, settings, **long)
+    settings, inputs = with_control(info, settings, frames, opts, **control)
+    return Job("generate", prompt, info, settings, placement, long=opts, inputs=inputs)
+
+
+def _check_control_scale(scale) -> None:
+    require(scale is None or (isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale)
+                              and 0 <= scale <= MAX_CONTROL_SCALE),
+            f"--control-scale must be a number in [0, {MAX_CONTROL_SCALE:g}] (how strongly the control steers; 1 as "
+            f"trained); got {scale}")
+
+
+def _control_frames(info: ModelInfo, sampling: dict, control=None, control_scale=None) -> np.ndarray | None:
+    """The control clip of generate/animate, read and checked (the clip's frames default to the control's)."""
+    _check_control_scale(control_scale)
+    if control is None:
+        require(control_scale is None, "--control-scale scales a control clip; pass --control VIDEO too, or drop it")
+        return None
+    require("control" in info.features, f"{info.name} ({info.path}) has no structure control input; drop --control")
+    if isinstance(control, np.ndarray):
+        frames, _ = _read_clip(control, "the control video")
+    else:
+        frames, _ = resources.read_clip(control, "the control video", EXTEND_BYTES_PER_PIXEL,
+                                        "pass a shorter or smaller control clip")
+    if sampling.get("frames") is None:
+        sampling["frames"] = len(frames)
+    return frames
+
+
+def with_control(info: ModelInfo, settings: Settings, frames: np.ndarray | None, long=None, control=None,
+                 control_scale=None) -> tuple[Settings, dict]:
+    """`settings` carrying the control maps of `frames` (None: unchanged), and what the sidecar records of it."""
+    from .models.control import control_input
+
+    if frames is None:
+        return settings, {}
+    require(len(frames) == settings.frames, f"the control video has {len(frames)} frames and the clip {settings.frames}; "
+                                            f"pass --frames {len(frames)} or a control of {settings.frames} frames")
+    h, w = frames.shape[1:3]
+    require((h, w) == (settings.height, settings.width),
+            f"the control video is {w}x{h} and the clip {settings.width}x{settings.height}; pass --width {w} --height {h} "
+            "or resize the control")
+    require(long is None or (long.mode == "window" and not long.follow_motion),
+            "--control steers context windows in place: drop --follow-motion (and --mode continue)")
+    scale = 1.0 if control_scale is None else float(control_scale)
+    grid = control_input(frames, info.spatial_compression)
+    return replace(settings, control=grid, control_scale=scale), dict(control=_describe_input(control), control_scale=scale)
 
 
 def prepare_extend(video, prompt: str, model=None, frames: int | None = None, resize: str = "crop", **options) -> Job:
@@ -357,9 +409,10 @@ def prepare_animate(image, prompt: str, model=None, last_image=None, resize: str
     from .pipelines import image_to_video as i2v
 
     check_prompt(prompt)
-    sampling, where = _split(options, "animate", SAMPLING, PLACEMENT)
+    sampling, where, control = _split(options, "animate", SAMPLING, PLACEMENT, CONTROL)
     info, placement = info_for(model), placement_for(model, **where)
     info.check_task("animate")
+    control_frames = _control_frames(info, sampling, **control)
     settings = settings_for(info, **sampling)
     check_memory(info, settings, placement)
     warning = i2v.check_frame_conditions(list(info.frame_conditions), last_image is not None)
@@ -369,6 +422,8 @@ def prepare_animate(image, prompt: str, model=None, last_image=None, resize: str
     last = None if last_image is None else i2v.prepare_image(last_image, settings.height, settings.width, resize, name="last image")
     inputs = dict(image=_describe_input(image), last_image=None if last_image is None else _describe_input(last_image),
                   resize=resize, image_noise=std)
+    settings, recorded = with_control(info, settings, control_frames, **control)
+    inputs.update(recorded)
     return Job("animate", prompt, info, settings, placement, image=first, last_image=last, image_noise=std,
                inputs=inputs, warnings=(warning,) if warning else ())
 
@@ -377,11 +432,12 @@ def prepare_restyle(video, prompt: str, model=None, max_frames: int | None = Non
                     resize: str = "crop", **options) -> Job:
     """Video-to-video: `video` restyled as `prompt` says, its motion kept (length and fps from the source)."""
     check_prompt(prompt)
-    sampling, where, windows, restyle = _split(options, "restyle", SAMPLING, PLACEMENT, WINDOWS, RESTYLE)
+    sampling, where, windows, restyle, control = _split(options, "restyle", SAMPLING, PLACEMENT, WINDOWS, RESTYLE, CONTROL)
     require(sampling.get("frames") is None,
             "restyle takes its length from the source; choose frames with --max-frames, --stride and --start")
     info, placement = info_for(model), placement_for(model, **where)
     info.check_task("restyle")
+    kind = restyle_control(info, **control)
     require(resize in video_io.RESIZE_POLICIES, f"unknown --resize {resize!r}; use one of {', '.join(video_io.RESIZE_POLICIES)}")
     require(max_frames is None or (isinstance(max_frames, int) and max_frames >= 1), f"--max-frames must be >= 1 (got {max_frames})")
     require(isinstance(stride, int) and stride >= 1, f"--stride must be a whole number >= 1 (got {stride})")
@@ -400,8 +456,29 @@ def prepare_restyle(video, prompt: str, model=None, max_frames: int | None = Non
             f"{settings.frames}); pass --max-frames {info.defaults.frames}, or --method sdedit for longer sources")
     if source.shape[1:3] != (settings.height, settings.width):
         source = video_io.resize_frames(source, settings.height, settings.width, policy=resize)
-    inputs = dict(video=_describe_input(video), resize=resize, start=start, stride=stride, max_frames=max_frames)
+    inputs = dict(video=_describe_input(video), resize=resize, start=start, stride=stride, max_frames=max_frames,
+                  control=kind)
+    if kind == "edges" and opts.strength > 0:  # the source's edge maps steer every denoiser call
+        from .models.control import control_input
+
+        scale = 1.0 if control.get("control_scale") is None else float(control["control_scale"])
+        settings = replace(settings, control=control_input(source, info.spatial_compression), control_scale=scale)
+        inputs["control_scale"] = scale
     return Job("restyle", prompt, info, settings, placement, long=long, restyle=opts, source=source, inputs=inputs)
+
+
+def restyle_control(info: ModelInfo, control=None, control_scale=None) -> str:
+    """Restyle's control kind: `control` (edges or none) or, left out, edges where the model reads them."""
+    from .models.control import KINDS
+
+    _check_control_scale(control_scale)
+    kind = control if control is not None else ("edges" if "control" in info.features else "none")
+    require(isinstance(kind, str) and kind in KINDS,
+            f"restyle's --control is {' or '.join(KINDS)} (its structure comes from the source), got {kind!r}")
+    require(kind == "none" or "control" in info.features,
+            f"{info.name} ({info.path}) has no structure control input; pass --control none or drop --control")
+    require(control_scale is None or kind != "none", "--control-scale scales the control; drop it with --control none")
+    return kind
 
 
 def restyle_options(info: ModelInfo, steps: int, strength=None, flow: bool = True, flow_steps: float = 0.0,

@@ -40,6 +40,7 @@ from .models.kinema_family import save
 from .errors import KinemaError
 from .models import FrameCondition, TextEmbeds
 from .models.seams import to_unit
+from .models.control import edge_maps, to_latent_grid
 from .models.unet import GROWN_PREFIXES
 
 #################################################################################
@@ -99,6 +100,15 @@ class DenoiserStage:
     # the longer clips wrap (`world.World(wrap=True)`): they keep the 16-frame pace on a torus, starting anywhere,
     # so a window of one looks like any other: a stationary motion that sliding windows can extend without end
     long_wrap: bool = False
+    # a structure control input (`models/control.py`): the adapter is grown with r*r input channels (16 for the
+    # default VAE's 4x compression), the short clips' edge maps are cached with their latents, and each sample
+    # has its control dropped (the adapter skipped) with `control_dropout`, so the network still generates without
+    # one; windows of long clips never carry one
+    control: bool = False
+    control_dropout: float = 0.3
+    # which parameters learn: "all", or "grown" (the backbone frozen, as T2I-Adapter trains its adapter: without a
+    # control the network computes exactly what it did)
+    train: str = "all"
 
 
 @dataclass
@@ -149,13 +159,16 @@ class ClipDataset(Protocol):
 class WorldDataset:
     """The kinema world as a ClipDataset; a label is the clip's colour, shape, direction and background."""
 
-    def __init__(self, split: str = "train", size: int = 64, wrap: bool = False):
+    def __init__(self, split: str = "train", size: int = 64, wrap: bool = False, wide: bool = False):
         from . import world  # imported where the world is chosen: training itself knows no world
 
-        self.world, self.split, self.size, self.wrap = world, split, size, wrap
+        self.world, self.split, self.size, self.wrap, self.wide = world, split, size, wrap, wide
 
     def clip(self, seed: int, frames: int, times: Sequence[int] | None = None) -> tuple[np.ndarray, dict]:
-        spec = self.world.World(split=self.split, frames=frames, size=self.size, wrap=self.wrap).spec(seed)
+        # wide sizes for short clips only: windows of long clips keep the world's, and with them the pace the
+        # length input learnt
+        wide = self.wide and not self.wrap and frames <= 16
+        spec = self.world.World(split=self.split, frames=frames, size=self.size, wrap=self.wrap, wide=wide).spec(seed)
         video = self.world.render(spec, frames, self.size, self.size, seed=seed, times=times)
         return video, dict(colour=spec.colour, shape=spec.shape, direction=spec.direction, background=spec.background)
 
@@ -167,7 +180,13 @@ class WorldDataset:
         return self.world.paraphrase(spec, rng)
 
 
-DATASETS = {"world": WorldDataset}  # TrainConfig.dataset -> factory(split, size, wrap) -> ClipDataset
+def _wide_world(split: str = "train", size: int = 64, wrap: bool = False) -> WorldDataset:
+    return WorldDataset(split, size, wrap, wide=True)
+
+
+# TrainConfig.dataset -> factory(split, size, wrap) -> ClipDataset; "world-wide": half the short clips with objects
+# of 1/8 to 1/3 of the side, some partly outside the frame, some slower (`world.World(wide=True)`)
+DATASETS = {"world": WorldDataset, "world-wide": _wide_world}
 
 
 def open_dataset(cfg: TrainConfig, split: str = "train", wrap: bool = False) -> ClipDataset:
@@ -429,6 +448,8 @@ def build_cache(cfg: TrainConfig, model: Model, run: Path) -> dict:
         name += f"-long-{d.long_clips}-{d.long_frames[0]}-{d.long_frames[1]}" + ("-wrap" if d.long_wrap else "")
     if cfg.dataset != "world":  # the world's caches keep the names they had before datasets were named
         name = f"{cfg.dataset}-{name}"
+    if d.control:
+        name += "-control"
     path = run / "cache" / f"{name}.safetensors"
     if path.is_file():
         data = load_file(path)
@@ -436,8 +457,9 @@ def build_cache(cfg: TrainConfig, model: Model, run: Path) -> dict:
         return {**data, **meta}
     path.parent.mkdir(parents=True, exist_ok=True)
     data, long_data = open_dataset(cfg), open_dataset(cfg, wrap=d.long_wrap)
-    latents, specs, lengths = [], [], []  # specs: the clips' labels (the cache's name for them)
+    latents, specs, lengths, controls = [], [], [], []  # specs: the clips' labels (the cache's name for them)
     vae = model.vae.eval()
+    r = model.info.spatial_compression if d.control else 0
     total = d.clips + d.long_clips
     for i in tqdm(range(0, total, 16), desc="encode clips"):
         videos = []
@@ -448,6 +470,8 @@ def build_cache(cfg: TrainConfig, model: Model, run: Path) -> dict:
             else:  # seeds of long windows sit apart from the short clips'
                 video, label, length = long_window(cfg, cfg.seed * 10_000_000 + 5_000_000 + j, long_data)
             videos.append(video), specs.append(label), lengths.append(length)
+            if r and j < d.clips:  # edge maps on the latent grid, quantised to uint8
+                controls.append(to_latent_grid(edge_maps(video), r).mul(255).round().to(torch.uint8))
         x = _to_tensor(np.stack(videos))
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(cfg)):
             latents.append(vae.encode(x).float().half())
@@ -459,6 +483,8 @@ def build_cache(cfg: TrainConfig, model: Model, run: Path) -> dict:
         mask.append(F.pad(t.mask, (0, 32 - t.mask.shape[1])))
     data = dict(latents=torch.cat(latents), text_hidden=torch.cat(hidden), text_mask=torch.cat(mask),
                 clip_frames=torch.tensor(lengths, dtype=torch.int32))
+    if controls:
+        data["control"] = torch.cat(controls)  # (clips, r*r, F, h, w) uint8: the short clips' only
     data = {k: v.contiguous() for k, v in data.items()}
     meta = dict(specs=specs, captions=captions)
     tmp = path.with_name(path.name + ".tmp")
@@ -523,11 +549,17 @@ def denoiser_batch(cfg: TrainConfig, cache: dict, caption_index: dict, step: int
     s = sigma[:, None, None, None, None]
     xt = (1 - s) * x0 + s * noise  # flow matching: x_t between data (s=0) and noise (s=1)
     cond = frame_condition(x0, rng, d)
+    control = None
+    if d.control:  # (control maps, per-sample scale): 0 drops a sample's control; long windows have none
+        crng = np.random.default_rng([cfg.seed, 2, step, 1])
+        keep = (crng.random(d.batch) >= d.control_dropout) & (idx < short)
+        maps = cache["control"][torch.from_numpy(np.minimum(idx, short - 1))].float() / 255.0
+        control = (maps, torch.from_numpy(keep).float())
     if processes == 1:
-        return xt, sigma * 1000, text, cond, noise - x0, frames
+        return xt, sigma * 1000, text, cond, noise - x0, frames, control
     p = slice(rank * d.batch // processes, (rank + 1) * d.batch // processes)
     return (xt[p], sigma[p] * 1000, TextEmbeds(text.hidden[p], text.mask[p]), FrameCondition(cond.latents[p], cond.mask[p]),
-            (noise - x0)[p], frames[p])
+            (noise - x0)[p], frames[p], None if control is None else (control[0][p], control[1][p]))
 
 
 def motion_term(pred: torch.Tensor, target: torch.Tensor, lags) -> torch.Tensor:
@@ -543,7 +575,7 @@ def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start
         cache = build_cache(cfg, model, run)
     data = open_dataset(cfg)
     caption_index = {c: i for i, c in enumerate(cache["captions"])}
-    grow_denoiser(model, d.grow)
+    grow_denoiser(model, d.grow, model.info.spatial_compression ** 2 if d.control else 0)
     net = model.denoiser.float().train()
     length_input = bool(net.config.get("length_embedding", False))
     if d.long_clips and not length_input:
@@ -552,7 +584,12 @@ def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start
     ema = _copy(net)
     fresh = [p for n, p in net.named_parameters() if n.startswith(GROWN_PREFIXES)]
     rest = [p for n, p in net.named_parameters() if not n.startswith(GROWN_PREFIXES)]
-    groups = [dict(params=rest, lr_scale=1.0)] + ([dict(params=fresh, lr_scale=d.grown_lr_scale)] if fresh else [])
+    if d.train == "grown":  # the backbone frozen: only what `grow` added learns
+        for p in rest:
+            p.requires_grad_(False)
+        rest = []
+    groups = ([dict(params=rest, lr_scale=1.0)] if rest else []) + (
+        [dict(params=fresh, lr_scale=d.grown_lr_scale)] if fresh else [])
     opt = torch.optim.AdamW(groups, lr=d.lr, weight_decay=0.0)
     history = []
     if state is not None and state["meta"]["stage"] == "denoiser":
@@ -564,10 +601,12 @@ def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start
     warm_from = start if state is None else 0  # without optimizer state (a fresh run, or continuing from a folder) warm up again
     log = Logger(run, "denoiser", start, d.steps, accelerator.is_main_process)
     for step in range(start, d.steps):
-        xt, t, text, cond, target, frames = denoiser_batch(cfg, cache, caption_index, step, accelerator.process_index, data,
-                                                           accelerator.num_processes)
+        xt, t, text, cond, target, frames, control = denoiser_batch(cfg, cache, caption_index, step,
+                                                                    accelerator.process_index, data, accelerator.num_processes)
         dev = accelerator.device
         extra = dict(clip_frames=frames.to(dev)) if length_input else {}
+        if control is not None:
+            extra.update(control=control[0].to(dev), control_scale=control[1].to(dev))
         for g in opt.param_groups:
             g["lr"] = g.get("lr_scale", 1.0) * lr_at(step - warm_from, d.lr, d.warmup, None) * cooldown_factor(step, d.steps, d.cooldown)
         with accelerator.autocast():
@@ -603,13 +642,20 @@ def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start
 GROWABLE = ("motion_embedding", "coord_channels", "length_embedding")
 
 
-def grow_denoiser(model: Model, inputs) -> None:
-    """Add the named inputs (`DenoiserStage.grow`) the model's denoiser lacks; a no-op when it has them all."""
+def grow_denoiser(model: Model, inputs, control_channels: int = 0) -> None:
+    """Add the named inputs (`DenoiserStage.grow`) and a control adapter of `control_channels` the model's denoiser
+    lacks; a no-op when it has them all."""
     known = GROWABLE
     missing = {n: True for n in inputs if not model.denoiser.config.get(n, False)}
+    have = model.denoiser.config.get("control_channels", 0)
+    if have and control_channels and have != control_channels:
+        raise KinemaError(f"the denoiser's control input takes {have} channels, the config's VAE gives {control_channels}")
+    if control_channels and not have:
+        missing["control adapter"] = True
     if missing:
         print(f"adding {', '.join(missing)} to the denoiser (zero-initialised)", flush=True)
-        model.denoiser = model.denoiser.grow(**{k: model.denoiser.config.get(k, False) or k in missing for k in known})
+        model.denoiser = model.denoiser.grow(**{k: model.denoiser.config.get(k, False) or k in missing for k in known},
+                                             control_channels=control_channels or have)
 
 
 def sample_grid(model: Model, prompts, path: Path, seeds=(0, 1), steps: int | None = None) -> Path:
@@ -708,6 +754,10 @@ def train(config: str | Path, model_dir: str | Path, run_dir: str | Path | None 
     bad = [n for n in cfg.denoiser.grow if n not in GROWABLE]
     if bad:
         raise KinemaError(f"denoiser.grow names {bad}; known: {', '.join(GROWABLE)}")
+    if cfg.denoiser.train not in ("all", "grown"):
+        raise KinemaError(f"denoiser.train must be 'all' or 'grown'; got {cfg.denoiser.train!r}")
+    if not 0 <= cfg.denoiser.control_dropout < 1:
+        raise KinemaError(f"denoiser.control_dropout must be in [0, 1); got {cfg.denoiser.control_dropout}")
     lf = cfg.denoiser.long_frames
     if cfg.denoiser.long_clips and not (len(lf) == 2 and cfg.frames <= lf[0] <= lf[1]):
         raise KinemaError(f"denoiser.long_frames must be [shortest, longest] clip lengths with {cfg.frames} (frames) "

@@ -110,7 +110,8 @@ class ModelInfo:
     parameters: Mapping[str, int]  # weighted component -> parameter count (safetensors headers)
     tasks: tuple[str, ...] = TASKS
     frame_conditions: tuple[str, ...] = ()  # which known-frame conditions it was trained for: first, first_last
-    features: frozenset = frozenset()  # "structure": the denoiser can take a source's layout (restyle)
+    # "structure": the denoiser can take a source's layout (restyle); "control": it reads structure control maps
+    features: frozenset = frozenset()
     size_multiple: int = 8  # height and width must be multiples of this
     spatial_compression: int = 4
     temporal_compression: int = 1  # 4 for Wan: clips have 4k+1 frames

@@ -150,9 +150,14 @@ class KinemaFamily(ModelFamily):
         defaults = ModelDefaults.parse({**INIT_DEFAULTS, **_mapping(index.get("defaults", {}), path)}, str(path / INDEX))
         spatial = 2 ** (len(vae["block_out_channels"]) - 1)
         params = {name: safetensors_parameters(path / name)[0] for name in WEIGHTED}
+        control = den.get("control_channels", 0)
+        require(control in (0, spatial * spatial), f"{path / 'denoiser' / 'config.json'}: control_channels must be 0 or "
+                                                   f"{spatial * spatial} (the VAE's {spatial}x compression squared), got {control!r}")
+        # "structure": the source's layout can be injected (restyle); "control": the denoiser reads structure maps
+        features = frozenset({"structure"} | ({"control"} if control else set()))
         return ModelInfo(
             family=self.name, path=path, name=f"kinema {index.get('preset', 'model')}", defaults=defaults,
-            parameters=params, frame_conditions=tuple(index.get("frame_conditions", [])), features=frozenset({"structure"}),
+            parameters=params, frame_conditions=tuple(index.get("frame_conditions", [])), features=features,
             size_multiple=spatial * 2 ** (len(den["channels"]) - 1), spatial_compression=spatial,
             latent_channels=vae["latent_channels"], configs=dict(denoiser=den, vae=vae, scheduler=read_scheduler(path)),
             index=index,

@@ -130,6 +130,8 @@ class DenoiserInputs:
     clip_frames: int | None = None  # the whole clip's frames (a length embedding paces motion); None: the window's
     injection: Injection | None = None  # structure injection of one call (record, or replay what was recorded)
     image: object = None  # the family's image context (Wan I2V: CLIP states, pixel-frame mask)
+    control: torch.Tensor | None = None  # structure maps on the latent grid (B, Cc, F, h, w), for a denoiser with a control input
+    control_scale: float = 1.0  # how strongly the control steers (ControlNet's conditioning scale)
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ from .seams import DenoiserInputs, FrameCondition, Injection, TextEmbeds
 #                                    Helpers                                    #
 #################################################################################
 
-GROWN_PREFIXES = ("motion.", "length.")  # parameters `grow` adds (zero-initialised outputs)
+GROWN_PREFIXES = ("motion.", "length.", "control.")  # parameters `grow` adds (zero-initialised outputs)
 LENGTH_CODE_SCALE = 100.0  # log2(clip frames / 16) in [0, 5] -> [0, 500], the range sinusoidal codes resolve
 
 
@@ -193,6 +193,38 @@ class Level(nn.Module):
 #################################################################################
 
 
+class ControlAdapter(nn.Module):
+    """Per-frame structure maps -> a feature added to each encoder level's output (T2I-Adapter, Mou et al. 2023).
+
+    The maps come pixel-unshuffled to the latent grid (`models/control.py`: a 64x64 edge map is 16 channels at
+    16x16). A conv stack per level, strided as the encoder is, each ending in a 1x1 projection that starts at
+    zero, so a grown network computes what it did before until training moves the projections.
+    """
+
+    def __init__(self, cin: int, channels: tuple[int, ...]):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(cin, channels[0], 3, padding=1), nn.SiLU(),
+                                  nn.Conv2d(channels[0], channels[0], 3, padding=1), nn.SiLU())
+        self.down = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(a, b, 3, stride=2, padding=1), nn.SiLU(), nn.Conv2d(b, b, 3, padding=1), nn.SiLU())
+            for a, b in zip(channels[:-1], channels[1:]))
+        self.out = nn.ModuleList(nn.Conv2d(c, c, 1) for c in channels)
+
+    def zero(self) -> None:
+        for o in self.out:
+            nn.init.zeros_(o.weight)
+            nn.init.zeros_(o.bias)
+
+    def forward(self, maps: torch.Tensor) -> list[torch.Tensor]:
+        # maps (B*F, Cc, h, w) -> one (B*F, C_i, h_i, w_i) per encoder level
+        h = self.stem(maps)
+        feats = [self.out[0](h)]
+        for down, out in zip(self.down, self.out[1:]):
+            h = down(h)
+            feats.append(out(h))
+        return feats
+
+
 class SpaceTimeUNet(ModelMixin, ConfigMixin):
     """Pseudo-3D UNet over latent video, conditioned on text, timestep and known frames."""
 
@@ -210,6 +242,7 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
         motion_embedding: bool = False,
         coord_channels: bool = False,
         length_embedding: bool = False,
+        control_channels: int = 0,
     ):
         super().__init__()
         cfg = dict(emb_dim=emb_dim, groups=groups, head_dim=head_dim, text_dim=text_dim)
@@ -219,6 +252,8 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
             self.motion = nn.Sequential(nn.Linear(text_dim + 64, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         if length_embedding:  # log2(clip frames / 16) -> an embedding term (the pace of the whole clip)
             self.length = nn.Sequential(nn.Linear(64, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if control_channels:  # structure maps (pixel-unshuffled edges) -> features added to each encoder level
+            self.control = ControlAdapter(control_channels, tuple(channels))
         self.conv_in = nn.Conv2d(2 * latent_channels + 1 + 2 * coord_channels, channels[0], 3, padding=1)
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -267,17 +302,23 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
         if self.config.length_embedding:
             nn.init.zeros_(self.length[-1].weight)
             nn.init.zeros_(self.length[-1].bias)
+        if self.config.get("control_channels", 0):
+            self.control.zero()
 
-    def grow(self, motion_embedding: bool = True, coord_channels: bool = True, length_embedding: bool = False) -> "SpaceTimeUNet":
-        """A copy with the per-frame text path, coordinate channels and/or clip-length input added, computing the same function.
+    def grow(self, motion_embedding: bool = True, coord_channels: bool = True, length_embedding: bool = False,
+             control_channels: int = 0) -> "SpaceTimeUNet":
+        """A copy with the per-frame text path, coordinate channels, clip-length input and/or a structure control
+        adapter added, computing the same function.
 
         The new weights start at zero (the motion and length MLPs' output layers, the coordinate
-        channels' input filters), so training continues from this network's behaviour instead of from scratch.
+        channels' input filters, the control adapter's projections), so training continues from this network's
+        behaviour instead of from scratch.
         """
         config = {k: v for k, v in self.config.items() if not k.startswith("_")}
         config.update(motion_embedding=motion_embedding or self.config.motion_embedding,
                       coord_channels=coord_channels or self.config.coord_channels,
-                      length_embedding=length_embedding or self.config.get("length_embedding", False))
+                      length_embedding=length_embedding or self.config.get("length_embedding", False),
+                      control_channels=control_channels or self.config.get("control_channels", 0))
         new = type(self)(**config).to(self.conv_in.weight.device)
         state = self.state_dict()
         w = state["conv_in.weight"]  # (out, in, 3, 3)
@@ -305,9 +346,12 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
     def forward(
         self, x: torch.Tensor, timestep: torch.Tensor, text: TextEmbeds, cond: FrameCondition | None = None,
         clip_frames: torch.Tensor | None = None, injection: Injection | None = None,
+        control: torch.Tensor | None = None, control_scale: torch.Tensor | float = 1.0,
     ):
         # x (B, C, F, H, W) noisy latents; timestep (B,) in [0, 1000]; clip_frames (B,): the whole clip's frames
-        # (None: the window's own); injection: structure injection of this call (record or replay)
+        # (None: the window's own); injection: structure injection of this call (record or replay);
+        # control (B, Cc, F, H, W): structure maps on the latent grid (None: the adapter is skipped, the network is
+        # the one it was before the adapter grew); control_scale: a float or (B,) (0 per sample: control dropout)
         b, _, f, h, w = x.shape
         cond = cond if cond is not None else FrameCondition.empty(x)
         hm = text.mask.to(text.hidden.dtype)[..., None]  # (B, L, 1)
@@ -330,9 +374,12 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
             inputs.append(torch.stack([ys, xs])[None, :, None].expand(b, 2, f, h, w).to(x.dtype))
         hx = torch.cat(inputs, dim=1)  # (B, 2C+1 [+2], F, H, W)
         hx = to_video(self.conv_in(per_frame(hx)), b)
+        guides = self._control(control, control_scale, b, x.dtype)
         skips = []
         for i, level in enumerate(self.down):
             hx = level(hx, emb, emb_frames, text, injection)
+            if guides is not None:
+                hx = hx + guides[i]
             skips.append(hx)
             if i < len(self.downsample):
                 hx = to_video(self.downsample[i](per_frame(hx)), b)
@@ -346,6 +393,18 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
         out = self.conv_out(F.silu(self.norm_out(per_frame(hx))))  # (B*F, C, H, W)
         return to_video(out, b)
 
+    def _control(self, control, scale, b: int, dtype) -> list[torch.Tensor] | None:
+        """The adapter's per-level features of `control`, times `scale`; None without control."""
+        if control is None:
+            return None
+        require(self.config.get("control_channels", 0) == control.shape[1],
+                f"this denoiser takes {self.config.get('control_channels', 0)} control channels, got {control.shape[1]}")
+        if control.shape[0] != b:  # one control for a batch of prompts (classifier-free guidance's pairs)
+            control = control.expand(b, *control.shape[1:]) if control.shape[0] == 1 else control.repeat(b // control.shape[0], 1, 1, 1, 1)
+        scale = torch.as_tensor(scale, dtype=dtype, device=control.device)
+        scale = scale.reshape(-1, 1, 1, 1, 1) if scale.ndim else scale
+        return [to_video(g, b) * scale for g in self.control(per_frame(control.to(dtype)))]
+
     def predict(self, latents, timestep, text: TextEmbeds, cond: FrameCondition | None = None,
                 inputs: DenoiserInputs | None = None) -> torch.Tensor:
         """The denoiser seam: velocity (noise - x0) for latents at `timestep` (B,) in [0, 1000].
@@ -358,7 +417,8 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
         clip = None
         if inputs.clip_frames is not None:
             clip = torch.full((latents.shape[0],), float(inputs.clip_frames), device=latents.device)  # (B,)
-        return self(latents, timestep, text, cond, clip_frames=clip, injection=inputs.injection)
+        return self(latents, timestep, text, cond, clip_frames=clip, injection=inputs.injection,
+                    control=inputs.control, control_scale=inputs.control_scale)
 
 
 #################################################################################

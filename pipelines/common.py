@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -31,9 +31,16 @@ class Settings:
     # the clip length the denoiser is told (models with a length embedding pace the motion by it, as the
     # world does: longer clips move more slowly); None: the clip's own frames
     motion_length: int | None = None
+    # structure control on the latent grid (1, r*r, F, h, w) (`models/control.py`), for a denoiser with a control
+    # input; every denoiser call of the clip gets it (each window its frames); None: no control
+    control: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    control_scale: float = 1.0
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The settings as plain values (the control as its shape, or None)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "control"}
+        out["control"] = None if self.control is None else list(self.control.shape)
+        return out
 
 
 @dataclass
@@ -70,11 +77,15 @@ def initial_noise(shape, seed: int, device) -> torch.Tensor:
 
 
 def clip_inputs(settings: Settings, inputs: DenoiserInputs | None = None) -> DenoiserInputs:
-    """`inputs` with the whole clip's length the denoiser is told (`motion_length`, else the clip's frames).
+    """`inputs` with the whole clip's length the denoiser is told (`motion_length`, else the clip's frames), and the
+    settings' control.
 
     Every denoiser call of a clip, each window's included, gets it (denoisers without a length input ignore it).
     """
-    return replace(inputs or DenoiserInputs(), clip_frames=settings.motion_length or settings.frames)
+    inputs = replace(inputs or DenoiserInputs(), clip_frames=settings.motion_length or settings.frames)
+    if settings.control is not None and inputs.control is None:
+        inputs = replace(inputs, control=settings.control, control_scale=settings.control_scale)
+    return inputs
 
 
 def sample(

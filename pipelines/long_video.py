@@ -296,7 +296,10 @@ def fused_predict(
                 text = texts[ks[0]] if n == 1 else TextEmbeds.cat([texts[k] for k in ks])
                 neg = uncond if uncond is None or n == 1 else uncond.repeat(n)
                 d = denoiser if per_windows is None else per_windows(spans)
-                cache[ks] = guided(d, text, neg, guidance, None, watch, inputs)
+                each = inputs
+                if inputs is not None and inputs.control is not None:  # each window its frames of the control
+                    each = replace(inputs, control=torch.cat([inputs.control[:, :, s:e] for s, e in spans]))
+                cache[ks] = guided(d, text, neg, guidance, None, watch, each)
             v = cache[ks](x, t)
             if bar is not None:
                 bar.update(len(ks))

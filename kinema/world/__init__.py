@@ -173,18 +173,22 @@ def all_captions() -> list[str]:
 
 def _sample_spec(
     rng: np.random.Generator, combo: tuple[str, str, str], background: str | None, size_px: int, frames: int,
-    wrap: bool = False,
+    wrap: bool = False, wide: bool = False,
 ) -> ClipSpec:
     colour, shape, direction = combo
     if background is None:
         choices = [b for b in COLOURS if b != colour]
         background = choices[int(rng.integers(len(choices)))]
     side = float(size_px)
-    size = float(rng.uniform(side / 6, side / 4))
+    wide = wide and rng.random() < 0.5
+    size = float(rng.uniform(side / 8, side / 3) if wide else rng.uniform(side / 6, side / 4))
     lo, hi = size / 2 + 1, side - size / 2 - 1  # centre range keeping the object inside
+    if wide and rng.random() < 0.3:  # partly outside the frame: up to 30% of the object's side
+        lo, hi = lo - 0.3 * size - 1, hi + 0.3 * size + 1
     dx, dy = DIRECTION_VECTORS[direction]
     # speed is defined over 16 frames so clips of other lengths move at the same pace
-    travel = float(rng.uniform(side / 3, min(0.6 * side, hi - lo))) if direction != "still" else 0.0
+    shortest = side / 8 if wide else side / 3  # wide clips also move slower, down to 1/8 of the side in 16 frames
+    travel = float(rng.uniform(shortest, max(shortest, min(0.6 * side, hi - lo)))) if direction != "still" else 0.0
     speed = min(travel / 15.0, (hi - lo) / max(frames - 1, 1))  # longer clips move slower rather than leave
     if wrap:  # or keep the 16-frame pace at any length, leaving one side and coming back on the other
         speed = travel / 15.0
@@ -273,20 +277,23 @@ class World:
     """Seeded source of captioned clips from one split ("train", "heldout" or "all")."""
 
     def __init__(self, split: str = "train", frames: int = 16, size: int = 64, canonical: bool = False,
-                 wrap: bool = False):
+                 wrap: bool = False, wide: bool = False):
         """`wrap`: clips keep the 16-frame pace at any length, on a torus (the object leaves one side and comes
         back on the other), starting anywhere; otherwise clips longer than ~33 frames move more slowly so the
-        object stays in frame (`pace_ratio`)."""
+        object stays in frame (`pace_ratio`). `wide`: half the clips have objects of 1/8 to 1/3 of the side
+        (else 1/6 to 1/4), a third of those partly outside the frame, moving 1/8 to 0.6 of the side in 16
+        frames (else 1/3 to 0.6): the range a structure control is trained on."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {sorted(SPLITS)}")
         self.split, self.frames, self.size, self.canonical, self.wrap = split, frames, size, canonical, wrap
+        self.wide = wide
         self.combos = SPLITS[split]
 
     def spec(self, seed: int, combo: tuple[str, str, str] | None = None, background: str | None = None) -> ClipSpec:
         rng = np.random.default_rng([seed, 1])
         if combo is None:
             combo = self.combos[int(rng.integers(len(self.combos)))]
-        return _sample_spec(rng, combo, background, self.size, self.frames, self.wrap)
+        return _sample_spec(rng, combo, background, self.size, self.frames, self.wrap, self.wide)
 
     def clip(self, seed: int, combo: tuple[str, str, str] | None = None, background: str | None = None) -> Clip:
         spec = self.spec(seed, combo, background)
