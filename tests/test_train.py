@@ -83,7 +83,8 @@ def test_loss_goes_down_on_a_fixed_batch(fresh_model):
                  text_hidden=text.hidden.half(), text_mask=text.mask)
     cfg.denoiser.text_dropout = 0.0
     batch = denoiser_batch(cfg, {**cache, "captions": caps}, {c: i for i, c in enumerate(caps)}, 0, 0)
-    xt, t, emb, cond, target, frames = batch
+    xt, t, emb, cond, target, frames, control = batch
+    assert control is None  # no control input in this config
     assert (frames == cfg.frames).all()  # short clips only: each is a whole clip
     emb.hidden, emb.mask = text.hidden[[1] * 4], text.mask[[1] * 4]
     losses = []

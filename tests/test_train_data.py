@@ -34,7 +34,7 @@ class FakeModel:
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_config_reads_the_world(path):
-    assert load_yaml(TrainConfig, path).dataset == "world"
+    assert load_yaml(TrainConfig, path).dataset == ("world-wide" if path.name == "default-control.yaml" else "world")
 
 
 def test_world_clips_are_the_worlds_for_a_fixed_seed():
