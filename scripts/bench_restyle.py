@@ -168,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "sub-pixel speeds, other anti-aliasing)")
     p.add_argument("--method", default=None, choices=["sdedit", "flowedit"],
                    help="restyle method (default: the model's); flowedit edits from each clip's caption")
+    p.add_argument("--control", default=None, choices=["edges", "none"],
+                   help="the source's edge maps steer the denoiser (default: edges where the model has the input)")
+    p.add_argument("--control-scale", type=float, default=None, help="how strongly the control steers (default 1)")
+    p.add_argument("--compare", action="store_true",
+                   help="run the methods of COMPARE side by side on the same clips and seeds (control+sdedit, "
+                        "control+flowedit, flowedit alone, sdedit with structure injection) and print one table; "
+                        "--method, --control, --strength and --structure then come from each method")
     p.add_argument("--flow-steps", type=float, default=0.0, help="fraction of the steps that fuse latents along the flow")
     p.add_argument("--flow-strength", type=float, default=0.8, help="fusion weight")
     p.add_argument("--pixel-fusion", action=argparse.BooleanOptionalAction, default=True,
@@ -198,11 +205,12 @@ def restyle_clips(args, common: dict) -> tuple[list[dict], dict]:
         track = metrics.analyse_video(source).trajectory
         runs = {}
         for name, flow in (("flow", True), ("no_flow", False)):
-            edit = dict(source_prompt=caption) if args.method == "flowedit" else {}  # FlowEdit: from the source's caption
+            edit = dict(source_prompt=caption) if common.get("method") == "flowedit" else {}  # FlowEdit: from the caption
             result = kinema.restyle(source, prompt, flow=flow, seed=args.seed + i, **common, **edit,
                                     pixel_fusion=args.pixel_fusion and flow, return_result=True)
             runs[name] = score(result.frames, fw, mask, track, target, background, args.size, source, prompt)
-            used = dict(result.info["restyle"], guidance=result.record["settings"]["guidance"])  # as resolved
+            used = dict(result.info["restyle"], guidance=result.record["settings"]["guidance"],
+                        control=result.record.get("control"), control_scale=result.record.get("control_scale"))
         row = dict(prompt=prompt, target=target, source_warp_error=warp_error(source, fw, mask), **runs)
         rows.append(row)
         f, n = runs["flow"], runs["no_flow"]
@@ -225,7 +233,7 @@ def figures_of(args, rows: list[dict], used: dict, t0: float) -> dict:
     """Both runs' summaries, the warp-error ratio, the targets, the settings as given and as resolved, the rows."""
     flow_s, plain_s = summary(rows, "flow"), summary(rows, "no_flow")
     resolved = dict(strength=used["strength"], structure=used["structure"], guidance=used["guidance"],
-                    method=used["method"])
+                    method=used["method"], control=used.get("control"), control_scale=used.get("control_scale"))
     ratio = flow_s["warp_error"] / plain_s["warp_error"] if plain_s["warp_error"] > 0 else float("nan")
     return dict(flow=flow_s, no_flow=plain_s, warp_ratio=ratio, source_warp_error=_mean(r["source_warp_error"] for r in rows),
                 targets=TARGETS, settings=dict({k: v for k, v in vars(args).items() if k != "json_out"}, resolved=resolved),
@@ -250,6 +258,31 @@ def print_figures(args, figures: dict) -> None:
           f"{args.steps} steps, {figures['seconds']:.1f} s")
 
 
+# --compare: name -> the restyle options of that method (None: the model's default)
+COMPARE = {
+    "control+sdedit": dict(method="sdedit", control="edges", strength=None, structure=None),
+    "control+flowedit": dict(method="flowedit", control="edges", strength=0.9, structure=None),
+    "flowedit": dict(method="flowedit", control="none", strength=0.9, structure=None),
+    "sdedit+structure": dict(method="sdedit", control="none", strength=0.9, structure=0.3),
+}
+
+
+def compare(args, common: dict) -> dict:
+    """Every method of COMPARE on the same clips and seeds; one table of their figures (with flow, and the ratio)."""
+    results = {}
+    for name, options in COMPARE.items():
+        print(f"\n== {name}: {options}")
+        t0 = time.perf_counter()
+        rows, used = restyle_clips(args, {**common, **options})
+        results[name] = figures_of(args, rows, used, t0)
+    print(f"\n{'method':<18}{'colour':>7}{'backgr':>7}{'IoU':>7}{'area':>6}{'shape':>7}{'track px':>9}{'warp':>7}{'ratio':>7}")
+    for name, f in results.items():
+        s = f["flow"]
+        print(f"{name:<18}{s['colour']:7.0%}{s['background']:7.0%}{s['iou']:7.3f}{s['area_ratio']:6.2f}"
+              f"{s['shape_kept']:7.0%}{s['motion_px']:9.2f}{s['warp_error']:7.2f}{f['warp_ratio']:7.3f}")
+    return results
+
+
 def main() -> None:
     args = build_parser().parse_args()
 
@@ -262,7 +295,13 @@ def main() -> None:
         sys.exit(f"bench_restyle: error: {e}")
     common = dict(model=model, steps=args.steps, guidance=args.guidance, strength=args.strength, height=args.size,
                   width=args.size, flow_steps=args.flow_steps, flow_strength=args.flow_strength,
-                  structure=args.structure, method=args.method, progress=False)
+                  structure=args.structure, method=args.method, progress=False, control=args.control,
+                  control_scale=args.control_scale)
+    if args.compare:
+        figures = compare(args, common)
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(figures, indent=2, default=float))
+        return
     # 2. every clip with flow guidance and without
     t0 = time.perf_counter()
     rows, used = restyle_clips(args, common)

@@ -72,11 +72,15 @@ FIELDS = {
     "max_frames": ([None, "2", "3"], ["0", "-1", "x"]),
     "stride": ([1, 2], [0, -2, 1.5]),
     "start": ([0, 1], [-1, 100]),
+    "control_scale": ([None, ""], ["9", "nan", "x", "-1", "1"]),  # the tiny model has no control input: any scale is refused
 }
+CONTROL_CLIP = ([None], [*DAMAGED[:3], "{in:one-frame .gif}"])  # a good clip too: this model reads no control
 INPUT_FIELDS = {
+    "generate": {"control": CONTROL_CLIP},
     "animate": {"image": (["{in:RGBA}", "{in:CMYK jpeg}", "{in:16-bit grey}"], [*DAMAGED, None]),
-                "last_image": ([None], ["{in:grey L}", *DAMAGED[:3], DAMAGED[-1]])},
-    "restyle": {"video": (["{in:one-frame .gif}", "{in:odd-sized 17x13 .mp4}", "{in:variable-frame-rate .gif}"], DAMAGED)},
+                "last_image": ([None], ["{in:grey L}", *DAMAGED[:3], DAMAGED[-1]]), "control": CONTROL_CLIP},
+    "restyle": {"video": (["{in:one-frame .gif}", "{in:odd-sized 17x13 .mp4}", "{in:variable-frame-rate .gif}"], DAMAGED),
+                "control": (["auto", "none"], ["edges", "depth", 3])},
     "extend": {"video": (["{in:one-frame .mp4}"], DAMAGED),
                "frames": ([6, 8], [0, 1, 3, None]), "context_length": (["2"], ["0", "x"])},
 }

@@ -29,7 +29,8 @@ class Field:
     label: str
     choices: tuple | Choices = ()  # for choice and tristate: the registry's names
     group: str = "main"  # main, more (an accordion of sampling details), long (one of windows and schedules)
-    optional: bool = False  # a blank number means the CLI's default (the model's, the source's, automatic)
+    # a blank number (a choice's "auto", an unset upload) means the CLI's default (the model's, the source's, automatic)
+    optional: bool = False
 
 
 TRISTATE = {"auto": None, "on": True, "off": False}
@@ -59,6 +60,10 @@ SCHEDULE = (
     Field("prompt_transition", "int", "Prompt transition (frames)", group="long"),
     Field("adain", "switch", "AdaIN (pin colours to the first window)", group="long"),
 )
+CONTROL_VIDEO = (  # generate, animate: structure from a clip, appearance from the prompt (models with a control input)
+    Field("control", "video", "Control clip (optional: its outlines and motion steer the clip)", optional=True),
+    Field("control_scale", "float", "Control scale (blank: 1)", group="more", optional=True),
+)
 WINDOW_WEIGHTS = Field("window_weights", "choice", "Window weights", Choices("kinema.pipelines.windows", "WEIGHT_KINDS"),
                        group="long")
 
@@ -66,14 +71,17 @@ FORMS: dict[str, tuple[Field, ...]] = {
     "generate": (PROMPT, NEGATIVE, FRAMES, *SAMPLING,
                  Field("mode", "choice", "Long clips", Choices("kinema.pipelines.long_video", "MODES"), group="long"),
                  *CONTEXT, WINDOW_WEIGHTS, Field("follow_motion", "tristate", "Follow motion", tuple(TRISTATE), group="long"),
-                 *SCHEDULE),
+                 *SCHEDULE, *CONTROL_VIDEO),
     "animate": (Field("image", "image", "Image"), PROMPT, Field("last_image", "image", "Last image (optional)"), NEGATIVE,
                 FRAMES, *SAMPLING, Field("resize", "choice", "Resize", RESIZE),
-                Field("image_noise", "float", "Image noise (blank: the model's)", optional=True)),
+                Field("image_noise", "float", "Image noise (blank: the model's)", optional=True), *CONTROL_VIDEO),
     "restyle": (Field("video", "video", "Source clip"), PROMPT, NEGATIVE,
                 Field("method", "choice", "Method", Choices("kinema.pipelines.video_to_video", "METHODS")),
                 Field("source_prompt", "text", "Source prompt (flowedit: what the source shows)"),
                 Field("strength", "float", "Strength"),
+                Field("control", "choice", "Structure control (auto: edges where the model reads them)",
+                      Choices("kinema.models.control", "KINDS", first=("auto",)), optional=True),
+                Field("control_scale", "float", "Control scale (blank: 1)", group="more", optional=True),
                 Field("structure", "float", "Structure (sdedit; blank: the model's)", optional=True),
                 Field("flow", "switch", "Optical flow"), Field("flow_strength", "float", "Flow strength"),
                 Field("flow_steps", "float", "Flow steps (fraction)"),
@@ -127,6 +135,8 @@ def defaults(task: str, info) -> dict:
             v = d.restyle_guidance
         if f.kind == "tristate":
             v = {None: "auto", True: "on", False: "off"}[v]
+        if f.kind == "choice" and f.optional and v is None:
+            v = "auto"
         values[f.name] = ("" if v is None else v) if f.kind == "text" else v
     values.update(prompt="", random_seed=False)
     return values
@@ -162,7 +172,7 @@ def coerce(f: Field, v):
             except ValueError:
                 raise KinemaError(f"{flag} must be a number (got {v!r})") from None
     if v is None:
-        require(f.kind not in ("image", "video") or f.name == "last_image", f"no {f.label.lower()}: upload one")
+        require(f.kind not in ("image", "video") or f.optional or f.name == "last_image", f"no {f.label.lower()}: upload one")
         require(f.optional or f.kind in ("text", "image", "video"), f"{flag} is empty; give a value")
         return None
     if f.kind == "int":
@@ -179,6 +189,8 @@ def coerce(f: Field, v):
         require(isinstance(v, str) and v in TRISTATE, f"{flag} must be one of {', '.join(TRISTATE)} (got {v!r})")
         return TRISTATE[v]
     if f.kind == "choice":
+        if f.optional and v == "auto":
+            return None
         require(isinstance(v, str) and v in f.choices, f"unknown {flag} {v!r}; choose one of {', '.join(f.choices)}")
         return v
     require(isinstance(v, str), f"{flag}: expected an uploaded file")  # image, video: a path in the upload area
@@ -238,5 +250,7 @@ def from_command(line: str) -> tuple[str, dict]:
     for f in FORMS[task]:
         if f.name in ns and f.kind not in ("image", "video"):
             v = ns[f.name]
-            values[f.name] = {None: "auto", True: "on", False: "off"}[v] if f.kind == "tristate" else v
+            if f.kind == "tristate" or (f.kind == "choice" and f.optional and v is None):
+                v = {None: "auto", True: "on", False: "off"}[v]
+            values[f.name] = v
     return task, values

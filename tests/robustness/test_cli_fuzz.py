@@ -91,6 +91,9 @@ SAMPLING = [
     Arg("--negative-prompt", ("blurry",), ("\udcff",)), switch("--overwrite"), Arg(None, ("--quiet",), (), True),
     UNKNOWN_FLAGS,
 ]
+# the fuzzed model has no control input: every --control clip (good or damaged) and every --control-scale is refused
+CONTROL = [Arg("--control", (), ("{in:one-frame .gif}", *(f"{{in:{d}}}" for d in DAMAGED[:3]))),
+           Arg("--control-scale", (), ("1", "9", "-1", "nan"))]
 LONG = [Arg("--context-length", ("2",), tuple(BAD_INT) + ("65",)), Arg("--context-stride", ("1",), tuple(BAD_INT)),
         Arg("--prompt-schedule", ("0:a red circle|1:a blue square",), ("1:a", "0:a|0:b", "0:", "x", "0:a|99999:b")),
         Arg("--prompt-transition", ("1",), tuple(BAD_INT)), switch("--adain")]
@@ -98,11 +101,12 @@ LONG = [Arg("--context-length", ("2",), tuple(BAD_INT) + ("65",)), Arg("--contex
 COMMANDS = {
     "generate": command_line("generate", [
         PROMPTS, OUTPUT, MODEL, Arg("--frames", ("1", "2", "3"), tuple(BAD_FRAMES)), Arg("--mode", ("continue",), ("both",)),
-        Arg("--window-weights", ("flat",), ("cubic",)), *SAMPLING, *LONG]),
+        Arg("--window-weights", ("flat",), ("cubic",)), *SAMPLING, *LONG, *CONTROL]),
     "animate": command_line("animate", [
         Arg(None, *damaged("{in:RGBA}", "{in:CMYK jpeg}", "{in:16-bit grey}")), PROMPTS, OUTPUT, MODEL,
         Arg("--frames", ("1", "2"), tuple(BAD_FRAMES), True), Arg("--resize", ("pad", "stretch"), ("zoom",)),
-        Arg("--image-noise", ("0", "0.1"), tuple(BAD_FLOAT)), Arg("--last-image", (), ("{in:grey L}", "{W}")), *SAMPLING]),
+        Arg("--image-noise", ("0", "0.1"), tuple(BAD_FLOAT)), Arg("--last-image", (), ("{in:grey L}", "{W}")), *SAMPLING,
+        *CONTROL]),
     "extend": command_line("extend", [
         Arg(None, *damaged("{in:one-frame .mp4}", "{in:folder of 3 frames}")), PROMPTS, OUTPUT, MODEL,
         Arg("--frames", ("6", "8"), tuple(BAD_FRAMES) + ("1", "3"), True), Arg("--context-length", ("2",), tuple(BAD_INT), True),
@@ -115,7 +119,8 @@ COMMANDS = {
         Arg("--stride", ("2",), tuple(BAD_INT)), Arg("--start", ("1",), tuple(BAD_INT) + ("100",)),
         Arg("--frames", (), ("3",)), Arg("--context-length", ("2",), tuple(BAD_INT)),
         Arg("--method", ("flowedit", "sdedit"), ("pnp", "")), Arg("--source-prompt", ("a red circle",), ("x" * 10_001, "\udcff")),
-        Arg("--n-avg", ("2",), tuple(BAD_INT)), Arg("--tail", ("0.3",), tuple(BAD_FLOAT) + ("1",)), *SAMPLING]),
+        Arg("--n-avg", ("2",), tuple(BAD_INT)), Arg("--tail", ("0.3",), tuple(BAD_FLOAT) + ("1",)),
+        Arg("--control", ("none",), ("edges", "depth", "")), Arg("--control-scale", (), ("1", "9", "nan")), *SAMPLING]),
     "info": command_line("info", [
         Arg(None, ("{MODEL}",), ("{W}", "{W}/file.txt", "{W}/no", "")), Arg("--frames", ("8", "1000000"), tuple(BAD_FRAMES)),
         Arg("--height", ("64",), tuple(BAD_SIZE)), Arg("--width", ("64",), tuple(BAD_SIZE)), switch("--json"), UNKNOWN_FLAGS]),
