@@ -36,10 +36,13 @@ from .models.family import Model, ModelInfo, describe, family_of
 
 
 def load(model: str | Path | None = None, device: str = "auto", dtype="auto", attention: str = "sdpa",
-         offload: str | None = None) -> Model:
-    """Load a model folder (default: the shipped weights); repeated calls with the same arguments reuse it."""
-    placement = jobs.placement_for(None, device, dtype, attention, offload)
-    return jobs.load(describe(model), placement)
+         offload: str | None = None, loras=None, lora_strict: bool = True) -> Model:
+    """Load a model folder (default: the shipped weights); repeated calls with the same arguments reuse it.
+
+    `loras`: LoRA files as paths, `"FILE:SCALE"` strings or (path, scale) pairs, stacked on the denoiser."""
+    info = describe(model)
+    placement = jobs.placement_for(info, device, dtype, attention, offload, lora=loras, lora_strict=lora_strict)
+    return jobs.load(info, placement)
 
 
 def _run(job: jobs.Job, model, progress: bool, return_result: bool):

@@ -391,7 +391,7 @@ def _prepare_and_check(e: Entry, infos: dict) -> None:
     job = prepare(e, infos)
     e.job_hash, e.warnings = job_hash(job), tuple(job.warnings)
     p = job.placement
-    e.model_key = (str(job.info.path), str(p.device), str(p.dtype), p.attention, p.offload)
+    e.model_key = (str(job.info.path), str(p.device), str(p.dtype), p.attention, p.offload, p.loras, p.lora_strict)
     if done(e.output, e.job_hash):
         e.status = "skipped"
         return

@@ -175,6 +175,10 @@ def add_model_options(s) -> None:
     s.add_argument("--attention", default="sdpa", metavar="BACKEND", choices=Choices("kinema.models.attention", "BACKENDS"), help="attention backend")
     s.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads (default: KINEMA_THREADS, else OMP_NUM_THREADS, else the CPUs this process may use)")
+    s.add_argument("--lora", action="append", default=None, metavar="FILE[:SCALE]",
+                   help="load a LoRA onto the denoiser at SCALE (default 1); repeat to stack several")
+    s.add_argument("--lora-strict", action=argparse.BooleanOptionalAction, default=True,
+                   help="a LoRA layer the denoiser lacks is an error (--no-lora-strict: load the layers that match)")
     s.add_argument("--offload", default="none", metavar="MODE", choices=Choices("kinema.resources", "OFFLOAD_MODES"),
                    help="Wan checkpoints on CUDA: keep weights on the CPU and move each component (model) or each "
                         "layer (sequential) to the GPU while it runs")

@@ -34,7 +34,7 @@ MAX_STEPS = 1000  # the training schedule's timesteps; more only costs time (and
 # option groups, by the names of the CLI's flags
 SAMPLING = ("frames", "height", "width", "steps", "guidance", "seed", "negative_prompt", "scheduler", "shift", "fps",
             "decode_chunk_size", "motion_length")
-PLACEMENT = ("device", "dtype", "attention", "offload", "threads")
+PLACEMENT = ("device", "dtype", "attention", "offload", "threads", "lora", "lora_strict")
 WINDOWS = ("context_length", "context_stride", "window_weights")
 LONG = (*WINDOWS, "mode", "prompt_schedule", "prompt_transition", "adain", "follow_motion")
 EXTEND_LONG = ("context_length", "context_stride", "prompt_schedule", "prompt_transition", "adain")
@@ -59,6 +59,8 @@ class Placement:
     offload: str = "none"
     threads: int = 1  # torch's CPU threads while the job runs (resources.pick_threads)
     dtype_reason: str = ""  # why this dtype (resources.auto_dtype for --dtype auto)
+    loras: tuple = ()  # (path, scale) LoRAs loaded onto the denoiser, stacked (`models/lora.py`)
+    lora_strict: bool = True  # a LoRA layer this denoiser lacks is an error (else it is skipped)
 
     @property
     def dtype_bytes(self) -> int:
@@ -134,13 +136,20 @@ def _split(options: dict, task: str, *groups: tuple[str, ...]) -> list[dict]:
 
 
 def placement_for(model, device="auto", dtype="auto", attention: str = "sdpa", offload: str | None = None,
-                  threads: int | None = None) -> Placement:
-    """A loaded model's placement, or the caller's choice checked (CUDA present, xformers installed)."""
+                  threads: int | None = None, lora=None, lora_strict: bool = True) -> Placement:
+    """A loaded model's placement, or the caller's choice checked (CUDA present, xformers installed, LoRA files
+    that fit the model's denoiser)."""
+    from .models import lora as lora_files
     from .models.attention import BACKENDS, xformers_available
 
     if isinstance(model, Model):
+        require(not lora, "a loaded model carries the LoRAs it was loaded with: pass loras= to kinema.load")
         return Placement(model.device, model.dtype, model.attention, model.offload, resources.pick_threads(threads),
-                         "the loaded model's")
+                         "the loaded model's", tuple((r["path"], r["scale"]) for r in model.loras))
+    loras = tuple(lora_files.check_specs([lora] if isinstance(lora, (str, Path)) else lora))
+    if loras:
+        info = info_for(model)
+        lora_files.check_files(loras, info.family, info.configs.get("denoiser", {}))
     dev = resources.pick_device(device)
     require(attention in BACKENDS, f"unknown --attention {attention!r}; choose one of {', '.join(BACKENDS)}")
     require(attention != "xformers" or xformers_available(),
@@ -154,7 +163,7 @@ def placement_for(model, device="auto", dtype="auto", attention: str = "sdpa", o
     else:
         chosen = resources.pick_dtype(dtype, dev)
         why = "--dtype " + str(chosen).replace("torch.", "")
-    return Placement(dev, chosen, attention, offload, threads, why)
+    return Placement(dev, chosen, attention, offload, threads, why, loras, bool(lora_strict))
 
 
 def info_for(model) -> ModelInfo:
@@ -562,10 +571,16 @@ _CACHE: dict = {}
 
 def load(info: ModelInfo, placement: Placement) -> Model:
     """The model of `info` at `placement`, loaded once: a repeated call with the same arguments reuses it."""
-    key = (str(Path(info.path).resolve()), str(placement.device), str(placement.dtype), placement.attention, placement.offload)
+    key = (str(Path(info.path).resolve()), str(placement.device), str(placement.dtype), placement.attention, placement.offload,
+           placement.loras, placement.lora_strict)
     if key not in _CACHE:
         _CACHE.clear()
-        _CACHE[key] = load_model(info, placement.device, placement.dtype, placement.attention, placement.offload)
+        model = load_model(info, placement.device, placement.dtype, placement.attention, placement.offload)
+        if placement.loras:  # PEFT adapters on the denoiser, each at its scale, stacked
+            from .models.lora import load_loras
+
+            model.loras = tuple(load_loras(model.denoiser, placement.loras, placement.lora_strict))
+        _CACHE[key] = model
     return _CACHE[key]
 
 
@@ -625,6 +640,8 @@ def _record(job: Job, model: Model | None, result: Result, load_s: float) -> dic
         size=[int(result.frames.shape[1]), int(result.frames.shape[2])],
         timings={"load": round(load_s, 3), **result.timings.as_dict()},
     )
+    if model is not None and model.loras:
+        record["loras"] = [dict(r) for r in model.loras]
     record.update(job.inputs)
     record.update(result.info)  # what a driver reports besides the frames (the window plan, restyle figures)
     return record

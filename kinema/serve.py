@@ -123,9 +123,9 @@ def cmd_serve(args) -> None:
     check_port(args.host, args.port)
     out = check_output_dir(args.output_dir)
     placement = dict(device=args.device, dtype=args.dtype, attention=args.attention, offload=args.offload,
-                     threads=args.threads)
+                     threads=args.threads, lora=args.lora, lora_strict=args.lora_strict)
     info = describe(args.model)  # a bad model folder is refused here, before serving
-    jobs.placement_for(None, **placement)  # a device or backend this machine lacks, too
+    jobs.placement_for(info, **placement)  # a device or backend this machine lacks, or a LoRA of another model, too
     if not is_loopback(args.host) and auth is None:
         print(f"kinema: warning: serving on {args.host} without --auth: anyone who can reach this machine can run "
               "jobs and see the clips; pass --auth USER:PASS", file=sys.stderr)

@@ -162,6 +162,7 @@ class Model:
     family: "ModelFamily | None" = None
     attention: str = "sdpa"  # the attention backend it was loaded with
     offload: str = "none"  # none, model or sequential (accelerate's hooks move weights to the device as they run)
+    loras: tuple = ()  # the LoRAs loaded onto the denoiser: (path, scale) pairs (`models/lora.py`)
 
     @property
     def defaults(self) -> dict:

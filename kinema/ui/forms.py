@@ -227,6 +227,9 @@ def command(task: str, inputs: list[str], prompt: str, options: dict, output: st
         flag = "--" + name.replace("_", "-")
         if isinstance(v, bool):
             words.append(flag if v else "--no-" + flag[2:])
+        elif isinstance(v, (list, tuple)):  # a repeatable flag (--lora)
+            for item in v:
+                words += [flag, str(item)]
         else:
             words += [flag, str(v)]
     positionals = [*inputs, prompt]

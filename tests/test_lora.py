@@ -1,0 +1,158 @@
+"""LoRA on kinema's own denoiser (PEFT): what it computes, how files are checked, and the --lora flag."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from kinema.errors import KinemaError
+from kinema.models import lora
+from kinema.models.seams import TextEmbeds
+
+
+def random_lora(net, path, rank=4, seed=0, scale=0.1):
+    """A LoRA of `rank` with random A and B on a copy of `net`, saved to `path`."""
+    work = copy.deepcopy(net)
+    params = lora.add_adapter(work, "fit", rank)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in params:
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return lora.save_lora(work, "fit", path, rank)
+
+
+def merged_by_hand(net, files_scales):
+    """`net` with W += scale * alpha / rank * B @ A of every file (convolutions: B's columns times A's filters)."""
+    out = copy.deepcopy(net)
+    modules = dict(out.named_modules())
+    for path, scale in files_scales:
+        tensors, meta = lora.read_lora(path)
+        for key, a in tensors.items():
+            if not key.endswith(".lora_A.weight"):
+                continue
+            layer = key[: -len(".lora_A.weight")]
+            b = tensors[layer + ".lora_B.weight"]
+            w = modules[layer].weight
+            delta = b.flatten(1) @ a.flatten(1)  # (out, in*k*k)
+            with torch.no_grad():
+                w += scale * meta["alpha"] / meta["rank"] * delta.reshape(w.shape)
+    return out
+
+
+@pytest.fixture()
+def inputs(trained_like_model):
+    net = trained_like_model.denoiser
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, net.config.latent_channels, 4, 8, 8, generator=g)
+    text = TextEmbeds(torch.randn(2, 5, net.config.text_dim, generator=g), torch.ones(2, 5, dtype=torch.bool))
+    return x, torch.tensor([300.0, 800.0]), text
+
+
+def run(net, inputs):
+    with torch.no_grad():
+        return net(*inputs)
+
+
+def test_a_lora_computes_its_hand_merged_weights_and_scale_zero_is_none(trained_like_model, tmp_path, inputs):
+    net = trained_like_model.denoiser.eval()
+    f = random_lora(net, tmp_path / "a.safetensors")
+    base = run(net, inputs)
+    for scale in (1.0, 0.5, -0.7):
+        loaded = copy.deepcopy(net)
+        records = lora.load_loras(loaded, [(f, scale)])
+        assert records[0]["rank"] == 4 and records[0]["layers"] > 10 and records[0]["unmatched"] == 0
+        out = run(loaded, inputs)
+        assert torch.allclose(out, run(merged_by_hand(net, [(f, scale)]), inputs), atol=1e-5)
+        assert float((out - base).abs().max()) > 1e-3
+    zero = copy.deepcopy(net)
+    lora.load_loras(zero, [(f, 0.0)])
+    assert torch.allclose(run(zero, inputs), base, atol=1e-6)
+
+
+def test_two_loras_stack_as_their_weights_add(trained_like_model, tmp_path, inputs):
+    net = trained_like_model.denoiser.eval()
+    a = random_lora(net, tmp_path / "a.safetensors", rank=4, seed=1)
+    b = random_lora(net, tmp_path / "b.safetensors", rank=2, seed=2)
+    both = copy.deepcopy(net)
+    lora.load_loras(both, [(a, 0.8), (b, 1.3)])
+    assert torch.allclose(run(both, inputs), run(merged_by_hand(net, [(a, 0.8), (b, 1.3)]), inputs), atol=1e-5)
+
+
+def test_files_are_checked_as_data_with_one_line_errors(trained_like_model, tmp_path):
+    net = trained_like_model.denoiser.eval()
+    good = random_lora(net, tmp_path / "good.safetensors")
+    tensors = load_file(good)
+    meta = json.loads(__import__("safetensors").safe_open(str(good), "pt").metadata()["kinema_lora"])
+
+    def write(name, t=tensors, m=meta):
+        path = tmp_path / name
+        save_file(t, str(path), metadata=None if m is None else {"kinema_lora": json.dumps(m)})
+        return path
+
+    cases = {
+        write("nometa.safetensors", m=None): "is not a kinema LoRA",
+        write("other.safetensors", m={**meta, "denoiser": {**meta["denoiser"], "channels": [1, 2]}}): "was made for",
+        write("wan.safetensors", m={**meta, "family": "wan"}): "was made for wan",
+        write("rank.safetensors", t={k: (v[:2] if k.endswith("lora_A.weight") else v) for k, v in tensors.items()}):
+            "this denoiser needs",
+        write("extra.safetensors", t={**tensors, "nowhere.q.lora_A.weight": torch.zeros(4, 4),
+                                       "nowhere.q.lora_B.weight": torch.zeros(4, 4)}): "layers match this denoiser; unmatched: nowhere.q",
+        write("nan.safetensors", t={**tensors, next(iter(tensors)): torch.full_like(next(iter(tensors.values())), float("nan"))}):
+            "not finite LoRA weights",
+    }
+    (tmp_path / "model.bin").write_bytes(b"\x80\x04pickle")
+    cases[tmp_path / "model.bin"] = "read as .safetensors only"
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    cases[tmp_path / "junk.safetensors"] = "not a readable safetensors file"
+    for path, message in cases.items():
+        with pytest.raises(KinemaError, match=message) as e:
+            lora.load_loras(copy.deepcopy(net), [(path, 1.0)])
+        assert "\n" not in str(e.value)
+    loose = copy.deepcopy(net)  # --no-lora-strict: the matching layers load
+    records = lora.load_loras(loose, [(tmp_path / "extra.safetensors", 1.0)], strict=False)
+    assert records[0]["unmatched"] == 1
+
+
+def test_parse_spec():
+    assert lora.parse_spec("a.safetensors") == ("a.safetensors", 1.0)
+    assert lora.parse_spec("a.safetensors:0.5") == ("a.safetensors", 0.5)
+    assert lora.parse_spec("C:/x/a.safetensors") == ("C:/x/a.safetensors", 1.0)
+    with pytest.raises(KinemaError, match="scale must be a number"):
+        lora.parse_spec("a.safetensors:nan")
+
+
+def test_cli_lora_flag_loads_stacks_and_records(trained_like_model, tmp_path):
+    net = trained_like_model.denoiser
+    a = random_lora(net, tmp_path / "a.safetensors", seed=3)
+    b = random_lora(net, tmp_path / "b.safetensors", seed=4)
+    model = str(trained_like_model.path)
+    base = [sys.executable, "-m", "kinema.cli", "generate", "a red circle", "--model", model, "--frames", "2",
+            "--height", "16", "--width", "16", "--steps", "2", "--quiet", "--threads", "1"]
+    out = subprocess.run([*base, "-o", str(tmp_path / "l.mp4"), "--lora", f"{a}:0.5", "--lora", str(b)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    record = json.loads((tmp_path / "l.mp4.json").read_text())
+    assert [(r["path"], r["scale"]) for r in record["loras"]] == [(str(a), 0.5), (str(b), 1.0)]
+    bad = subprocess.run([*base, "-o", str(tmp_path / "x.mp4"), "--lora", str(tmp_path / "missing.safetensors")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "no such .safetensors file" in bad.stderr and bad.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_api_load_with_loras_matches_the_flag(trained_like_model, tmp_path):
+    import kinema
+
+    a = random_lora(trained_like_model.denoiser, tmp_path / "a.safetensors", seed=5)
+    plain = kinema.generate("a red circle", model=trained_like_model.path, frames=2, height=16, width=16, steps=2,
+                            progress=False)
+    m = kinema.load(trained_like_model.path, device="cpu", dtype="float32", loras=[(a, 0.0)])
+    assert (kinema.generate("a red circle", model=m, frames=2, height=16, width=16, steps=2, progress=False) == plain).all()
+    m = kinema.load(trained_like_model.path, device="cpu", dtype="float32", loras=[f"{a}:1"])
+    assert m.loras[0]["scale"] == 1.0
+    assert (kinema.generate("a red circle", model=m, frames=2, height=16, width=16, steps=2, progress=False) != plain).any()
