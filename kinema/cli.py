@@ -79,10 +79,27 @@ def cmd_init(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .train import train
+    from .errors import require
 
-    path = train(args.config, args.model, args.run, args.stages)
-    print(f"trained model in {path}")
+    tuning = ("full", "frames", "stride", "steps", "skip_bad", "lora_out", "lr", "lora")
+    if args.data is None:
+        given = [k for k in tuning if getattr(args, k) not in (None, False, 1)]
+        require(not given, f"--{given[0].replace('_', '-')} fine-tunes on your clips: pass --data DIR" if given else "")
+        require(args.config is not None, "give a training config (e.g. configs/default.yaml), or --data DIR to "
+                                         "fine-tune on your own clips")
+        from .train import train
+
+        path = train(args.config, args.model, args.run, args.stages)
+        print(f"trained model in {path}")
+        return
+    require(args.stages == "all", "--data trains the denoiser only; drop --stages")
+    require(not (args.full and args.lora is not None), "--full trains every weight; drop --lora RANK (or --full)")
+    from .train import finetune
+
+    path = finetune(args.data, args.model, args.run, rank=8 if args.lora is None else args.lora, full=args.full,
+                    frames=args.frames, stride=args.stride, steps=args.steps or 1000, skip_bad=args.skip_bad,
+                    lora_out=args.lora_out, lr=args.lr, batch=args.batch, config=args.config)
+    print(f"wrote {'the fine-tuned model in ' if args.full else 'the LoRA '}{path}")
 
 
 def cmd_eval(args) -> None:
@@ -374,11 +391,27 @@ def _model_parsers(sub, fmt) -> None:
     s.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     s.set_defaults(func=cmd_init)
 
-    s = sub.add_parser("train", help="train the VAE and denoiser of a model folder on the world", formatter_class=fmt)
-    s.add_argument("config", help="training config (YAML), e.g. configs/default.yaml")
+    s = sub.add_parser("train", help="train a model folder on the world, or fine-tune it on your clips (--data)",
+                       formatter_class=fmt)
+    s.add_argument("config", nargs="?", default=None,
+                   help="training config (YAML), e.g. configs/default.yaml (with --data: optional, replaces the "
+                        "built-in fine-tuning settings)")
     s.add_argument("--model", required=True, help="model folder made by `kinema init`; rewritten as training goes")
     s.add_argument("--run", default=None, help="run folder for checkpoints, caches and logs (default runs/<config name>)")
     s.add_argument("--stages", default="all", choices=["all", "vae", "denoiser"], help="which stages to run")
+    s.add_argument("--data", default=None, metavar="DIR",
+                   help="fine-tune the denoiser on this folder of clips (mp4, gif, webm, frame folders), each with a "
+                        "caption: NAME.txt beside it, or metadata.jsonl / metadata.csv with file,caption")
+    s.add_argument("--lora", type=positive_int, default=None, metavar="RANK",
+                   help="--data: train a LoRA of this rank (default 8), written to --lora-out")
+    s.add_argument("--full", action="store_true", help="--data: train the denoiser's own weights (rewrites --model)")
+    s.add_argument("--lora-out", default=None, metavar="FILE", help="--data: where the LoRA goes (default RUN/lora.safetensors)")
+    s.add_argument("--frames", type=positive_int, default=None, help="--data: frames per clip (default: the model's)")
+    s.add_argument("--stride", type=positive_int, default=1, help="--data: take every k-th frame of each clip")
+    s.add_argument("--steps", type=positive_int, default=None, help="--data: training steps (default 1000)")
+    s.add_argument("--batch", type=positive_int, default=8, help="--data: clips per step")
+    s.add_argument("--lr", type=finite_float, default=None, help="--data: learning rate (default 1e-3 LoRA, 1e-4 --full)")
+    s.add_argument("--skip-bad", action="store_true", help="--data: list and leave out unreadable or short clips")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("eval", help="score videos against captions with the world oracle, or run a suite", formatter_class=fmt)

@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from .config import load_yaml
 from .models.family import Model, load_model, resolve_model_path
 from .models.kinema_family import save
-from .errors import KinemaError
+from .errors import KinemaError, require
 from .models import FrameCondition, TextEmbeds
 from .models.seams import to_unit
 from .models.control import edge_maps, to_latent_grid
@@ -104,6 +104,11 @@ class DenoiserStage:
     # default VAE's 4x compression), the short clips' edge maps are cached with their latents, and each sample
     # has its control dropped (the adapter skipped) with `control_dropout`, so the network still generates without
     # one; windows of long clips never carry one
+    # a LoRA of this rank (PEFT, `models/lora.py`) learns instead of the denoiser's own weights, which stay as they are;
+    # the model folder is left untouched and the adapter goes to `lora_out` (default RUN/lora.safetensors)
+    lora: int = 0
+    lora_alpha: float | None = None  # None: the rank (a scale of 1)
+    lora_out: str | None = None
     control: bool = False
     control_dropout: float = 0.3
     # which parameters learn: "all", or "grown" (the backbone frozen, as T2I-Adapter trains its adapter: without a
@@ -116,7 +121,10 @@ class TrainConfig:
     seed: int = 0
     frames: int = 16
     size: int = 64
-    dataset: str = "world"  # where clips come from: a name in DATASETS
+    dataset: str = "world"  # where clips come from: a name in DATASETS, or "folder" (your clips in `data`)
+    data: str | None = None  # dataset "folder": a folder of captioned clips (`kinema/data.py`)
+    stride: int = 1  # dataset "folder": take every stride-th frame
+    skip_bad: bool = False  # dataset "folder": leave out (and list) unreadable or short clips instead of stopping
     bf16: bool | None = None  # bf16 autocast; None: where the processor runs bf16 fast (resources.auto_dtype)
     log_every: int = 25
     checkpoint_every: int = 250
@@ -190,7 +198,18 @@ DATASETS = {"world": WorldDataset, "world-wide": _wide_world}
 
 
 def open_dataset(cfg: TrainConfig, split: str = "train", wrap: bool = False) -> ClipDataset:
+    if cfg.dataset == "folder":
+        from .data import FolderDataset
+
+        if wrap or split != "train":
+            raise KinemaError("a folder of clips has no long wrapping clips or held-out split; set denoiser.long_clips: 0 "
+                              "and train the denoiser only")
+        return _FOLDERS.setdefault((cfg.data, cfg.size, cfg.frames, cfg.stride, cfg.skip_bad),
+                                   FolderDataset(cfg.data, cfg.size, cfg.frames, cfg.stride, cfg.skip_bad))
     return DATASETS[cfg.dataset](split=split, size=cfg.size, wrap=wrap)
+
+
+_FOLDERS: dict = {}  # a folder is scanned (every clip checked) once per process
 
 
 #################################################################################
@@ -446,7 +465,11 @@ def build_cache(cfg: TrainConfig, model: Model, run: Path) -> dict:
     name = f"latents-{d.clips}-{cfg.frames}-{cfg.size}"
     if d.long_clips:
         name += f"-long-{d.long_clips}-{d.long_frames[0]}-{d.long_frames[1]}" + ("-wrap" if d.long_wrap else "")
-    if cfg.dataset != "world":  # the world's caches keep the names they had before datasets were named
+    if cfg.dataset == "folder":  # each clip once, the cache named by the clips it holds
+        folder = open_dataset(cfg)
+        d = replace(d, clips=len(folder))
+        name = f"folder-{folder.fingerprint()}-{len(folder)}-{cfg.frames}-{cfg.size}"
+    elif cfg.dataset != "world":  # the world's caches keep the names they had before datasets were named
         name = f"{cfg.dataset}-{name}"
     if d.control:
         name += "-control"
@@ -581,13 +604,20 @@ def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start
     if d.long_clips and not length_input:
         raise KinemaError("denoiser.long_clips needs a denoiser with a length embedding; add "
                           "length_embedding to denoiser.grow")
-    ema = _copy(net)
-    fresh = [p for n, p in net.named_parameters() if n.startswith(GROWN_PREFIXES)]
-    rest = [p for n, p in net.named_parameters() if not n.startswith(GROWN_PREFIXES)]
-    if d.train == "grown":  # the backbone frozen: only what `grow` added learns
+    if d.lora:  # a PEFT LoRA learns; the denoiser's own weights (and what grew) stay as they are
+        from .models.lora import add_adapter
+
+        fresh, rest = [], add_adapter(net, LORA_NAME, d.lora, d.lora_alpha)
+        for n, p in net.named_parameters():
+            p.requires_grad_(f".{LORA_NAME}." in n and "lora_" in n)
+    else:
+        fresh = [p for n, p in net.named_parameters() if n.startswith(GROWN_PREFIXES)]
+        rest = [p for n, p in net.named_parameters() if not n.startswith(GROWN_PREFIXES)]
+    if d.train == "grown" and not d.lora:  # the backbone frozen: only what `grow` added learns
         for p in rest:
             p.requires_grad_(False)
         rest = []
+    ema = _copy(net)  # after any adapter is injected: the EMA follows the same parameters
     groups = ([dict(params=rest, lr_scale=1.0)] if rest else []) + (
         [dict(params=fresh, lr_scale=d.grown_lr_scale)] if fresh else [])
     opt = torch.optim.AdamW(groups, lr=d.lr, weight_decay=0.0)
@@ -632,11 +662,19 @@ def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start
             tensors.update(prefixed(ema, "ema"))
             meta.update(stage="denoiser", step=done, history=history, config=asdict(cfg))
             save_checkpoint(run, "denoiser", done, tensors, meta, cfg.keep_checkpoints)
-            export(cfg, model, ema, done)
+            if d.lora:
+                export_lora(cfg, ema, done, run)
+            else:
+                export(cfg, model, ema, done)
     log.close()
     if accelerator.is_main_process:
         plot_curve(history, run / "denoiser_loss.png", "denoiser loss (flow matching MSE)")
-        sample_grid(load_model(model.path), cfg.sample_prompts, run / "samples.gif", steps=cfg.sample_steps)
+        sampler = load_model(model.path)
+        if d.lora:  # the samples with the adapter as it is saved
+            from .models.lora import load_loras
+
+            sampler.loras = tuple(load_loras(sampler.denoiser, [(lora_path(cfg, run), 1.0)]))
+        sample_grid(sampler, cfg.sample_prompts, run / "samples.gif", steps=cfg.sample_steps)
 
 
 GROWABLE = ("motion_embedding", "coord_channels", "length_embedding")
@@ -698,6 +736,22 @@ def export(cfg: TrainConfig, model: Model, ema, step: int) -> None:
     save(out, model.path, overwrite=True)
 
 
+LORA_NAME = "fit"  # the adapter `train_denoiser` trains (not "train": nn.Module has that attribute)
+
+
+def lora_path(cfg: TrainConfig, run: Path) -> Path:
+    return Path(cfg.denoiser.lora_out) if cfg.denoiser.lora_out else run / "lora.safetensors"
+
+
+def export_lora(cfg: TrainConfig, ema, step: int, run: Path) -> Path:
+    """Write the EMA adapter to `lora_path` (atomically), with the step and the config in its metadata."""
+    from .models.lora import save_lora
+
+    d = cfg.denoiser
+    return save_lora(ema, LORA_NAME, lora_path(cfg, run), d.lora, d.lora_alpha,
+                     extra=dict(step=step, data=cfg.data, config=asdict(cfg)))
+
+
 def plot_curve(history: list, path: Path, title: str) -> None:
     """Loss curve PNG (raw and smoothed); skipped quietly when matplotlib is absent."""
     try:
@@ -744,13 +798,59 @@ def use_bf16(cfg: TrainConfig) -> bool:
     return auto_bf16()[0] if cfg.bf16 is None else bool(cfg.bf16)
 
 
-def train(config: str | Path, model_dir: str | Path, run_dir: str | Path | None = None, stages: str = "all") -> Path:
-    """Run (or resume) training; returns the model folder."""
+def finetune(data: str | Path, model_dir: str | Path, run_dir: str | Path | None = None, rank: int = 8,
+             full: bool = False, frames: int | None = None, stride: int = 1, steps: int = 1000, skip_bad: bool = False,
+             lora_out: str | Path | None = None, lr: float | None = None, batch: int = 8,
+             config: str | Path | None = None) -> Path:
+    """`kinema train --data DIR`: fine-tune a model folder's denoiser on a folder of captioned clips.
+
+    A LoRA of `rank` (default; written to `lora_out`, default RUN/lora.safetensors) or, with `full`, the
+    denoiser's own weights (the model folder is rewritten). `steps` count from the folder's own training
+    step. Every clip is checked, and the cache encoded, before the first step. Returns the LoRA file or the
+    model folder. `config` (YAML) replaces the built-in settings below; the flags still set the data.
+    """
+    from .models.family import describe
+
+    require(isinstance(steps, int) and steps >= 1, f"--steps must be a whole number >= 1, got {steps!r}")
+    require(full or (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1),
+            f"--lora must be a LoRA rank >= 1 (or pass --full), got {rank!r}")
+    require(isinstance(batch, int) and batch >= 1, f"--batch must be a whole number >= 1, got {batch!r}")
+    require(lr is None or (isinstance(lr, float) and 0 < lr < 1), f"--lr must be in (0, 1), got {lr!r}")
+    info = describe(model_dir)
+    require(info.family == "kinema", f"--data fine-tunes kinema's own model; {info.path} is a {info.family} model")
+    d = info.defaults
+    require(d.height == d.width, f"--data: the model's clips are {d.width}x{d.height}; fine-tuning takes square models")
+    start = int(info.index.get("training", {}).get("step", 0))
+    if config is not None:
+        cfg = load_yaml(TrainConfig, config)
+    else:  # the base run's recipe (noise levels, motion loss, frame conditions), short and gentle
+        cfg = TrainConfig(log_every=10, checkpoint_every=100, denoiser=DenoiserStage(
+            batch=batch, lr=lr or (1e-3 if not full else 1e-4), warmup=50, cooldown=max(1, steps // 5), ema=0.99,
+            text_dropout=0.1, cond_probs=(0.5, 0.3, 0.1, 0.1), image_noise=0.05, logit_mean=0.8, high_noise=(0.5, 0.9),
+            motion_loss=1.0))
+    cfg.dataset, cfg.data, cfg.stride, cfg.skip_bad = "folder", str(data), stride, skip_bad
+    cfg.frames, cfg.size = frames or d.frames, d.height
+    cfg.denoiser = replace(cfg.denoiser, steps=start + steps, lora=0 if full else rank, long_clips=0, grow=(),
+                           control=False, lora_out=None if lora_out is None else str(lora_out))
+    folder = open_dataset(cfg)  # every clip checked now, before the model loads
+    cfg.sample_prompts = tuple(dict.fromkeys(c for _, c in folder.items))[:4]
+    run = Path(run_dir) if run_dir else Path("runs") / f"finetune-{Path(data).resolve().name}"
+    require(lora_out is None or not Path(lora_out).exists() or Path(lora_out).is_file(),
+            f"--lora-out {lora_out} is a folder; name a .safetensors file")
+    path = train(None, model_dir, run, "denoiser", cfg=cfg)
+    return path if full else lora_path(cfg, run)
+
+
+def train(config: str | Path | None, model_dir: str | Path, run_dir: str | Path | None = None, stages: str = "all",
+          cfg: TrainConfig | None = None) -> Path:
+    """Run (or resume) training from a YAML `config` (or a built `cfg`); returns the model folder."""
     from accelerate import Accelerator
 
-    cfg = load_yaml(TrainConfig, config)
-    if cfg.dataset not in DATASETS:
-        raise KinemaError(f"dataset {cfg.dataset!r} is not known; choose one of: {', '.join(DATASETS)}")
+    cfg = load_yaml(TrainConfig, config) if cfg is None else cfg
+    if cfg.dataset not in (*DATASETS, "folder"):
+        raise KinemaError(f"dataset {cfg.dataset!r} is not known; choose one of: {', '.join(DATASETS)}, folder")
+    if cfg.dataset == "folder" and (not cfg.data or stages != "denoiser"):
+        raise KinemaError("dataset folder needs data: DIR and trains the denoiser only (`kinema train --data DIR`)")
     bad = [n for n in cfg.denoiser.grow if n not in GROWABLE]
     if bad:
         raise KinemaError(f"denoiser.grow names {bad}; known: {', '.join(GROWABLE)}")
