@@ -8,7 +8,8 @@ Writes (each panel upscaled 2x, nearest, with a label strip):
   samples/source.mp4    a world clip (16 frames, 64x64, 8 fps): the input of the README's restyle/extend commands
   samples/anchor.png    a world frame: the input of the README's animate command
   samples/animate.gif   anchor | `kinema animate samples/anchor.png "<prompt>"`
-  samples/restyle.gif   source | restyle (defaults) | --no-flow | --structure 0 (same seed and strength)
+  samples/restyle.gif   source | restyle (defaults) | --control none --strength 0.9 --structure 0.3 (the method before
+                        the control input) | --no-flow (same seed)
   samples/long.gif      a 256-frame clip (`kinema generate ... --frames 256`), or the clip given by --long-from
 """
 
@@ -88,10 +89,12 @@ def main(argv=None) -> int:
         src, _ = read_video(out_dir / "source.mp4")
         common = dict(seed=args.seed, model=model, progress=False)
         restyled = kinema.restyle(out_dir / "source.mp4", RESTYLE_PROMPT, **common)
+        # the method before the control input: SDEdit at 0.9 with the source's layout injected for 0.3 of the steps
+        previous = kinema.restyle(out_dir / "source.mp4", RESTYLE_PROMPT, control="none", method="sdedit", strength=0.9,
+                                  structure=0.3, **common)
         no_flow = kinema.restyle(out_dir / "source.mp4", RESTYLE_PROMPT, flow=False, **common)
-        no_structure = kinema.restyle(out_dir / "source.mp4", RESTYLE_PROMPT, structure=0.0, **common)
-        gif = side_by_side(panel(src, "source"), panel(restyled, "restyle"), panel(no_flow, "no flow"),
-                           panel(no_structure, "structure 0"))
+        gif = side_by_side(panel(src, "source"), panel(restyled, "restyle"), panel(previous, "no control"),
+                           panel(no_flow, "no flow"))
         write_video(out_dir / "restyle.gif", gif, fps=8, overwrite=True)
         print(f"wrote {out_dir}/restyle.gif", flush=True)
     if "long" in args.only:

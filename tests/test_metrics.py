@@ -235,3 +235,16 @@ def test_an_object_across_the_edges_of_a_wrapping_clip_is_one_object(direction):
         dx, dy = (f.centroid[0] - cx % 64 + 32) % 64 - 32, (f.centroid[1] - cy % 64 + 32) % 64 - 32
         assert abs(dx) < side / 4 and abs(dy) < side / 4
     assert all(metrics.analyse_video(clip.video[i:i + 16]).direction == direction for i in range(0, 49, 4))
+
+
+def test_extra_colours_render_and_read_a_new_colour_then_restore_the_palette():
+    from kinema import world
+    from kinema.world import metrics
+
+    before = dict(world.COLOURS)
+    with metrics.extra_colours({"pink": (240, 100, 170)}):
+        spec = world.World(split="all").spec(3, combo=("pink", "square", "right"))
+        reading = metrics.analyse_video(world.render(spec))
+        assert (reading.colour, reading.direction) == ("pink", "right")
+    assert world.COLOURS == before and "pink" not in metrics.NAMES
+    assert metrics.analyse_video(world.render(spec, seed=3)).colour != "pink"

@@ -110,7 +110,8 @@ def world_suite(args) -> dict:
 
     info = api.info(args.model)
     settings = jobs.settings_for(info, steps=args.steps, guidance=args.guidance)
-    model = api.load(info.path, args.device, args.dtype, args.attention)
+    model = api.load(info.path, args.device, args.dtype, args.attention, loras=getattr(args, "lora", None),
+                     lora_strict=getattr(args, "lora_strict", True))
     from ..pipelines.text_to_video import text_to_video
 
     seconds = []
@@ -137,7 +138,8 @@ def animate_suite(args) -> dict:
 
     info = api.info(args.model)
     settings = jobs.settings_for(info, steps=args.steps, guidance=args.guidance)
-    model = api.load(info.path, args.device, args.dtype, args.attention)
+    model = api.load(info.path, args.device, args.dtype, args.attention, loras=getattr(args, "lora", None),
+                     lora_strict=getattr(args, "lora_strict", True))
     last = "first_last" in model.info.frame_conditions
     rows = []
     prompts = world.eval_prompts(args.split, args.per_combo)
@@ -174,7 +176,8 @@ def vae_suite(args, n_clips: int = 24) -> dict:
     from ..models.seams import to_uint8, to_unit
 
     info = api.info(args.model)
-    model = api.load(info.path, args.device, args.dtype, args.attention)
+    model = api.load(info.path, args.device, args.dtype, args.attention, loras=getattr(args, "lora", None),
+                     lora_strict=getattr(args, "lora_strict", True))
     w = world.World(split=args.split, frames=info.defaults.frames, size=info.defaults.height)
     values = []
     for i in range(n_clips):

@@ -40,6 +40,7 @@ Thresholds (module constants, all relative so they hold at any resolution and le
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from collections import Counter
@@ -59,6 +60,22 @@ MASK_DILATION = 1 / 32  # of the frame side, at least 1 px: covers anti-aliased 
 
 NAMES = tuple(world.COLOURS)
 _PALETTE = np.array([world.COLOURS[n] for n in NAMES], dtype=np.float32)  # (K, 3)
+
+
+@contextlib.contextmanager
+def extra_colours(colours: dict[str, tuple[int, int, int]]):
+    """Render and read with these colours besides the world's (a fine-tune's new colour, e.g. pink) for the block."""
+    global NAMES, _PALETTE
+    saved = NAMES, _PALETTE, dict(world.COLOURS)
+    world.COLOURS.update(colours)
+    NAMES = tuple(world.COLOURS)
+    _PALETTE = np.array([world.COLOURS[n] for n in NAMES], dtype=np.float32)
+    try:
+        yield
+    finally:
+        NAMES, _PALETTE = saved[0], saved[1]
+        world.COLOURS.clear()
+        world.COLOURS.update(saved[2])
 UNKNOWN = -1
 
 Generator = Callable[[str, int], np.ndarray]
