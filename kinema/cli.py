@@ -221,6 +221,9 @@ def add_sampling_options(s, frames_help: str = "frames to generate (default: the
                    help="pace the motion as in a clip of this many frames (models with a length embedding: longer "
                         "clips move more slowly, so the object stays in frame; default: the model folder's "
                         "defaults.motion_length, 16 for the default model, else the clip's frames)")
+    s.add_argument("--fast", action="store_true",
+                   help="the model folder's few-step student (a LoRA it ships) at its steps and guidance (4 steps, no "
+                        "guidance for the default model), unless --steps/--guidance say otherwise")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     add_model_options(s)

@@ -126,8 +126,27 @@ def check_length(text: str, what: str) -> None:
     require(len(text) <= MAX_TEXT, f"{what} is {len(text)} characters long; keep it under {MAX_TEXT}")
 
 
+def _fast(info: ModelInfo, options: dict) -> dict:
+    """`fast=True`: the folder's few-step student (its `fast` entry: a LoRA in the folder, and the steps and guidance
+    it runs at) stacked on the caller's LoRAs, its steps and guidance where the caller gives none."""
+    options = dict(options)
+    if not options.pop("fast", False):
+        return options
+    fast = info.index.get("fast") if info.index else None
+    require(fast is not None, f"{info.name} ({info.path}) has no few-step student; drop --fast")
+    lora = options.get("lora") or []
+    lora = [lora] if isinstance(lora, (str, Path)) else list(lora)
+    options["lora"] = [*lora, (str(Path(info.path) / fast["lora"]), 1.0)]
+    for name in ("steps", "guidance"):
+        if options.get(name) is None:
+            options[name] = fast[name]
+    return options
+
+
 def _split(options: dict, task: str, *groups: tuple[str, ...]) -> list[dict]:
     """`options` split by groups of names; a name in none of them is an error, as a wrong keyword is."""
+    if "fast" in options:
+        raise TypeError(f"{task}: fast= is resolved by the prepare function (jobs._fast) before the options are split")
     known = {k for g in groups for k in g}
     unknown = sorted(set(options) - known)
     if unknown:
@@ -318,6 +337,7 @@ def prepare_generate(prompt: str, model=None, **options) -> Job:
     `control` (a clip's path or uint8 frames) gives the structure, the prompt the appearance (a model with a
     control input only)."""
     check_prompt(prompt)
+    options = _fast(info_for(model), options)
     sampling, where, long, control = _split(options, "generate", SAMPLING, PLACEMENT, LONG, CONTROL)
     info, placement = info_for(model), placement_for(model, **where)
     info.check_task("generate")
@@ -376,6 +396,7 @@ def with_control(info: ModelInfo, settings: Settings, frames: np.ndarray | None,
 def prepare_extend(video, prompt: str, model=None, frames: int | None = None, resize: str = "crop", **options) -> Job:
     """Continue a clip: `frames` counts the whole output, source included (default: source + trained length)."""
     check_prompt(prompt)
+    options = _fast(info_for(model), options)
     sampling, where, long = _split(options, "extend", SAMPLING, PLACEMENT, EXTEND_LONG)
     info, placement = info_for(model), placement_for(model, **where)
     info.check_task("extend")
@@ -418,6 +439,7 @@ def prepare_animate(image, prompt: str, model=None, last_image=None, resize: str
     from .pipelines import image_to_video as i2v
 
     check_prompt(prompt)
+    options = _fast(info_for(model), options)
     sampling, where, control = _split(options, "animate", SAMPLING, PLACEMENT, CONTROL)
     info, placement = info_for(model), placement_for(model, **where)
     info.check_task("animate")
@@ -441,6 +463,7 @@ def prepare_restyle(video, prompt: str, model=None, max_frames: int | None = Non
                     resize: str = "crop", **options) -> Job:
     """Video-to-video: `video` restyled as `prompt` says, its motion kept (length and fps from the source)."""
     check_prompt(prompt)
+    options = _fast(info_for(model), options)
     sampling, where, windows, restyle, control = _split(options, "restyle", SAMPLING, PLACEMENT, WINDOWS, RESTYLE, CONTROL)
     require(sampling.get("frames") is None,
             "restyle takes its length from the source; choose frames with --max-frames, --stride and --start")

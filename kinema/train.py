@@ -109,6 +109,15 @@ class DenoiserStage:
     lora: int = 0
     lora_alpha: float | None = None  # None: the rank (a scale of 1)
     lora_out: str | None = None
+    # reflow distillation (Liu et al. 2022, "2-rectified flow"; guidance distilled into it as in InstaFlow): `reflow`
+    # pairs (noise, the teacher's sample from it: `reflow_steps` Euler steps at guidance `reflow_guidance`, a
+    # `reflow_cond` share with the clip's first frame as the frame condition) are drawn once into the cache, and the
+    # student learns the straight path between each pair, so a few Euler steps without guidance follow it
+    reflow: int = 0
+    reflow_steps: int = 25
+    reflow_guidance: float = 5.0
+    reflow_cond: float = 0.3
+    reflow_batch: int = 8
     control: bool = False
     control_dropout: float = 0.3
     # which parameters learn: "all", or "grown" (the backbone frozen, as T2I-Adapter trains its adapter: without a
@@ -462,6 +471,8 @@ def long_window(cfg: TrainConfig, seed: int, data: ClipDataset | None = None) ->
 def build_cache(cfg: TrainConfig, model: Model, run: Path) -> dict:
     """Encode `clips` training clips (and `long_clips` windows of longer ones) to latents and every caption to token states, once."""
     d = cfg.denoiser
+    if d.reflow:
+        return build_reflow_cache(cfg, model, run)
     name = f"latents-{d.clips}-{cfg.frames}-{cfg.size}"
     if d.long_clips:
         name += f"-long-{d.long_clips}-{d.long_frames[0]}-{d.long_frames[1]}" + ("-wrap" if d.long_wrap else "")
@@ -517,6 +528,72 @@ def build_cache(cfg: TrainConfig, model: Model, run: Path) -> dict:
     return {**data, **meta}
 
 
+def _encode_captions(model: Model, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    hidden, mask = [], []
+    for i in tqdm(range(0, len(captions), 256), desc="encode captions"):
+        t = model.text_encoder.encode(captions[i : i + 256])
+        hidden.append(F.pad(t.hidden, (0, 0, 0, 32 - t.hidden.shape[1])).half())
+        mask.append(F.pad(t.mask, (0, 32 - t.mask.shape[1])))
+    return torch.cat(hidden), torch.cat(mask)
+
+
+def build_reflow_cache(cfg: TrainConfig, model: Model, run: Path) -> dict:
+    """`reflow` (noise, teacher sample) pairs of world prompts, drawn once with the loaded (teacher) weights."""
+    from .pipelines.common import Settings, initial_noise, latent_shape, sample
+    from .pipelines.loop import Timings
+
+    d = cfg.denoiser
+    path = run / "cache" / f"reflow-{d.reflow}-{cfg.frames}-{cfg.size}-{d.reflow_steps}-{d.reflow_guidance}-{d.reflow_cond}.safetensors"
+    if path.is_file():
+        return {**load_file(path), **json.loads(path.with_suffix(".json").read_text())}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = open_dataset(cfg)
+    settings = Settings(frames=cfg.frames, height=cfg.size, width=cfg.size, steps=d.reflow_steps,
+                        guidance=d.reflow_guidance)
+    vae, net = model.vae.eval(), model.denoiser.eval()
+    empty = model.text_encoder.encode([""])
+    x0s, noises, conds, masks, specs, prompts = [], [], [], [], [], []
+    bar = tqdm(total=d.reflow, desc=f"teacher samples ({d.reflow_steps} steps)")
+    for i in range(0, d.reflow, d.reflow_batch):
+        seeds = [cfg.seed * 10_000_000 + 7_000_000 + j for j in range(i, min(i + d.reflow_batch, d.reflow))]
+        batch, labels, caps, firsts = len(seeds), [], [], []
+        for s in seeds:
+            rng = np.random.default_rng([s, 3])
+            video, label = data.clip(s, cfg.frames)
+            labels.append(label), caps.append(data.caption(label, rng))
+            firsts.append(video[:1] if rng.random() < d.reflow_cond else None)
+        noise = torch.cat([initial_noise(latent_shape(model, settings), s, model.device) for s in seeds])
+        cond_latents = torch.zeros_like(noise)
+        mask = torch.zeros(batch, noise.shape[2])
+        with torch.no_grad():
+            for k, first in enumerate(firsts):
+                if first is not None:  # image-to-video pairs: the clip's first frame known
+                    cond_latents[k, :, :1] = vae.encode(_to_tensor(first[None]).to(model.device)).float()
+                    mask[k, 0] = 1
+        text = model.text_encoder.encode(caps)
+        uncond = TextEmbeds(empty.hidden.expand(batch, -1, -1), empty.mask.expand(batch, -1))
+        cond = FrameCondition(cond_latents, mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(cfg)):
+            x0 = sample(model, text, uncond, settings, Timings(), cond=cond, known=cond, noise=noise, progress=False)
+        x0s.append(x0.float().half()), noises.append(noise.half()), conds.append(cond_latents.half()), masks.append(mask)
+        specs += labels
+        prompts += caps
+        bar.update(batch)
+    bar.close()
+    captions = [""] + sorted(set(prompts))
+    hidden, tmask = _encode_captions(model, captions)
+    tensors = dict(latents=torch.cat(x0s), noise=torch.cat(noises), cond_latents=torch.cat(conds),
+                   cond_mask=torch.cat(masks), text_hidden=hidden, text_mask=tmask,
+                   clip_frames=torch.full((len(specs),), cfg.frames, dtype=torch.int32))
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    meta = dict(specs=specs, captions=captions, prompts=prompts)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, tmp)
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    os.replace(tmp, path)
+    return {**tensors, **meta}
+
+
 def frame_condition(x0: torch.Tensor, rng: np.random.Generator, cfg: DenoiserStage) -> FrameCondition:
     """Random frame condition per sample: none, first frame, first k frames, or first and last frame."""
     b, _, f = x0.shape[:3]
@@ -550,6 +627,8 @@ def denoiser_batch(cfg: TrainConfig, cache: dict, caption_index: dict, step: int
     d = cfg.denoiser
     data = open_dataset(cfg) if data is None else data
     rng = np.random.default_rng([cfg.seed, 2, step, 0])
+    if d.reflow:
+        return _reflow_batch(cfg, cache, caption_index, rng, rank, processes)
     short = len(cache["specs"]) - d.long_clips  # the cache holds the short clips, then the long windows
     idx = rng.integers(0, short, size=d.batch)
     if d.long_clips and d.long_share > 0:  # some samples from the windows of longer clips
@@ -583,6 +662,31 @@ def denoiser_batch(cfg: TrainConfig, cache: dict, caption_index: dict, step: int
     p = slice(rank * d.batch // processes, (rank + 1) * d.batch // processes)
     return (xt[p], sigma[p] * 1000, TextEmbeds(text.hidden[p], text.mask[p]), FrameCondition(cond.latents[p], cond.mask[p]),
             (noise - x0)[p], frames[p], None if control is None else (control[0][p], control[1][p]))
+
+
+def _reflow_batch(cfg: TrainConfig, cache: dict, caption_index: dict, rng: np.random.Generator, rank: int,
+                  processes: int):
+    """A batch of points on the straight paths between the teacher's pairs: x_t = (1 - s) x0 + s z, target z - x0, with
+    each pair's own prompt and frame condition (no text dropout: the student runs without guidance)."""
+    d = cfg.denoiser
+    idx = torch.from_numpy(rng.integers(0, len(cache["prompts"]), size=d.batch))
+    x0, noise = cache["latents"][idx].float(), cache["noise"][idx].float()
+    ti = torch.tensor([caption_index[cache["prompts"][int(i)]] for i in idx])
+    text = TextEmbeds(cache["text_hidden"][ti].float(), cache["text_mask"][ti])
+    sigma = 1 / (1 + np.exp(-(d.logit_mean + d.logit_std * rng.standard_normal(d.batch))))
+    if d.high_noise:
+        prob, low = d.high_noise
+        sigma = np.where(rng.random(d.batch) < prob, rng.uniform(low, 1.0, d.batch), sigma)
+    sigma = torch.from_numpy(sigma).float()
+    s = sigma[:, None, None, None, None]
+    xt = (1 - s) * x0 + s * noise
+    known = cache["cond_mask"][idx][:, None, :, None, None]
+    xt = xt * (1 - known) + ((1 - s) * cache["cond_latents"][idx].float() + s * noise) * known  # as KnownFrames keeps them
+    cond = FrameCondition(cache["cond_latents"][idx].float(), cache["cond_mask"][idx])
+    frames = cache["clip_frames"][idx]
+    p = slice(rank * d.batch // processes, (rank + 1) * d.batch // processes)
+    return (xt[p], sigma[p] * 1000, TextEmbeds(text.hidden[p], text.mask[p]), FrameCondition(cond.latents[p], cond.mask[p]),
+            (noise - x0)[p], frames[p], None)
 
 
 def motion_term(pred: torch.Tensor, target: torch.Tensor, lags) -> torch.Tensor:

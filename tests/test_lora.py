@@ -156,3 +156,27 @@ def test_api_load_with_loras_matches_the_flag(trained_like_model, tmp_path):
     m = kinema.load(trained_like_model.path, device="cpu", dtype="float32", loras=[f"{a}:1"])
     assert m.loras[0]["scale"] == 1.0
     assert (kinema.generate("a red circle", model=m, frames=2, height=16, width=16, steps=2, progress=False) != plain).any()
+
+
+def test_fast_picks_the_folders_student_and_its_steps(trained_like_model, tmp_path):
+    import shutil
+
+    from kinema import jobs
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained_like_model.path, folder)
+    random_lora(trained_like_model.denoiser, folder / "fast.safetensors", seed=6)
+    index = json.loads((folder / "kinema.json").read_text())
+    (folder / "kinema.json").write_text(json.dumps({**index, "fast": dict(lora="fast.safetensors", steps=3, guidance=1.0)}))
+    job = jobs.prepare_generate("a red circle", folder, fast=True, frames=2, height=16, width=16)
+    assert (job.settings.steps, job.settings.guidance) == (3, 1.0)
+    assert job.placement.loras == ((str(folder / "fast.safetensors"), 1.0),)
+    result = jobs.run(job, progress=False)
+    assert result.record["loras"][0]["path"] == str(folder / "fast.safetensors")
+    given = jobs.prepare_generate("a red circle", folder, fast=True, steps=5, frames=2, height=16, width=16)
+    assert given.settings.steps == 5  # the caller's steps win
+    with pytest.raises(KinemaError, match="has no few-step student; drop --fast"):
+        jobs.prepare_generate("a red circle", trained_like_model.path, fast=True)
+    (folder / "kinema.json").write_text(json.dumps({**index, "fast": dict(lora="../x.safetensors", steps=3, guidance=1)}))
+    with pytest.raises(KinemaError, match="fast must be"):
+        jobs.prepare_generate("a red circle", folder, fast=True)
