@@ -260,7 +260,7 @@ def model_memory(info: ModelInfo, placement: Placement, settings: Settings, fram
 def process_memory(info: ModelInfo, frames: int, height: int, width: int, dtype_bytes: int = 4) -> dict:
     """The whole process's estimated peak host bytes for `kinema generate` on CPU (what `kinema info` prints).
 
-    Libraries (Python with torch, diffusers and transformers imported), the model on one context window
+    Libraries (Python with torch and what the family imports), the model on one context window
     (the family's estimate: weights, text encoder, activations, a decode chunk), and the clip on the host
     (HOST_BYTES_PER_PIXEL per output pixel). Tested against a measured peak RSS at 16 and 256 frames.
     """

@@ -6,8 +6,10 @@
       vae/                 AutoencoderKL: config.json + diffusion_pytorch_model.safetensors
       scheduler/           FlowMatchEulerDiscreteScheduler config
 
-Loading never touches the network (`local_files_only=True`) and reads safetensors only. `save` and
-`init` write folders atomically (a temporary folder, then a rename).
+Loading never touches the network and reads safetensors only. It imports neither diffusers nor
+transformers: the networks are kinema's (`autoencoder.py` is diffusers' AutoencoderKL, `bert.py` MiniLM's
+BERT, `schedulers.py` the Euler solver, each tested against the original), the folders diffusers'
+layout. `save` and `init` write folders atomically (a temporary folder, then a rename).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from safetensors import SafetensorError
 from kinema.errors import KinemaError, require
 from kinema.video_io import replace_path
 
-from .family import Model, ModelDefaults, ModelFamily, ModelInfo, quiet_libraries, register, safetensors_parameters
+from .family import Model, ModelDefaults, ModelFamily, ModelInfo, register, safetensors_parameters
 
 INDEX = "kinema.json"
 FORMAT = "kinema-model"
@@ -239,18 +241,16 @@ def load_folder(path: Path, device: torch.device, dtype: torch.dtype, attention:
                 scheduler_config: dict | None = None) -> Model:
     """The folder's three seams on `device`; the index and scheduler config as `describe` read them, else read
     and checked here. Damaged weights are a one-line error."""
-    from diffusers import AutoencoderKL
-
-    from .text import HFTextEncoder, resolve_text_encoder
+    from .autoencoder import AutoencoderKL
+    from .text import load_text_encoder, resolve_text_encoder
     from .unet import SpaceTimeUNet
     from .vae import FrameVAE
 
     index = read_index(path) if index is None else dict(index)
-    quiet_libraries()
     text_folder = resolve_text_encoder(index.get("text_encoder", "builtin:minilm"), root=path)
     kw = dict(local_files_only=True, use_safetensors=True, torch_dtype=dtype)
     try:  # damaged weights or configs: one line, not the loader's traceback
-        text = HFTextEncoder(text_folder, max_length=int(index.get("max_text_length", 32))).to(device)
+        text = load_text_encoder(text_folder, max_length=int(index.get("max_text_length", 32))).to(device)
         denoiser = SpaceTimeUNet.from_pretrained(path / "denoiser", **kw).to(device).eval()
         denoiser.set_attention_backend(attention)
         vae = FrameVAE(AutoencoderKL.from_pretrained(path / "vae", **kw).to(device).eval())
@@ -302,21 +302,19 @@ def _write_folder(model: Model, tmp: Path) -> None:
 def init(path: str | Path, preset: str = "small", seed: int = 0, overwrite: bool = False,
          text_encoder: str = "builtin:minilm") -> Path:
     """Write a randomly initialised model folder (the start of training, and what tests use)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    from .text import HFTextEncoder, resolve_text_encoder
+    from .schedulers import EULER_CONFIG
+    from .text import load_text_encoder, resolve_text_encoder
     from .unet import PRESETS, SpaceTimeUNet
     from .vae import VAE_PRESETS, FrameVAE, build_autoencoder
 
     require(preset in PRESETS, f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     require(0 <= seed < 2**63, f"--seed must be in [0, 2**63) (got {seed})")
-    quiet_libraries()
-    text_dim = HFTextEncoder(resolve_text_encoder(text_encoder)).dim
+    text_dim = load_text_encoder(resolve_text_encoder(text_encoder)).dim
     torch.manual_seed(seed)
     vae = FrameVAE(build_autoencoder(preset if preset in VAE_PRESETS else "small"))
     denoiser = SpaceTimeUNet(latent_channels=vae.latent_channels, text_dim=text_dim, **PRESETS[preset])
-    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=INIT_DEFAULTS["shift"])
+    sched = dict(EULER_CONFIG, num_train_timesteps=1000, shift=INIT_DEFAULTS["shift"])  # diffusers' Euler config
     index = dict(format=FORMAT, version=1, preset=preset, text_encoder=text_encoder, max_text_length=32,
                  defaults=dict(INIT_DEFAULTS),
                  frame_conditions=[])  # filled in by training: which frame conditions the model was trained on
-    return save(Model(None, vae, denoiser, dict(sched.config), index), path, overwrite=overwrite)
+    return save(Model(None, vae, denoiser, sched, index), path, overwrite=overwrite)

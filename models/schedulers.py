@@ -1,26 +1,114 @@
-"""The solvers kinema runs: diffusers' flow-matching schedulers, built from a model folder's scheduler config.
+"""The solvers kinema runs, built from a model folder's scheduler config: flow-matching Euler and UniPC.
 
 A family's folder names its own (`ModelDefaults.scheduler`: Euler for kinema, UniPC for Wan); the
 loop (`pipelines/loop.py`) steps whichever it is given. The names feed the CLI's `--scheduler` choices.
+Euler is kinema's own `FlowMatchEuler`: diffusers' `FlowMatchEulerDiscreteScheduler` for the one
+configuration kinema builds (a static shift), the same timesteps, sigmas and steps to the last bit
+(`tests/test_native.py`), without importing diffusers; UniPC is diffusers'.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
 from kinema.errors import KinemaError
 
+from .pretrained import Config
+
 SCHEDULERS = ("euler", "unipc")
+# diffusers' FlowMatchEulerDiscreteScheduler config with its defaults: what `FlowMatchEuler.config` reports
+# (and `kinema init` writes), so folders and the Wan adapter's comparison read the same keys
+EULER_CONFIG = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False, base_shift=0.5, max_shift=1.15,
+                    base_image_seq_len=256, max_image_seq_len=4096, invert_sigmas=False, shift_terminal=None,
+                    use_karras_sigmas=False, use_exponential_sigmas=False, use_beta_sigmas=False,
+                    time_shift_type="exponential", stochastic_sampling=False)
 
 
 def make_scheduler(kind: str, config: dict, shift: float | None = None):
-    """A diffusers flow-matching scheduler from a model's scheduler config."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
-
+    """A flow-matching scheduler from a model's scheduler config (its training timesteps; `shift` overrides its shift)."""
     shift = float(config.get("shift", 1.0) if shift is None else shift)
     n = int(config.get("num_train_timesteps", 1000))
     if kind == "euler":
-        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=n, shift=shift)
+        return FlowMatchEuler(num_train_timesteps=n, shift=shift)
     if kind == "unipc":
+        from diffusers import UniPCMultistepScheduler
+
         return UniPCMultistepScheduler(
             num_train_timesteps=n, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift
         )
     raise KinemaError(f"unknown scheduler {kind!r}; choose one of {', '.join(SCHEDULERS)}")
+
+
+@dataclass
+class SchedulerOutput:
+    prev_sample: torch.Tensor
+
+
+class FlowMatchEuler:
+    """Euler steps of the flow x_t = (1 - sigma) x0 + sigma noise, sigma shifted as sigma' = s sigma / (1 + (s - 1) sigma).
+
+    diffusers' FlowMatchEulerDiscreteScheduler with a static shift (no dynamic shifting, Karras,
+    exponential or beta sigmas, stochastic sampling): the same numbers, computed the same way.
+    """
+
+    order = 1
+    init_noise_sigma = 1.0
+
+    def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0):
+        self.config = Config(EULER_CONFIG, num_train_timesteps=num_train_timesteps, shift=shift)
+        self.shift = shift
+        n = num_train_timesteps
+        t = torch.from_numpy(np.linspace(1, n, n, dtype=np.float32)[::-1].copy()).to(dtype=torch.float32)
+        sigmas = self._shifted(t / n)  # the training schedule (float32), as diffusers computes it
+        self.timesteps, self.sigmas = sigmas * n, sigmas
+        self.sigma_min, self.sigma_max = self.sigmas[-1].item(), self.sigmas[0].item()
+        self.num_inference_steps = None
+        self._step_index = self._begin_index = None
+
+    def _shifted(self, sigmas):
+        return self.shift * sigmas / (1 + (self.shift - 1) * sigmas)
+
+    @property
+    def step_index(self) -> int | None:
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """The index of the first step that runs (a restyle skips the first ones)."""
+        self._begin_index = begin_index
+
+    def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
+        """`num_inference_steps` timesteps evenly spaced from the first training one to the last, then shifted."""
+        n = self.config.num_train_timesteps
+        timesteps = np.linspace(self.sigma_max * n, self.sigma_min * n, num_inference_steps)  # float64, as diffusers
+        sigmas = torch.from_numpy(self._shifted(timesteps / n)).to(dtype=torch.float32, device=device)
+        self.num_inference_steps = num_inference_steps
+        self.timesteps = sigmas * n
+        self.sigmas = torch.cat([sigmas, torch.zeros(1, device=sigmas.device)])
+        self._step_index = self._begin_index = None
+
+    def index_for_timestep(self, timestep, schedule_timesteps: torch.Tensor | None = None) -> int:
+        indices = ((self.timesteps if schedule_timesteps is None else schedule_timesteps) == timestep).nonzero()
+        return indices[1 if len(indices) > 1 else 0].item()
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True):
+        """x_{t_next} = x_t + (sigma_next - sigma) v, in float32, returned in the model output's dtype."""
+        if isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()):
+            raise ValueError("pass one of `scheduler.timesteps` as the timestep, not an integer index")
+        if self._step_index is None:
+            if self._begin_index is None:
+                timestep = timestep.to(self.timesteps.device) if isinstance(timestep, torch.Tensor) else timestep
+                self._step_index = self.index_for_timestep(timestep)
+            else:
+                self._step_index = self._begin_index
+        sample = sample.to(torch.float32)
+        dt = self.sigmas[self._step_index + 1] - self.sigmas[self._step_index]
+        prev = (sample + dt * model_output).to(model_output.dtype)
+        self._step_index += 1
+        return SchedulerOutput(prev) if return_dict else (prev,)

@@ -42,12 +42,11 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
 
 from kinema.errors import require
 
 from .attention import attention
+from .pretrained import PretrainedModel, register_to_config
 from .seams import DenoiserInputs, FrameCondition, Injection, TextEmbeds
 
 #################################################################################
@@ -225,7 +224,7 @@ class ControlAdapter(nn.Module):
         return feats
 
 
-class SpaceTimeUNet(ModelMixin, ConfigMixin):
+class SpaceTimeUNet(PretrainedModel):
     """Pseudo-3D UNet over latent video, conditioned on text, timestep and known frames."""
 
     @register_to_config

@@ -1,12 +1,12 @@
-"""The VAE seam for frame-wise autoencoders: diffusers AutoencoderKL applied to each frame."""
+"""The VAE seam for frame-wise autoencoders: an AutoencoderKL (kinema's, `models/autoencoder.py`) applied to each frame."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import torch
-from diffusers import AutoencoderKL
 
+from .autoencoder import AutoencoderKL
 from .unet import per_frame, to_video
 
 VAE_PRESETS: dict[str, dict] = {
@@ -16,7 +16,10 @@ VAE_PRESETS: dict[str, dict] = {
 
 
 def build_autoencoder(preset: str = "small") -> AutoencoderKL:
-    """A randomly initialised AutoencoderKL from a preset (spatial compression 2**(levels-1))."""
+    """A randomly initialised AutoencoderKL from a preset (spatial compression 2**(levels-1)).
+
+    The same draws as diffusers' class from the same seed: the layers are made in its order.
+    """
     cfg = VAE_PRESETS[preset]
     n = len(cfg["block_out_channels"])
     return AutoencoderKL(
@@ -32,7 +35,8 @@ class FrameVAE(torch.nn.Module):
     """(B, 3, F, H, W) in [-1, 1] <-> scaled latents (B, C, F, h, w), one frame at a time.
 
     Latent scaling lives here: `encode` returns (mean - shift_factor) * scaling_factor,
-    with both factors stored in the AutoencoderKL config.
+    with both factors stored in the AutoencoderKL config. Any autoencoder with diffusers' AutoencoderKL
+    interface fits (`encode(x).latent_dist`, `decode(z).sample`, `config`, `dtype`): kinema's, or diffusers'.
     """
 
     temporal_compression = 1
