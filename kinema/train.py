@@ -921,7 +921,7 @@ def finetune(data: str | Path, model_dir: str | Path, run_dir: str | Path | None
     require(isinstance(batch, int) and batch >= 1, f"--batch must be a whole number >= 1, got {batch!r}")
     require(lr is None or (isinstance(lr, float) and 0 < lr < 1), f"--lr must be in (0, 1), got {lr!r}")
     info = describe(model_dir)
-    require(info.family == "kinema", f"--data fine-tunes kinema's own model; {info.path} is a {info.family} model")
+    require("lora" in info.features, f"--data fine-tunes kinema's own model; {info.path} is a {info.name} model")
     d = info.defaults
     require(d.height == d.width, f"--data: the model's clips are {d.width}x{d.height}; fine-tuning takes square models")
     start = int(info.index.get("training", {}).get("step", 0))

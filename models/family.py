@@ -110,7 +110,8 @@ class ModelInfo:
     parameters: Mapping[str, int]  # weighted component -> parameter count (safetensors headers)
     tasks: tuple[str, ...] = TASKS
     frame_conditions: tuple[str, ...] = ()  # which known-frame conditions it was trained for: first, first_last
-    # "structure": the denoiser can take a source's layout (restyle); "control": it reads structure control maps
+    # "structure": the denoiser can take a source's layout (restyle); "control": it reads structure control maps;
+    # "lora": kinema LoRAs load onto it and it can be fine-tuned on a folder of clips
     features: frozenset = frozenset()
     size_multiple: int = 8  # height and width must be multiples of this
     spatial_compression: int = 4

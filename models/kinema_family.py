@@ -88,6 +88,13 @@ def _check_index(index: dict, where: Path) -> None:
         "max_text_length": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_TEXT_LENGTH,
                             f"a whole number in [1, {MAX_TEXT_LENGTH}]"),
         "frame_conditions": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of names"),
+        # the few-step student (`kinema ... --fast`): a LoRA file in the folder and the steps and guidance it runs at
+        "fast": (lambda v: isinstance(v, dict) and isinstance(v.get("lora"), str) and "/" not in v["lora"]
+                 and v["lora"].endswith(".safetensors") and isinstance(v.get("steps"), int)
+                 and not isinstance(v.get("steps"), bool) and 1 <= v["steps"] <= 1000
+                 and isinstance(v.get("guidance"), (int, float)) and not isinstance(v.get("guidance"), bool)
+                 and 0 <= v["guidance"] <= 50,
+                 '{"lora": "NAME.safetensors" (in the folder), "steps": 1-1000, "guidance": 0-50}'),
     }
     for key, (ok, want) in checks.items():
         if key in index and not ok(index[key]):
@@ -155,8 +162,9 @@ class KinemaFamily(ModelFamily):
         control = den.get("control_channels", 0)
         require(control in (0, spatial * spatial), f"{path / 'denoiser' / 'config.json'}: control_channels must be 0 or "
                                                    f"{spatial * spatial} (the VAE's {spatial}x compression squared), got {control!r}")
-        # "structure": the source's layout can be injected (restyle); "control": the denoiser reads structure maps
-        features = frozenset({"structure"} | ({"control"} if control else set()))
+        # "structure": the source's layout can be injected (restyle); "control": the denoiser reads structure maps;
+        # "lora": LoRAs load onto it and `kinema train --data` fine-tunes it (`models/lora.py`)
+        features = frozenset({"structure", "lora"} | ({"control"} if control else set()))
         return ModelInfo(
             family=self.name, path=path, name=f"kinema {index.get('preset', 'model')}", defaults=defaults,
             parameters=params, frame_conditions=tuple(index.get("frame_conditions", [])), features=features,
