@@ -15,6 +15,7 @@
     kinema init runs/default/model --preset small
     kinema train configs/default.yaml --model runs/default/model
     kinema eval --suite world --split heldout
+    kinema generate "a red circle moving right on a blue background" --cache first-block:0.1 -o fast.mp4
 
 Every command checks its arguments before loading a model; a bad one ends with a
 one-line error and exit status 2, and no output file is left behind.
@@ -196,6 +197,12 @@ def add_model_options(s) -> None:
                    help="load a LoRA onto the denoiser at SCALE (default 1); repeat to stack several")
     s.add_argument("--lora-strict", action=argparse.BooleanOptionalAction, default=True,
                    help="a LoRA layer the denoiser lacks is an error (--no-lora-strict: load the layers that match)")
+    s.add_argument("--cache", default=None, metavar="METHOD[:VALUE]",
+                   help="step cache: reuse the denoiser's deep features between steps where they barely change. "
+                        "none, first-block[:THRESHOLD] (default 0.1; relative change of the first block's output "
+                        "below which a step reuses the last full one), taylorseer[:INTERVAL] (one full step in "
+                        "INTERVAL, default 2, the others extrapolated); Wan also magcache[:THRESHOLD], fastercache, "
+                        "pab (default: none)")
     s.add_argument("--offload", default="none", metavar="MODE", choices=Choices("kinema.resources", "OFFLOAD_MODES"),
                    help="Wan checkpoints on CUDA: keep weights on the CPU and move each component (model) or each "
                         "layer (sequential) to the GPU while it runs")

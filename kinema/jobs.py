@@ -33,7 +33,7 @@ TASKS = ("generate", "animate", "restyle", "extend")
 MAX_STEPS = 1000  # the training schedule's timesteps; more only costs time (and the schedule's memory)
 # option groups, by the names of the CLI's flags
 SAMPLING = ("frames", "height", "width", "steps", "guidance", "seed", "negative_prompt", "scheduler", "shift", "fps",
-            "decode_chunk_size", "motion_length")
+            "decode_chunk_size", "motion_length", "cache")
 PLACEMENT = ("device", "dtype", "attention", "offload", "threads", "lora", "lora_strict")
 WINDOWS = ("context_length", "context_stride", "window_weights")
 LONG = (*WINDOWS, "mode", "prompt_schedule", "prompt_transition", "adain", "follow_motion")
@@ -208,7 +208,7 @@ def settings_for(info: ModelInfo, **overrides) -> Settings:
         require(isinstance(v, int) and v >= m and v % m == 0,
                 f"--{name} {v} must be a positive multiple of {m} for this model; try {max(m, round(v / m) * m) if isinstance(v, int) else m}")
     _check_numbers(s)
-    return s
+    return replace(s, cache=check_cache(s.cache, info))
 
 
 def _check_numbers(s: Settings) -> None:
@@ -224,6 +224,13 @@ def _check_numbers(s: Settings) -> None:
     require(s.decode_chunk_size >= 1, "--decode-chunk-size must be >= 1")
     require(s.motion_length is None or (isinstance(s.motion_length, int) and s.motion_length >= 1),
             f"--motion-length must be a whole number >= 1 (got {s.motion_length})")
+
+
+def check_cache(cache, info: ModelInfo) -> str:
+    """`--cache` normalised ("first-block" -> "first-block:0.05"), if this model's family takes the method."""
+    from .models.cache import check_cache as check
+
+    return check(cache, family_of(info).cache_methods(info), f"{info.name} ({info.path})")
 
 
 def long_options(info: ModelInfo, settings: Settings, source_frames: int = 0, **options):
@@ -665,6 +672,9 @@ def _record(job: Job, model: Model | None, result: Result, load_s: float) -> dic
     )
     if model is not None and model.loras:
         record["loras"] = [dict(r) for r in model.loras]
+    if job.settings.cache != "none" and model is not None:  # the step cache, and how many calls it served
+        watch = result.timings.denoiser
+        record["cache"] = dict(method=job.settings.cache, denoiser_calls=watch.calls, served_from_cache=watch.cached)
     record.update(job.inputs)
     record.update(result.info)  # what a driver reports besides the frames (the window plan, restyle figures)
     return record

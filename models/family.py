@@ -204,6 +204,10 @@ class ModelFamily:
         """`kinema info`: a JSON-able report and its lines of text."""
         raise NotImplementedError
 
+    def cache_methods(self, info: ModelInfo) -> tuple[str, ...]:
+        """The step caches (`--cache`, `models/cache.py`) this family's denoiser takes."""
+        return ("none",)
+
 
 #################################################################################
 #                                    Registry                                   #

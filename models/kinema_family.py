@@ -231,6 +231,12 @@ class KinemaFamily(ModelFamily):
         ]
         return report, lines
 
+    def cache_methods(self, info):
+        """SpaceTimeUNet's own step caches (`models/cache.py`, asked after its first encoder level)."""
+        from .cache import OWN_METHODS
+
+        return OWN_METHODS
+
 
 def _mapping(value, path: Path) -> dict:
     require(isinstance(value, dict), f"{path / INDEX}: defaults must be a mapping of numbers, got {value!r}; "

@@ -132,6 +132,7 @@ class DenoiserInputs:
     image: object = None  # the family's image context (Wan I2V: CLIP states, pixel-frame mask)
     control: torch.Tensor | None = None  # structure maps on the latent grid (B, Cc, F, h, w), for a denoiser with a control input
     control_scale: float = 1.0  # how strongly the control steers (ControlNet's conditioning scale)
+    cache: object = None  # a step cache of one trajectory (`models/cache.py` StepCache; each guided predictor its own)
 
 
 @dataclass(frozen=True)

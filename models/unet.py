@@ -30,8 +30,8 @@ from the source while the values, the text cross-attention and the other levels 
 new prompt (plug-and-play feature injection, Tumanyan et al. 2023).
 
 The network knows nothing about noise schedules: it maps (x_t, timestep) to the
-velocity the caller trained it on. Every per-call input (clip length, injection) comes through the
-call, never through an attribute, so one loaded network serves interleaved calls. Layout everywhere:
+velocity the caller trained it on. Every per-call input (clip length, injection, a step cache) comes through
+the call, never through an attribute, so one loaded network serves interleaved calls. Layout everywhere:
 (B, C, F, H, W).
 """
 
@@ -345,12 +345,13 @@ class SpaceTimeUNet(PretrainedModel):
     def forward(
         self, x: torch.Tensor, timestep: torch.Tensor, text: TextEmbeds, cond: FrameCondition | None = None,
         clip_frames: torch.Tensor | None = None, injection: Injection | None = None,
-        control: torch.Tensor | None = None, control_scale: torch.Tensor | float = 1.0,
+        control: torch.Tensor | None = None, control_scale: torch.Tensor | float = 1.0, cache=None,
     ):
         # x (B, C, F, H, W) noisy latents; timestep (B,) in [0, 1000]; clip_frames (B,): the whole clip's frames
         # (None: the window's own); injection: structure injection of this call (record or replay);
         # control (B, Cc, F, H, W): structure maps on the latent grid (None: the adapter is skipped, the network is
-        # the one it was before the adapter grew); control_scale: a float or (B,) (0 per sample: control dropout)
+        # the one it was before the adapter grew); control_scale: a float or (B,) (0 per sample: control dropout);
+        # cache: a step cache of this call's trajectory (`models/cache.py`), asked after the first level
         b, _, f, h, w = x.shape
         cond = cond if cond is not None else FrameCondition.empty(x)
         hm = text.mask.to(text.hidden.dtype)[..., None]  # (B, L, 1)
@@ -379,6 +380,8 @@ class SpaceTimeUNet(PretrainedModel):
             hx = level(hx, emb, emb_frames, text, injection)
             if guides is not None:
                 hx = hx + guides[i]
+            if i == 0 and cache is not None and cache.skip(hx):  # step cache: the rest as the last full call left it
+                return self._head(cache.reuse(hx), b)
             skips.append(hx)
             if i < len(self.downsample):
                 hx = to_video(self.downsample[i](per_frame(hx)), b)
@@ -389,6 +392,12 @@ class SpaceTimeUNet(PretrainedModel):
             if i < len(self.upsample):
                 y = F.interpolate(per_frame(hx), scale_factor=2.0, mode="nearest")  # (B*F, C, 2H, 2W)
                 hx = to_video(self.upsample[i](y), b)
+        if cache is not None:
+            cache.store(hx)
+        return self._head(hx, b)
+
+    def _head(self, hx: torch.Tensor, b: int) -> torch.Tensor:
+        """Features at the first level's width (B, C0, F, H, W) -> the output (B, C, F, H, W)."""
         out = self.conv_out(F.silu(self.norm_out(per_frame(hx))))  # (B*F, C, H, W)
         return to_video(out, b)
 
@@ -408,16 +417,18 @@ class SpaceTimeUNet(PretrainedModel):
                 inputs: DenoiserInputs | None = None) -> torch.Tensor:
         """The denoiser seam: velocity (noise - x0) for latents at `timestep` (B,) in [0, 1000].
 
-        `inputs.clip_frames` (the whole clip's length, for the length embedding) and `inputs.injection`
-        (structure injection) reach the network through this call; an image context is not for this network.
+        `inputs.clip_frames` (the whole clip's length, for the length embedding), `inputs.injection`
+        (structure injection) and `inputs.cache` (a step cache; a pass with structure injection runs in full and
+        leaves it as it was) reach the network through this call; an image context is not for this network.
         """
         inputs = inputs or DenoiserInputs()
         require(inputs.image is None, "kinema's UNet takes its image through the frame condition, not an image context")
         clip = None
         if inputs.clip_frames is not None:
             clip = torch.full((latents.shape[0],), float(inputs.clip_frames), device=latents.device)  # (B,)
+        cache = inputs.cache if inputs.injection is None else None
         return self(latents, timestep, text, cond, clip_frames=clip, injection=inputs.injection,
-                    control=inputs.control, control_scale=inputs.control_scale)
+                    control=inputs.control, control_scale=inputs.control_scale, cache=cache)
 
 
 #################################################################################

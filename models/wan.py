@@ -64,6 +64,7 @@ from kinema.errors import KinemaError, require
 
 from .family import Model, ModelDefaults, ModelFamily, ModelInfo, quiet_libraries, register, safetensors_parameters
 from . import conditions
+from .cache import transformer_call
 from .seams import DenoiserInputs, FrameCondition, ImageCondition, TextEmbeds
 
 INDEX = "model_index.json"
@@ -393,7 +394,8 @@ class WanDenoiser(torch.nn.Module):
 
     def predict(self, latents: torch.Tensor, timestep: torch.Tensor, text: TextEmbeds, cond: FrameCondition | None = None,
                 inputs: DenoiserInputs | None = None) -> torch.Tensor:
-        """Velocity for the latents; `inputs.image` is the image context of Wan's I2V (CLIP states, pixel mask)."""
+        """Velocity for the latents; `inputs.image` is the image context of Wan's I2V (CLIP states, pixel mask),
+        `inputs.cache` a step cache run as diffusers' hooks on the transformer."""
         inputs = inputs or DenoiserInputs()
         require(inputs.injection is None, "Wan's transformer cannot take the source's layout (structure injection); "
                                           "pass --structure 0")
@@ -411,8 +413,11 @@ class WanDenoiser(torch.nn.Module):
             require(ctx is not None and ctx.image_embeds is not None,
                     "this Wan checkpoint needs the CLIP states of an image; run it through `kinema animate`")
             image = ctx.image_embeds.repeat(b, 1, 1).to(latents.device, self.dtype)
-        return model(hidden_states=x.to(self.dtype), timestep=t, encoder_hidden_states=text.hidden.to(self.dtype),
-                     encoder_hidden_states_image=image, return_dict=False)[0]
+        call = dict(hidden_states=x.to(self.dtype), timestep=t, encoder_hidden_states=text.hidden.to(self.dtype),
+                    encoder_hidden_states_image=image, return_dict=False)
+        if inputs.cache is not None:  # diffusers' cache hooks, for this call only (`models/cache.py`)
+            return transformer_call(model, inputs.cache, float(timestep.reshape(-1)[0]), **call)[0]
+        return model(**call)[0]
 
     def known_frames_input(self, latents, t, cond):
         """(input, per-token timesteps (B, F*h*w/4)) with known latent frames clean at timestep 0."""
@@ -711,6 +716,16 @@ class WanFamily(ModelFamily):
 
     def report(self, info, frames, height, width, dtype="bfloat16"):
         return report(info, frames, height, width, "float32" if dtype == "float32" else "bfloat16")
+
+    def cache_methods(self, info):
+        """diffusers' cache hooks on the transformer: FirstBlockCache and MagCache need two blocks or more (a first and
+        a last), FasterCache's skipped uncond branch does not fit the CLIP image states of image-to-video checkpoints."""
+        from .cache import METHODS
+
+        tr = info.configs["denoiser"]
+        lacks = ({"first-block", "magcache"} if tr.get("num_layers", 2) < 2 else set()) | (
+            {"fastercache"} if tr.get("image_dim") is not None else set())
+        return tuple(m for m in METHODS if m not in lacks)
 
 
 FAMILY = register(WanFamily())

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 import numpy as np
 import torch
 
+from kinema.models.cache import StepCache
 from kinema.models.seams import DenoiserInputs, FrameCondition, TextEmbeds, to_uint8, to_unit
 
 from .loop import Hook, KnownFrames, Predict, Timings, denoise, guided, make_scheduler, set_timesteps
@@ -35,6 +36,8 @@ class Settings:
     # input; every denoiser call of the clip gets it (each window its frames); None: no control
     control: torch.Tensor | None = field(default=None, repr=False, compare=False)
     control_scale: float = 1.0
+    # a step cache (`models/cache.py`): "none", "first-block:0.05", "taylorseer:3", ...; each trajectory its own
+    cache: str = "none"
 
     def as_dict(self) -> dict:
         """The settings as plain values (the control as its shape, or None)."""
@@ -77,14 +80,17 @@ def initial_noise(shape, seed: int, device) -> torch.Tensor:
 
 
 def clip_inputs(settings: Settings, inputs: DenoiserInputs | None = None) -> DenoiserInputs:
-    """`inputs` with the whole clip's length the denoiser is told (`motion_length`, else the clip's frames), and the
-    settings' control.
+    """`inputs` with the whole clip's length the denoiser is told (`motion_length`, else the clip's frames), the
+    settings' control and a new step cache.
 
-    Every denoiser call of a clip, each window's included, gets it (denoisers without a length input ignore it).
+    Every denoiser call of a clip, each window's included, gets it (denoisers without a length input ignore it);
+    the step cache is made fresh by each guided predictor (`loop.guided`): one per clip, window group or window.
     """
     inputs = replace(inputs or DenoiserInputs(), clip_frames=settings.motion_length or settings.frames)
     if settings.control is not None and inputs.control is None:
         inputs = replace(inputs, control=settings.control, control_scale=settings.control_scale)
+    if settings.cache != "none" and inputs.cache is None:
+        inputs = replace(inputs, cache=StepCache(settings.cache, settings.steps))
     return inputs
 
 

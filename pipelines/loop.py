@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -33,6 +33,7 @@ class Stopwatch:
 
     seconds: float = 0.0
     calls: int = 0
+    cached: int = 0  # calls a step cache served (the network past its first block left out)
 
 
 def set_timesteps(scheduler, steps: int, strength: float = 1.0, device=None) -> int:
@@ -60,9 +61,12 @@ def guided(
 ) -> Predict:
     """Classifier-free guidance around a denoiser: cond and uncond batched in one forward.
 
-    `inputs` (clip length, structure injection, image context) go to every call of the denoiser.
+    `inputs` (clip length, structure injection, image context) go to every call of the denoiser; a step cache in
+    them is made fresh for this predictor, so it reuses features of its own trajectory only.
     """
     use_cfg = uncond is not None and scale != 1.0
+    if inputs is not None and inputs.cache is not None:
+        inputs = replace(inputs, cache=inputs.cache.fresh(watch, paired=use_cfg))
     both = TextEmbeds.cat([text, uncond]) if use_cfg else text
     if cond is not None and use_cfg:
         cond = FrameCondition(torch.cat([cond.latents, cond.latents]), torch.cat([cond.mask, cond.mask]))
@@ -167,4 +171,5 @@ class Timings:
         out = {k: round(v, 4) for k, v in self.phases.items()}
         out["denoiser_forward"] = round(self.denoiser.seconds, 4)
         out["denoiser_calls"] = self.denoiser.calls
+        out["denoiser_cached"] = self.denoiser.cached
         return out

@@ -109,7 +109,7 @@ def world_suite(args) -> dict:
     from .. import api, jobs
 
     info = api.info(args.model)
-    settings = jobs.settings_for(info, steps=args.steps, guidance=args.guidance)
+    settings = jobs.settings_for(info, steps=args.steps, guidance=args.guidance, cache=getattr(args, "cache", None))
     model = api.load(info.path, args.device, args.dtype, args.attention, loras=getattr(args, "lora", None),
                      lora_strict=getattr(args, "lora_strict", True))
     from ..pipelines.text_to_video import text_to_video
@@ -137,7 +137,7 @@ def animate_suite(args) -> dict:
     from ..pipelines.image_to_video import image_to_video
 
     info = api.info(args.model)
-    settings = jobs.settings_for(info, steps=args.steps, guidance=args.guidance)
+    settings = jobs.settings_for(info, steps=args.steps, guidance=args.guidance, cache=getattr(args, "cache", None))
     model = api.load(info.path, args.device, args.dtype, args.attention, loras=getattr(args, "lora", None),
                      lora_strict=getattr(args, "lora_strict", True))
     last = "first_last" in model.info.frame_conditions
