@@ -216,8 +216,8 @@ class StepCache:
 _HOOKED = threading.Lock()  # the hooks sit on a transformer for one call at a time
 
 
-def transformer_call(transformer, cache: StepCache, timestep: float, **kwargs):
-    """`transformer(**kwargs)` with the cache's diffusers hooks registered for this call only.
+def transformer_call(transformer, cache: StepCache, now: float, **kwargs):
+    """`transformer(**kwargs)` at timestep `now` with the cache's diffusers hooks registered for this call only.
 
     The hooks' state comes from the StepCache and goes back to it (diffusers keys it by a cache context; here every
     trajectory has its own), so the transformer holds none between calls and interleaved clips never share it.
@@ -229,7 +229,7 @@ def transformer_call(transformer, cache: StepCache, timestep: float, **kwargs):
         kwargs = {k: _halves_swapped(x, b) for k, x in kwargs.items()}
     states = cache.slots.setdefault(id(transformer), {})  # per expert (Wan 2.2's two transformers)
     with _HOOKED:
-        transformer.enable_cache(cache.diffusers_config(transformer, timestep))
+        transformer.enable_cache(cache.diffusers_config(transformer, now))
         try:
             hooks = _stateful_hooks(transformer)
             _swap_in(hooks, states)
@@ -239,7 +239,7 @@ def transformer_call(transformer, cache: StepCache, timestep: float, **kwargs):
         finally:
             transformer.disable_cache()
     cache.calls += 1
-    if any(getattr(s, "should_compute", True) is False for s in _states(states)):  # FirstBlockCache, MagCache skipped
+    if any(_skipped(s) for s in _states(states)):
         cache._served()
     if cache.spec.method == "magcache":
         _record_ratios(transformer, states)
@@ -282,6 +282,14 @@ def _swap_out(hooks, states: dict) -> None:
     for where, hook in hooks:
         if hasattr(getattr(hook, "state", None), "reset"):
             states[where] = hook.state
+
+
+def _skipped(state) -> bool:
+    """Whether a hook state says this call left its blocks out: FirstBlockCache, MagCache, TaylorSeer (a prediction)."""
+    if getattr(state, "should_compute", True) is False:
+        return True
+    step = getattr(state, "current_step", None)
+    return step is not None and not getattr(state, "is_inactive", True) and state.last_update_step != step
 
 
 def _states(states: dict):

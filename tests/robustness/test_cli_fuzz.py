@@ -89,6 +89,9 @@ SAMPLING = [
     Arg("--decode-chunk-size", ("1",), tuple(BAD_INT)), Arg("--device", ("cpu",), ("tpu", "cuda:x")),
     Arg("--dtype", ("float32",), ("float8", "float16")), Arg("--attention", ("chunked",), ("flash",)),
     Arg("--negative-prompt", ("blurry",), ("\udcff",)), switch("--overwrite"), Arg(None, ("--quiet",), (), True),
+    Arg("--cache", ("first-block", "first-block:0.5", "taylorseer:1"),
+        ("bogus", "", "first-block:0", "first-block:2", "first-block:nan", "taylorseer:0", "taylorseer:1.5", "pab",
+         "magcache", "fastercache:2")),
     UNKNOWN_FLAGS,
 ]
 # the fuzzed model has no control input: every --control clip (good or damaged) and every --control-scale is refused
