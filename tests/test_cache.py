@@ -325,3 +325,28 @@ def test_wan_each_context_window_has_its_own_hook_state(wan, cache, trajectories
     states = [id(s) for c in trajectories for s in C._states(next(iter(c.slots.values())))]
     assert states and len(states) == len(set(states))  # no hook state object shared by two windows
     assert no_hooks_left(wan)
+
+
+#################################################################################
+#                                   The benchmark                               #
+#################################################################################
+
+
+def test_bench_cache_smoke(tiny_model_dir, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_cache", Path(__file__).parents[1] / "scripts" / "bench_cache.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "cache.json"
+    r = bench.main(["--model", str(tiny_model_dir), "--steps", "2", "--clips", "1", "--frames", "4", "--height", "16",
+                    "--width", "16", "--methods", "first-block:1e-9", "taylorseer:1", "first-block:1", "--suite",
+                    "--suite-methods", "first-block:1", "--per-combo", "1", "--json-out", str(out)])
+    m = r["methods"]
+    assert m["first-block:1e-09"]["max_abs_diff"] == 0 and m["taylorseer:1"]["served"] == 0
+    assert m["first-block:1"]["served"] == 1 and m["first-block:1"]["calls"] == 2
+    assert set(r["suite"]) == {"none", "first-block:1"} and r["suite"]["none"]["within_1_clip"]
+    assert json.loads(out.read_text())["clips"] == 1
+    text = capsys.readouterr().out
+    assert "| first-block:1 |" in text and "within 1 clip of uncached" in text
