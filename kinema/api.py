@@ -12,7 +12,8 @@ Each function is `jobs.prepare_<task>` then `jobs.run`, as the CLI's commands ar
 CLI's flags in snake case (a misspelt one is a TypeError), every one checked before weights load:
 
 - sampling (every task): frames, height, width, steps, guidance, seed, negative_prompt, scheduler,
-  shift, fps, decode_chunk_size, motion_length;
+  shift, fps, decode_chunk_size, motion_length, cache (a step cache: "first-block:0.1", "taylorseer:2", ...;
+  docs/runtime.md);
 - placement (every task, ignored with a loaded `model`): device, dtype, attention, offload;
 - long clips (generate): context_length, context_stride, window_weights, mode ("window" or
   "continue"), prompt_schedule, prompt_transition, adain, follow_motion; extend takes the same but

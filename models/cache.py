@@ -174,8 +174,9 @@ class StepCache:
 
     # -- transformer families: diffusers' hooks --------------------------------------------
 
-    def diffusers_config(self, transformer, timestep: float):
-        """The diffusers cache config of this cache's method for one call of `transformer` at `timestep`."""
+    def diffusers_config(self, transformer, timestep: float, paired: bool = False):
+        """The diffusers cache config of this cache's method for one call of `transformer` at `timestep` (`paired`:
+        its batch is (uncond, cond) halves)."""
         from diffusers.hooks import (FasterCacheConfig, FirstBlockCacheConfig, MagCacheConfig,
                                      PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig)
 
@@ -201,7 +202,7 @@ class StepCache:
                 low_frequency_weight_update_timestep_range=(99, 901),
                 high_frequency_weight_update_timestep_range=(-1, 301), unconditional_batch_skip_range=5,
                 unconditional_batch_timestep_skip_range=(-1, 781), tensor_format="BCFHW",
-                is_guidance_distilled=not self.paired)
+                is_guidance_distilled=not paired)
         if m == "pab":
             return PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=2,
                                                    spatial_attention_timestep_skip_range=(100, 800),
@@ -223,13 +224,13 @@ def transformer_call(transformer, cache: StepCache, now: float, **kwargs):
     trajectory has its own), so the transformer holds none between calls and interleaved clips never share it.
     diffusers' FasterCache takes a guided batch as (uncond, cond); kinema's is (cond, uncond): swapped around the call.
     """
-    swap = cache.spec.method == "fastercache" and cache.paired
     b = kwargs["hidden_states"].shape[0]
+    swap = cache.spec.method == "fastercache" and cache.paired and b % 2 == 0  # (a CFG-parallel rank has one half)
     if swap:
         kwargs = {k: _halves_swapped(x, b) for k, x in kwargs.items()}
     states = cache.slots.setdefault(id(transformer), {})  # per expert (Wan 2.2's two transformers)
     with _HOOKED:
-        transformer.enable_cache(cache.diffusers_config(transformer, now))
+        transformer.enable_cache(cache.diffusers_config(transformer, now, paired=swap))
         try:
             hooks = _stateful_hooks(transformer)
             _swap_in(hooks, states)

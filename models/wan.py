@@ -31,7 +31,8 @@ How each piece meets the seams:
   compressed by 4 causally, so clips have 4k+1 frames (81 -> 21 latent frames); decoding runs latent
   frame by latent frame with the causal cache kept, so chunks are exactly the whole decode;
 - denoiser: `WanTransformer3DModel`; Wan 2.2's two experts (`transformer` at t >= boundary_ratio x 1000,
-  `transformer_2` below) are chosen inside `predict` from the timestep, so the one loop runs them;
+  `transformer_2` below) are chosen inside `predict` from the timestep, so the one loop runs them; a step
+  cache (`--cache`) runs as diffusers' cache hooks registered on the transformer for one call (`models/cache.py`);
 - frame condition: Wan 2.1 image-to-video concatenates a 4-channel pixel-frame mask and the latents of
   the condition video (the image followed by zero, mid-grey, frames) to the input; `image_condition` here
   builds that condition, and the CLIP image states when the folder has an image encoder, for the one

@@ -21,6 +21,7 @@ from kinema import jobs
 from kinema.cli import main
 from kinema.errors import KinemaError
 from kinema.models import cache as C
+from kinema.models.seams import DenoiserInputs
 from kinema.pipelines.loop import ON_STEP
 
 PROMPT = "a red circle moving right on a blue background"
@@ -282,6 +283,19 @@ def test_wan_hooks_reuse_and_stay_near(wan, cache, count):
     if count is not None:  # FasterCache and PAB leave parts of a call out, not whole calls: nothing to count
         assert served(cached) == count
     assert 0 < diff(cached, base) < diff(other_seed, base) and no_hooks_left(wan)
+
+
+def test_wan_fastercache_without_a_guided_pair(wan):
+    """No guidance, or one half of the pair (a CFG-parallel rank): FasterCache runs as for a guidance-distilled model."""
+    r = wan_run(wan, "fastercache", guidance=1.0)
+    assert torch.isfinite(r.latents).all() and r.timings.denoiser.calls == WAN["steps"]
+    text = wan.text_encoder.encode([PROMPT])
+    cache = C.StepCache("fastercache", WAN["steps"], paired=True)
+    x = torch.randn(1, 16, 3, 4, 4)
+    for t in (900.0, 500.0, 300.0):
+        v = wan.denoiser.predict(x, torch.tensor([t]), text, None, DenoiserInputs(cache=cache))
+        assert v.shape == x.shape and torch.isfinite(v).all()
+    assert no_hooks_left(wan)
 
 
 def test_wan_magcache_calibrates_once_then_skips(wan, calibration):
