@@ -227,7 +227,7 @@ def _check_numbers(s: Settings) -> None:
 
 
 def check_cache(cache, info: ModelInfo) -> str:
-    """`--cache` normalised ("first-block" -> "first-block:0.05"), if this model's family takes the method."""
+    """`--cache` normalised ("first-block" -> "first-block:0.1"), if this model's family takes the method."""
     from .models.cache import check_cache as check
 
     return check(cache, family_of(info).cache_methods(info), f"{info.name} ({info.path})")

@@ -73,10 +73,10 @@ class CacheSpec:
 
 def parse_cache(text) -> CacheSpec:
     """'first-block:0.1' -> CacheSpec; an unknown method or a setting out of range is a one-line KinemaError."""
-    require(isinstance(text, (str, CacheSpec)), f"--cache must be text such as first-block:0.05 (got {type(text).__name__})")
+    require(isinstance(text, (str, CacheSpec)), f"--cache must be text such as first-block:0.1 (got {type(text).__name__})")
     method, colon, raw = str(text).strip().partition(":")
     require(method in METHODS, f"unknown --cache method {method!r}; use one of {', '.join(METHODS)} "
-                               "(e.g. first-block:0.05, taylorseer:3)")
+                               "(e.g. first-block:0.1, taylorseer:2)")
     if method not in SETTINGS:
         require(not colon, f"--cache {method} takes no setting; drop ':{raw}'")
         return CacheSpec(method)
@@ -98,7 +98,7 @@ def parse_cache(text) -> CacheSpec:
 
 
 def check_cache(text, supported: tuple[str, ...], model: str) -> str:
-    """`text` normalised ('first-block' -> 'first-block:0.05'), or an error naming the methods `model` supports."""
+    """`text` normalised ('first-block' -> 'first-block:0.1'), or an error naming the methods `model` supports."""
     spec = parse_cache(text)
     require(spec.method in supported,
             f"--cache {spec.method} is not available for {model}; it supports: {', '.join(supported)}")
@@ -145,6 +145,8 @@ class StepCache:
                                                  f"hooks); this network takes {', '.join(OWN_METHODS)}")
         n, s = self.calls, self.slots
         self.calls += 1
+        if self.spec.method == "none":
+            return False
         self._first = first
         if self.spec.method == "first-block":
             hit = "residual" in s and relative_l1(first, s["first"]) < self.spec.value
@@ -166,6 +168,8 @@ class StepCache:
     def store(self, deep: torch.Tensor) -> None:
         """After a full call: keep its residual (`deep`, the output before the head, less the first block's)."""
         first, self._first = self._first, None
+        if first is None:  # no method (none)
+            return
         residual = deep - first
         if self.spec.method == "first-block":
             self.slots.update(first=first, residual=residual)

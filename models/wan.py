@@ -416,7 +416,7 @@ class WanDenoiser(torch.nn.Module):
             image = ctx.image_embeds.repeat(b, 1, 1).to(latents.device, self.dtype)
         call = dict(hidden_states=x.to(self.dtype), timestep=t, encoder_hidden_states=text.hidden.to(self.dtype),
                     encoder_hidden_states_image=image, return_dict=False)
-        if inputs.cache is not None:  # diffusers' cache hooks, for this call only (`models/cache.py`)
+        if inputs.cache is not None and inputs.cache.spec.method != "none":  # diffusers' hooks, for this call only
             return transformer_call(model, inputs.cache, float(timestep.reshape(-1)[0]), **call)[0]
         return model(**call)[0]
 

@@ -364,3 +364,12 @@ def test_bench_cache_smoke(tiny_model_dir, tmp_path, capsys):
     assert json.loads(out.read_text())["clips"] == 1
     text = capsys.readouterr().out
     assert "| first-block:1 |" in text and "within 1 clip of uncached" in text
+
+
+def test_a_none_cache_handed_to_the_unet_reuses_nothing(trained_like_model):
+    x, t = torch.randn(1, 4, 4, 4, 4), torch.tensor([500.0])
+    text = trained_like_model.text_encoder.encode([PROMPT])
+    plain = trained_like_model.denoiser.predict(x, t, text)
+    cache = C.StepCache("none")
+    for _ in range(3):
+        assert torch.equal(trained_like_model.denoiser.predict(x, t, text, None, DenoiserInputs(cache=cache)), plain)
