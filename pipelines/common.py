@@ -36,7 +36,7 @@ class Settings:
     # input; every denoiser call of the clip gets it (each window its frames); None: no control
     control: torch.Tensor | None = field(default=None, repr=False, compare=False)
     control_scale: float = 1.0
-    # a step cache (`models/cache.py`): "none", "first-block:0.05", "taylorseer:3", ...; each trajectory its own
+    # a step cache (`models/cache.py`): "none", "first-block:0.1", "taylorseer:2", ...; each trajectory its own
     cache: str = "none"
 
     def as_dict(self) -> dict:
