@@ -500,7 +500,8 @@ def prepare_restyle(video, prompt: str, model=None, max_frames: int | None = Non
     if kind == "edges" and opts.strength > 0:  # the source's edge maps steer every denoiser call
         from .models.control import control_input
 
-        scale = 1.0 if control.get("control_scale") is None else float(control["control_scale"])
+        given = control.get("control_scale")
+        scale = float(info.defaults.restyle_control_scale if given is None else given)  # the model's scale for restyling
         settings = replace(settings, control=control_input(source, info.spatial_compression), control_scale=scale)
         inputs["control_scale"] = scale
     return Job("restyle", prompt, info, settings, placement, long=long, restyle=opts, source=source, inputs=inputs)

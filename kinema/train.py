@@ -120,8 +120,8 @@ class DenoiserStage:
     reflow_batch: int = 8
     control: bool = False
     control_dropout: float = 0.3
-    # which parameters learn: "all", or "grown" (the backbone frozen, as T2I-Adapter trains its adapter: without a
-    # control the network computes exactly what it did)
+    # which parameters learn: "all", or "control" (only the control adapter; the backbone frozen, as T2I-Adapter trains
+    # its adapter: without a control the network computes exactly what it did)
     train: str = "all"
 
 
@@ -717,9 +717,10 @@ def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start
     else:
         fresh = [p for n, p in net.named_parameters() if n.startswith(GROWN_PREFIXES)]
         rest = [p for n, p in net.named_parameters() if not n.startswith(GROWN_PREFIXES)]
-    if d.train == "grown" and not d.lora:  # the backbone frozen: only what `grow` added learns
-        for p in rest:
-            p.requires_grad_(False)
+    if d.train == "control" and not d.lora:  # the backbone frozen: only the control adapter learns
+        fresh = [p for n, p in net.named_parameters() if n.startswith("control.")]
+        for n, p in net.named_parameters():
+            p.requires_grad_(n.startswith("control."))
         rest = []
     ema = _copy(net)  # after any adapter is injected: the EMA follows the same parameters
     groups = ([dict(params=rest, lr_scale=1.0)] if rest else []) + (
@@ -958,8 +959,10 @@ def train(config: str | Path | None, model_dir: str | Path, run_dir: str | Path 
     bad = [n for n in cfg.denoiser.grow if n not in GROWABLE]
     if bad:
         raise KinemaError(f"denoiser.grow names {bad}; known: {', '.join(GROWABLE)}")
-    if cfg.denoiser.train not in ("all", "grown"):
-        raise KinemaError(f"denoiser.train must be 'all' or 'grown'; got {cfg.denoiser.train!r}")
+    if cfg.denoiser.train not in ("all", "control"):
+        raise KinemaError(f"denoiser.train must be 'all' or 'control'; got {cfg.denoiser.train!r}")
+    if cfg.denoiser.train == "control" and not cfg.denoiser.control:
+        raise KinemaError("denoiser.train: control trains the control adapter; set denoiser.control: true")
     if not 0 <= cfg.denoiser.control_dropout < 1:
         raise KinemaError(f"denoiser.control_dropout must be in [0, 1); got {cfg.denoiser.control_dropout}")
     lf = cfg.denoiser.long_frames

@@ -50,6 +50,7 @@ class ModelDefaults:
     restyle_structure: float = 0.0
     restyle_guidance: float | None = None  # None: `guidance`
     restyle_method: str = "sdedit"  # sdedit (noise the source, denoise with the prompt) or flowedit (inversion-free)
+    restyle_control_scale: float = 1.0  # how strongly the source's edge maps steer restyle (models with a control input)
 
     @classmethod
     def parse(cls, data, where: str) -> "ModelDefaults":
@@ -87,6 +88,8 @@ def _valid(key: str, v) -> tuple[bool, str]:
         return (v is None and key != "guidance") or (_number(v) and 0 <= v <= 50), "a number in [0, 50]"
     if key in ("image_noise", "restyle_strength", "restyle_structure"):
         return _number(v) and 0 <= v <= 1, "a number in [0, 1]"
+    if key == "restyle_control_scale":
+        return _number(v) and 0 <= v <= 5, "a number in [0, 5]"
     if key == "scheduler":
         return isinstance(v, str) and v in ("euler", "unipc"), "euler or unipc"
     if key == "restyle_method":

@@ -1,6 +1,7 @@
 """Copy a trained model folder into the package as the default weights (float16 safetensors).
 
     python scripts/ship_default.py runs/default/model
+    python scripts/ship_default.py runs/control/model --backbone-from runs/long/model   # the control stage, as shipped
 
 Weights are stored in float16 to halve the download; `kinema.load` upcasts them to the
 requested dtype (float32 on CPU). The folder is replaced atomically. The training record
@@ -23,6 +24,10 @@ DEST = Path(__file__).resolve().parent.parent / "kinema" / "weights" / "default"
 # Restyle settings of the shipped model, chosen on the tuning clips (`bench_restyle.py --first-clip 1000`)
 # of the 21,000-step weights; see the README's model card.
 RESTYLE = dict(restyle_strength=0.9, restyle_structure=0.3, restyle_guidance=7.5)
+# With the control input (27,000 steps): the source's edge maps at scale 2 and the source redrawn whole (strength 1,
+# no layout injection), chosen on world clips 1000-1005 (docs/restyle-control/tuning/): colour 100%, IoU 0.68,
+# track 1.08 px, shape kept 100%; FlowEdit with the control drew the shapes closer (IoU 0.72) but recoloured 83%.
+CONTROL = dict(restyle_strength=1.0, restyle_structure=0.0, restyle_guidance=7.5, restyle_control_scale=2.0)
 # The pace of long clips: the 25,500-step weights told a 256-frame clip's length crept at about the world's
 # pace in single windows (direction 85%, scripts/probe_pace.py) but lost the direction when windows were
 # fused (6 of 16 chunks, worst seam 5.56, scripts/bench_long.py); told 16 frames: 16 of 16 chunks, seam 1.83
@@ -35,7 +40,10 @@ PACE = dict(motion_length=16)
 FOLLOW = dict(follow_motion=True)
 
 
-def ship(src: Path, dest: Path = DEST) -> Path:
+def ship(src: Path, dest: Path = DEST, backbone_from: Path | None = None) -> Path:
+    """Copy `src` to `dest` in float16; with `backbone_from`, every denoiser tensor but the control adapter's comes from
+    that folder instead (the control stage's run trained the motion and length MLPs beside the adapter; shipping the
+    earlier backbone keeps text-to-video and image-to-video exactly as they were)."""
     src = Path(src)
     if not (src / "kinema.json").is_file():
         raise SystemExit(f"{src} is not a kinema model folder")
@@ -46,12 +54,20 @@ def ship(src: Path, dest: Path = DEST) -> Path:
             (tmp / sub).mkdir()
             for f in (src / sub).iterdir():
                 if f.suffix == ".safetensors":
-                    tensors = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(f).items()}
+                    tensors = load_file(f)
+                    if backbone_from is not None and sub == "denoiser":
+                        base = load_file(Path(backbone_from) / sub / f.name)
+                        tensors.update({k: v for k, v in base.items() if not k.startswith("control.")})
+                    tensors = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in tensors.items()}
                     save_file(tensors, tmp / sub / f.name)
                 elif f.suffix == ".json":
                     shutil.copy2(f, tmp / sub / f.name)
         index = json.loads((src / "kinema.json").read_text())
-        index["defaults"] = {**index.get("defaults", {}), **RESTYLE, **PACE, **FOLLOW}
+        control = json.loads((src / "denoiser" / "config.json").read_text()).get("control_channels", 0)
+        index["defaults"] = {**index.get("defaults", {}), **(CONTROL if control else RESTYLE), **PACE, **FOLLOW}
+        fast = index.get("fast")
+        if fast:  # the few-step student's LoRA travels with the folder (float32: a few MB)
+            shutil.copy2(src / fast["lora"], tmp / fast["lora"])
         (tmp / "kinema.json").write_text(json.dumps(index, indent=2))
         if (dest / "README.md").is_file():
             shutil.copy2(dest / "README.md", tmp / "README.md")
@@ -74,4 +90,6 @@ def ship(src: Path, dest: Path = DEST) -> Path:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="trained model folder, e.g. runs/default/model")
-    print(ship(p.parse_args().src))
+    p.add_argument("--backbone-from", default=None, help="take every denoiser tensor but the control adapter's from here")
+    args = p.parse_args()
+    print(ship(args.src, backbone_from=args.backbone_from))

@@ -111,7 +111,8 @@ def test_training_the_adapter_leaves_the_backbone_untouched(trained_like_model, 
     shutil.copytree(trained_like_model.path, model)  # outputs not at zero: gradients reach the adapter
     cfg = yaml.safe_load(open("configs/tiny.yaml"))
     cfg["dataset"] = "world-wide"
-    cfg["denoiser"].update(control=True, control_dropout=0.5, train="grown", steps=4)
+    cfg["denoiser"].update(control=True, control_dropout=0.5, train="control", steps=4,
+                           grow=["motion_embedding"])  # grown in the same run: it stays frozen (at zero) too
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     before = load_file(model / "denoiser" / "diffusion_pytorch_model.safetensors")
     train(tmp_path / "c.yaml", model, tmp_path / "run", stages="denoiser")
@@ -120,6 +121,7 @@ def test_training_the_adapter_leaves_the_backbone_untouched(trained_like_model, 
     grown = [k for k in after if k.startswith("control.")]
     assert grown and all(k not in before for k in grown)
     assert all(torch.equal(before[k], after[k]) for k in before)  # frozen: bit for bit
+    assert float(after["motion.2.weight"].abs().sum()) == 0  # the other grown input did not learn
     assert any(float(after[k].abs().sum()) > 0 for k in grown if k.startswith("control.out"))  # the adapter learnt
 
 
