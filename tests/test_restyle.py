@@ -284,7 +284,8 @@ def test_restyle_defaults_come_from_the_model():
     with pytest.raises(KinemaError, match="takes resolved options"):  # the driver applies no defaults of its own
         restyle_video(None, PROMPT, moving(), small(), unresolved, progress=False)
     shipped = json.loads((ROOT / "kinema" / "weights" / "default" / "kinema.json").read_text())["defaults"]
-    assert (shipped["restyle_strength"], shipped["restyle_structure"]) == (0.9, 0.3)
+    # the shipped model restyles under the source's edges (its control input), redrawing it whole
+    assert (shipped["restyle_strength"], shipped["restyle_structure"], shipped["restyle_control_scale"]) == (1.0, 0.0, 2.0)
 
 
 def test_structure_keeps_the_layout_with_the_shipped_weights():
@@ -306,7 +307,7 @@ def test_structure_keeps_the_layout_with_the_shipped_weights():
         track = metrics.analyse_video(w.clip(seed).video).trajectory
         for structure in errors:
             out = kinema.restyle(w.clip(seed).video, prompt, model=m, strength=1.0, structure=structure, steps=10,
-                                 seed=0, progress=False)
+                                 seed=0, progress=False, control="none")  # the injection alone, not the edges
             d = [np.hypot(a[0] - b[0], a[1] - b[1]) for a, b in zip(metrics.analyse_video(out).trajectory, track)
                  if a is not None and b is not None]
             errors[structure].append(np.mean(d) if d else None)  # None: no object found
