@@ -49,7 +49,15 @@ def load_text_encoder(folder: str | Path, max_length: int = 32) -> torch.nn.Modu
     return HFTextEncoder(folder, max_length)
 
 
-class BertTextEncoder(torch.nn.Module):
+class _TextEncoder(torch.nn.Module):
+    """What both encoders share: `self.model` with a config, `dim` its hidden size."""
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
+
+
+class BertTextEncoder(_TextEncoder):
     """A BERT folder (MiniLM) -> TextEmbeds, as HFTextEncoder gives it: the folder's tokenizer.json, padded to the
     longest prompt, truncated to `max_length` tokens."""
 
@@ -68,10 +76,6 @@ class BertTextEncoder(torch.nn.Module):
         self.model.requires_grad_(False)
         self.max_length = max_length
 
-    @property
-    def dim(self) -> int:
-        return self.model.config.hidden_size
-
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> TextEmbeds:
         batch = self.tokenizer.encode_batch(list(prompts))
@@ -82,7 +86,7 @@ class BertTextEncoder(torch.nn.Module):
         return TextEmbeds(hidden.float(), mask.bool())
 
 
-class HFTextEncoder(torch.nn.Module):
+class HFTextEncoder(_TextEncoder):
     """Any transformers encoder on disk (default: MiniLM) -> TextEmbeds(hidden, mask)."""
 
     def __init__(self, folder: str | Path, max_length: int = 32):
@@ -97,10 +101,6 @@ class HFTextEncoder(torch.nn.Module):
         self.model = AutoModel.from_pretrained(self.folder, local_files_only=True, use_safetensors=True).eval()
         self.model.requires_grad_(False)
         self.max_length = max_length
-
-    @property
-    def dim(self) -> int:
-        return self.model.config.hidden_size
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> TextEmbeds:
