@@ -180,3 +180,11 @@ def test_fast_picks_the_folders_student_and_its_steps(trained_like_model, tmp_pa
     (folder / "kinema.json").write_text(json.dumps({**index, "fast": dict(lora="../x.safetensors", steps=3, guidance=1)}))
     with pytest.raises(KinemaError, match="fast must be"):
         jobs.prepare_generate("a red circle", folder, fast=True)
+
+
+def test_the_shipped_student_loads_at_its_steps():
+    from kinema import jobs
+
+    job = jobs.prepare_generate("a red circle moving right on a blue background", fast=True)
+    assert (job.settings.steps, job.settings.guidance) == (4, 1.0)
+    assert len(job.placement.loras) == 1 and job.placement.loras[0][0].endswith("fast.safetensors")
