@@ -341,11 +341,11 @@ def _restyle_parser(sub, fmt) -> None:
     s.add_argument("prompt", help="what the restyled clip shows")
     s.add_argument("--strength", type=finite_float, default=None,
                    help="how far the source is noised: 0 returns it unchanged (no model run), 1 ignores it but for its "
-                        "layout (default: the model's, 0.9 for the default model, else 0.7)")
+                        "layout (default: the model's, 1 for the default model, else 0.7)")
     s.add_argument("--structure", type=finite_float, default=None,
                    help="fraction of the denoising steps, from the first, that take the source's layout (attention "
                         "queries/keys and mid-level features of a pass over the noised source); 0 turns it off "
-                        "(default: the model's, 0.3 for the default model, else 0)")
+                        "(default: the model's, 0 for the default model, which takes the layout from its control input)")
     s.add_argument("--method", default=None, metavar="METHOD", choices=Choices("kinema.pipelines.video_to_video", "METHODS"),
                    help="sdedit: noise the source to --strength and denoise with PROMPT; flowedit: inversion-free "
                         "(FlowEdit): from --strength down, move the source by the difference of PROMPT's and "
@@ -359,7 +359,7 @@ def _restyle_parser(sub, fmt) -> None:
                    help="edges: the source's soft edge maps steer every denoising step (models with a control input); "
                         "none: they do not (default: edges where the model has the input)")
     s.add_argument("--control-scale", type=finite_float, default=None,
-                   help="how strongly the control steers, 0 to 5 (default 1, as trained)")
+                   help="how strongly the control steers, 0 to 5 (default: the model's, 2 for the default model)")
     s.add_argument("--flow", action=argparse.BooleanOptionalAction, default=True,
                    help="guide by the source's optical flow: fuse the decoded frames (and, with --flow-steps, latents) along it")
     s.add_argument("--flow-steps", type=finite_float, default=0.0,
