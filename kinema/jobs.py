@@ -162,7 +162,12 @@ def placement_for(model, device="auto", dtype="auto", attention: str = "sdpa", o
     from .models.attention import BACKENDS, xformers_available
 
     if isinstance(model, Model):
-        require(not lora, "a loaded model carries the LoRAs it was loaded with: pass loras= to kinema.load")
+        have = tuple((r["path"], r["scale"]) for r in model.loras)
+        want = tuple(lora_files.check_specs([lora] if isinstance(lora, (str, Path)) else lora)) if lora else ()
+        require(not want or set(want) <= set(have),
+                f"a loaded model carries the LoRAs it was loaded with ({len(have)}); load it with "
+                f"kinema.load(loras=[{', '.join(repr(p) for p, _ in want)}]) (what --lora and --fast add), or pass "
+                "the model folder instead")
         return Placement(model.device, model.dtype, model.attention, model.offload, resources.pick_threads(threads),
                          "the loaded model's", tuple((r["path"], r["scale"]) for r in model.loras))
     loras = tuple(lora_files.check_specs([lora] if isinstance(lora, (str, Path)) else lora))

@@ -175,6 +175,12 @@ def test_fast_picks_the_folders_student_and_its_steps(trained_like_model, tmp_pa
     assert result.record["loras"][0]["path"] == str(folder / "fast.safetensors")
     given = jobs.prepare_generate("a red circle", folder, fast=True, steps=5, frames=2, height=16, width=16)
     assert given.settings.steps == 5  # the caller's steps win
+    import kinema
+
+    loaded = kinema.load(folder, device="cpu", dtype="float32", loras=[folder / "fast.safetensors"])
+    assert jobs.prepare_generate("a red circle", loaded, fast=True, frames=2, height=16, width=16).settings.steps == 3
+    with pytest.raises(KinemaError, match=r"load it with kinema.load\(loras="):  # a loaded model without the student
+        jobs.prepare_generate("a red circle", kinema.load(folder, device="cpu", dtype="float32"), fast=True)
     with pytest.raises(KinemaError, match="has no few-step student; drop --fast"):
         jobs.prepare_generate("a red circle", trained_like_model.path, fast=True)
     (folder / "kinema.json").write_text(json.dumps({**index, "fast": dict(lora="../x.safetensors", steps=3, guidance=1)}))
