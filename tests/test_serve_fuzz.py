@@ -49,6 +49,8 @@ FIELDS = {
     "scheduler": (["euler", "unipc"], ["ddim", "", None]),
     "shift": ([None, 3], ["-1", "0", "inf"]),
     "motion_length": ([None, ""], ["0", "abc", "2.5"]),
+    "fast": ([False], [True, "yes"]),  # the tiny model ships no student: --fast is refused
+    "cache": (["", "none", "first-block:0.5", "taylorseer:2"], ["magic", "first-block:2", "taylorseer:0", "\udcff"]),
     "mode": (["window", "continue"], ["both"]),
     "context_length": ([None, 2], ["0", "65", "x"]),
     "context_stride": ([None, 1], ["0", "-1"]),

@@ -49,6 +49,8 @@ SAMPLING = (  # after the prompt, the negative prompt and the frames
     Field("scheduler", "choice", "Scheduler", Choices("kinema.models.schedulers", "SCHEDULERS"), group="more"),
     Field("shift", "float", "Schedule shift (blank: the model's)", group="more", optional=True),
     Field("motion_length", "int", "Motion length (blank: the model's)", group="more", optional=True),
+    Field("fast", "switch", "Fast: the model's few-step student (its steps and guidance unless given)", group="more"),
+    Field("cache", "text", "Step cache: none, first-block:0.1, taylorseer:2 (blank: none)", group="more"),
 )
 FRAMES = Field("frames", "int", "Frames")
 CONTEXT = (
