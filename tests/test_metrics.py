@@ -249,3 +249,58 @@ def test_extra_colours_render_and_read_a_new_colour_then_restore_the_palette():
         assert (reading.colour, reading.direction) == ("pink", "right")
     assert world.COLOURS == before and "pink" not in metrics.NAMES
     assert metrics.analyse_video(video).colour != "pink"  # the world's palette again: pink is not one of its colours
+
+
+#################################################################################
+#                                Shape reading                                  #
+#################################################################################
+
+
+def _one_frame(shape: str, size: float, cx: float = 30.3, cy: float = 33.7, side: int = 64, colours=("red", "blue")) -> np.ndarray:
+    spec = world.ClipSpec(colours[0], shape, "still", colours[1], size, (cx, cy), (0.0, 0.0), 0.0)
+    return world.render(spec, 1, side, side)[0]
+
+
+@pytest.mark.parametrize("shape", world.SHAPES)
+@pytest.mark.parametrize("size", [11.0, 16.5, 24.0])
+def test_shape_reading_names_ground_truth_and_scores_it_near_one(shape, size):
+    read, iou = metrics.read_shape(_one_frame(shape, size))
+    assert read == shape and iou > 0.93
+
+
+@pytest.mark.parametrize("shape", world.SHAPES)
+def test_shape_reading_holds_at_other_sizes_of_frame(shape):
+    read, iou = metrics.read_shape(_one_frame(shape, 40.0, 61.0, 70.5, side=128))
+    assert read == shape and iou > 0.95
+
+
+def test_blurred_shapes_read_lower_and_a_blob_reads_as_circle():
+    """Blur rounds corners: a square's IoU falls and a heavily blurred square reads closer to a circle."""
+    sharp = _one_frame("square", 20.0, colours=("white", "black"))  # their blend is no palette colour of its own
+    _, iou_sharp = metrics.read_shape(sharp)
+    read_soft, iou_soft = metrics.read_shape(cv2.GaussianBlur(sharp, (0, 0), 3.0))
+    assert read_soft == "square" and iou_soft < iou_sharp - 0.04
+    blob = cv2.GaussianBlur(sharp, (0, 0), 6.0)
+    assert metrics.read_shape(blob)[0] == "circle"
+
+
+def test_shape_templates_have_the_asked_area_and_centroid():
+    for shape in world.SHAPES:
+        t = metrics.shape_template(shape, 300.0, 31.0, 29.0, 64, 64)
+        ys, xs = np.nonzero(t)
+        assert abs(t.sum() - 300) < 300 * 0.1  # whole pixels
+        assert abs(xs.mean() + 0.5 - 31.0) < 0.6 and abs(ys.mean() + 0.5 - 29.0) < 0.6
+
+
+def test_cut_off_and_missing_objects_are_not_read():
+    assert metrics.read_shape(_one_frame("circle", 20.0, cx=3.0)) == (None, pytest.approx(float("nan"), nan_ok=True))
+    empty = np.broadcast_to(np.array(world.COLOURS["blue"], np.uint8), (64, 64, 3)).copy()
+    assert metrics.read_shape(empty)[0] is None
+
+
+def test_world_suite_reads_shapes_of_ground_truth():
+    generate, _ = _renderer("heldout", 1)
+    result = metrics.run_world_suite(generate, split="heldout", per_combo=1, seed=0)
+    assert result["shape"] == 1.0 and result["shape_iou"] > 0.97
+    assert all(r["detected_shape"] == r["shape"] for r in result["rows"])
+    assert "shape IoU" in metrics.format_table(result)

@@ -72,11 +72,12 @@ def score_files(videos: list[str], caption: str | None) -> dict:
     rows = []
     for v in videos:
         rows.append({"video": v, **metrics.score(_read(v, "scoring", "score a shorter clip"), caption)})
-    print("| video | colour | background | direction | detected | flicker |")
-    print("|---|---|---|---|---|---|")
+    print("| video | colour | background | direction | shape (template IoU) | detected | flicker |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        det = f"{r['detected_colour']} on {r['detected_background']}, {r['detected_direction']}"
-        print(f"| {r['video']} | {_ok(r['colour_ok'])} | {_ok(r['background_ok'])} | {_ok(r['direction_ok'])} | {det} | {r['flicker']:.2f} |")
+        det = f"{r['detected_colour']} {r['detected_shape']} on {r['detected_background']}, {r['detected_direction']}"
+        print(f"| {r['video']} | {_ok(r['colour_ok'])} | {_ok(r['background_ok'])} | {_ok(r['direction_ok'])} | "
+              f"{_ok(r['shape_ok'])} ({r['shape_iou']:.2f}) | {det} | {r['flicker']:.2f} |")
     return {"rows": rows}
 
 

@@ -291,8 +291,10 @@ def score(video: np.ndarray, caption: str) -> dict:
     """Does the clip show the canonical caption's colour, background and motion? Plus the readings."""
     colour, shape, direction, background = _parse(caption)
     reading = analyse_video(video)
+    detected_shape, shape_iou = video_shape(video, reading.frames)
     return {
         "colour_ok": reading.colour == colour,
+        "shape_ok": detected_shape == shape,
         "background_ok": reading.background == background,
         "direction_ok": reading.direction == direction,
         "colour": colour,
@@ -302,6 +304,8 @@ def score(video: np.ndarray, caption: str) -> dict:
         "detected_colour": reading.colour,
         "detected_background": reading.background,
         "detected_direction": reading.direction,
+        "detected_shape": detected_shape,
+        "shape_iou": shape_iou,
         "displacement": reading.displacement,
         "flicker": reading.flicker,
         "object_found_fraction": reading.object_found_fraction,
@@ -346,6 +350,78 @@ def edit_scores(out: np.ndarray, source: np.ndarray, caption: str) -> dict:
                 detected_colour=read["detected_colour"], detected_background=read["detected_background"])
 
 
+#################################################################################
+#                                    Shapes                                     #
+#################################################################################
+
+SHAPE_EDGE_MARGIN = 1  # px: an object touching the frame's edge (cut off) is not read for shape
+
+
+def object_alpha(frame: np.ndarray, reading: FrameReading) -> np.ndarray:
+    """(H, W) in [0, 1]: how far each pixel lies from the background's colour towards the object's (an
+    anti-aliased edge pixel half covered reads 0.5)."""
+    bg = _PALETTE[NAMES.index(reading.background)]
+    fg = _PALETTE[NAMES.index(reading.colour)]
+    d = fg - bg
+    x = frame.astype(np.float32) - bg
+    return np.clip((x @ d) / float(d @ d), 0, 1)
+
+
+def shape_template(shape: str, area: float, cx: float, cy: float, h: int, w: int) -> np.ndarray:
+    """(H, W) bool: the world's `shape` of `area` pixels, its centroid at (cx, cy), covering >= half a pixel."""
+    if shape == "circle":
+        size, centre_y = 2 * math.sqrt(area / math.pi), cy
+    elif shape == "square":
+        size, centre_y = math.sqrt(area), cy
+    else:  # upright triangle of base = height = size: its centroid lies size / 6 below its box's centre
+        size = math.sqrt(2 * area)
+        centre_y = cy - size / 6
+    return world._coverage(shape, cx, centre_y, size, h, w) >= 0.5
+
+
+def read_shape(frame: np.ndarray, reading: FrameReading | None = None) -> tuple[str | None, float]:
+    """(shape, IoU): the equal-area template (circle, square, upright triangle) centred on the object's
+    centroid that best overlaps its largest connected component, and that overlap; (None, nan) when no
+    whole object is in the frame.
+
+    The object is the pixels at least half of the way from the background's colour to the object's, in
+    the component `analyse_frame` found (grown by a pixel so soft edges count); world ground truth reads ~1."""
+    reading = reading if reading is not None else analyse_frame(frame)
+    if not reading.found:
+        return None, float("nan")
+    h, w = frame.shape[:2]
+    near = cv2.dilate(reading.mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    n, comp, stats, _ = cv2.connectedComponentsWithStats((near & (object_alpha(frame, reading) >= 0.5)).astype(np.uint8), connectivity=4)
+    if n < 2:
+        return None, float("nan")
+    k = 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
+    x0, y0, bw, bh, area = stats[k]
+    m = SHAPE_EDGE_MARGIN
+    if x0 < m or y0 < m or x0 + bw > w - m or y0 + bh > h - m:
+        return None, float("nan")
+    mask = comp == k
+    ys, xs = np.nonzero(mask)
+    cx, cy = float(xs.mean()) + 0.5, float(ys.mean()) + 0.5
+    best, best_iou = None, -1.0
+    for shape in world.SHAPES:
+        t = shape_template(shape, float(area), cx, cy, h, w)
+        iou = float((t & mask).sum() / max((t | mask).sum(), 1))
+        if iou > best_iou:
+            best, best_iou = shape, iou
+    return best, best_iou
+
+
+def video_shape(video: np.ndarray, readings: list[FrameReading] | None = None) -> tuple[str | None, float]:
+    """The clip's shape (majority over frames with a whole object) and its median template IoU over those frames."""
+    readings = readings if readings is not None else [analyse_frame(f) for f in video]
+    reads = [read_shape(f, r) for f, r in zip(video, readings)]
+    reads = [(s, i) for s, i in reads if s is not None]
+    if not reads:
+        return None, float("nan")
+    shape = _majority(s for s, _ in reads)
+    return shape, float(np.median([i for _, i in reads]))
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB of two uint8 arrays (data range 255); inf when identical."""
     if a.dtype != np.uint8 or b.dtype != np.uint8 or a.shape != b.shape:
@@ -387,6 +463,8 @@ def run_world_suite(generate: Generator, split: str = "heldout", per_combo: int 
         "colour": frac(rows, "colour_ok"),
         "background": frac(rows, "background_ok"),
         "direction": frac(rows, "direction_ok"),
+        "shape": frac(rows, "shape_ok"),
+        "shape_iou": float(np.nanmedian(ious)) if (ious := [r["shape_iou"] for r in rows if not math.isnan(r["shape_iou"])]) else float("nan"),
         "flicker": float(np.mean(flickers)) if flickers else float("nan"),
         "per_direction": per_direction,
         "rows": rows,
@@ -396,9 +474,9 @@ def run_world_suite(generate: Generator, split: str = "heldout", per_combo: int 
 def format_table(result: dict) -> str:
     """The suite's headline figures as a one-row Markdown table (accuracies in %, flicker in grey levels)."""
     dirs = list(result["per_direction"])
-    head = ["n", "colour", "background", "direction", "flicker (0..255)"] + [f"dir: {d}" for d in dirs]
-    pct = [f"{100 * result[k]:.1f}%" for k in ("colour", "background", "direction")]
-    vals = [str(result["n"]), *pct, f"{result['flicker']:.2f}"] + [f"{100 * result['per_direction'][d]:.1f}%" for d in dirs]
+    head = ["n", "colour", "background", "direction", "shape", "shape IoU (median)", "flicker (0..255)"] + [f"dir: {d}" for d in dirs]
+    pct = [f"{100 * result[k]:.1f}%" for k in ("colour", "background", "direction", "shape")]
+    vals = [str(result["n"]), *pct, f"{result['shape_iou']:.3f}", f"{result['flicker']:.2f}"] + [f"{100 * result['per_direction'][d]:.1f}%" for d in dirs]
     return "\n".join([
         "| " + " | ".join(head) + " |",
         "|" + "|".join("---:" for _ in head) + "|",
