@@ -627,6 +627,7 @@ def run(job: Job, model: Model | None = None, progress: bool = True) -> Result:
     if model is None and job.needs_model:
         model = load(job.info, job.placement)
     load_s = time.perf_counter() - t0
+    job = replace(job, settings=family_of(job.info).settings(job.info, job.settings))  # size-dependent (LTX's shift)
     out = _DRIVERS[job.task](job, model, progress)
     result = Result(out.frames, out.latents, out.timings, out.info, fps=job.settings.fps)
     result.record = _record(job, model, result, load_s)

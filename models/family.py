@@ -6,9 +6,10 @@
 
 A family is one object: `describe` (components, parameter counts from the safetensors headers, tasks,
 frame rules, validated defaults), `load`, `estimate_memory`, `image_condition` (how image-to-video
-conditions this family's denoiser) and `report` (`kinema info`). Nothing outside `models/` asks which
-family a model is; it asks the family. kinema's own folders (`kinema_family.py`) and Wan 2.1/2.2
-diffusers folders (`wan.py`) are registered; AnimateDiff and LTX-Video come next, each a family.
+conditions this family's denoiser), `settings` (what depends on the clip's size) and `report` (`kinema info`).
+Nothing outside `models/` asks which family a model is; it asks the family. kinema's own folders
+(`kinema_family.py`), Wan 2.1/2.2 (`wan.py`) and LTX-Video 0.9.x (`ltx.py`) diffusers folders are registered;
+AnimateDiff comes next.
 """
 
 from __future__ import annotations
@@ -211,6 +212,10 @@ class ModelFamily:
         """The step caches (`--cache`, `models/cache.py`) this family's denoiser takes."""
         return ("none",)
 
+    def settings(self, info: ModelInfo, settings):
+        """The job's settings with what depends on the clip's size resolved (LTX: the flow shift); as given here."""
+        return settings
+
 
 #################################################################################
 #                                    Registry                                   #
@@ -226,9 +231,9 @@ def register(family: ModelFamily) -> ModelFamily:
 
 def families() -> dict[str, ModelFamily]:
     """The registered families by name (kinema first: its index wins where a folder has both)."""
-    from . import kinema_family, wan  # noqa: F401  (each registers itself when first imported)
+    from . import kinema_family, ltx, wan  # noqa: F401  (each registers itself when first imported)
 
-    return {name: _FAMILIES[name] for name in ("kinema", "wan", *_FAMILIES)}
+    return {name: _FAMILIES[name] for name in ("kinema", "ltx", "wan", *_FAMILIES)}  # ltx: LTX indexes only
 
 
 def resolve_model_path(model: str | Path | None) -> Path:
@@ -250,7 +255,7 @@ def family_for(model: str | Path | None) -> tuple[ModelFamily, Path]:
         if family.recognises(path):
             return family, path
     raise KinemaError(f"model folder {path} has no kinema.json (nor a diffusers model_index.json); it is not a kinema "
-                      "model folder (make one with `kinema init`) or a Wan diffusers folder")
+                      "model folder (make one with `kinema init`) or a Wan or LTX-Video diffusers folder")
 
 
 def describe(model: str | Path | None) -> ModelInfo:

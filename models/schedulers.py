@@ -31,8 +31,9 @@ def make_scheduler(kind: str, config: dict, shift: float | None = None):
     """A flow-matching scheduler from a model's scheduler config (its training timesteps; `shift` overrides its shift)."""
     shift = float(config.get("shift", 1.0) if shift is None else shift)
     n = int(config.get("num_train_timesteps", 1000))
-    if kind == "euler":
-        return FlowMatchEuler(num_train_timesteps=n, shift=shift)
+    if kind == "euler":  # LTX-Video folders ask for the LTX pipelines' sigmas (`models/ltx.py`)
+        return FlowMatchEuler(num_train_timesteps=n, shift=shift, linear=config.get("sigma_schedule") == "linear",
+                              shift_terminal=config.get("shift_terminal") if config.get("sigma_schedule") else None)
     if kind == "unipc":
         from diffusers import UniPCMultistepScheduler
 
@@ -57,9 +58,12 @@ class FlowMatchEuler:
     order = 1
     init_noise_sigma = 1.0
 
-    def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0):
-        self.config = Config(EULER_CONFIG, num_train_timesteps=num_train_timesteps, shift=shift)
+    def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0, linear: bool = False,
+                 shift_terminal: float | None = None):
+        self.config = Config(EULER_CONFIG, num_train_timesteps=num_train_timesteps, shift=shift,
+                             shift_terminal=shift_terminal)
         self.shift = shift
+        self.linear = linear  # sigmas linspace(1, 1/N, N) before the shift, as diffusers' LTX pipelines pass them
         n = num_train_timesteps
         t = torch.from_numpy(np.linspace(1, n, n, dtype=np.float32)[::-1].copy()).to(dtype=torch.float32)
         sigmas = self._shifted(t / n)  # the training schedule (float32), as diffusers computes it
@@ -86,8 +90,15 @@ class FlowMatchEuler:
     def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
         """`num_inference_steps` timesteps evenly spaced from the first training one to the last, then shifted."""
         n = self.config.num_train_timesteps
-        timesteps = np.linspace(self.sigma_max * n, self.sigma_min * n, num_inference_steps)  # float64, as diffusers
-        sigmas = torch.from_numpy(self._shifted(timesteps / n)).to(dtype=torch.float32, device=device)
+        if self.linear:  # the LTX pipelines' sigmas (float32), shifted, stretched to end at shift_terminal
+            sigmas = self._shifted(np.linspace(1.0, 1 / num_inference_steps, num_inference_steps).astype(np.float32))
+            if self.config.shift_terminal:
+                one_minus = 1 - sigmas
+                sigmas = 1 - one_minus / (one_minus[-1] / (1 - self.config.shift_terminal))
+        else:
+            timesteps = np.linspace(self.sigma_max * n, self.sigma_min * n, num_inference_steps)  # float64, as diffusers
+            sigmas = self._shifted(timesteps / n)
+        sigmas = torch.from_numpy(sigmas).to(dtype=torch.float32, device=device)
         self.num_inference_steps = num_inference_steps
         self.timesteps = sigmas * n
         self.sigmas = torch.cat([sigmas, torch.zeros(1, device=sigmas.device)])
