@@ -18,7 +18,22 @@ from kinema.errors import KinemaError
 
 from .pretrained import Config
 
-SCHEDULERS = ("euler", "unipc")
+SCHEDULERS = ("euler", "unipc", "ddim", "euler-ancestral", "dpm++2m")
+FLOW_SCHEDULERS = ("euler", "unipc")  # flow matching (kinema, Wan)
+# the DDPM family (epsilon / v prediction: AnimateDiff): kinema's name -> diffusers' class and the settings it adds
+DDPM_SCHEDULERS = {
+    "ddim": ("DDIMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-ancestral": ("EulerAncestralDiscreteScheduler", {}),
+    "dpm++2m": ("DPMSolverMultistepScheduler", dict(algorithm_type="dpmsolver++", solver_order=2)),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+DDPM_CLASSES = {cls: name for name, (cls, _) in DDPM_SCHEDULERS.items()}
+
+
+def schedulers_for(prediction: str) -> tuple[str, ...]:
+    """The `--scheduler` names a family of this parameterisation (flow, epsilon, v_prediction) can step."""
+    return FLOW_SCHEDULERS if prediction == "flow" else tuple(DDPM_SCHEDULERS)
 # diffusers' FlowMatchEulerDiscreteScheduler config with its defaults: what `FlowMatchEuler.config` reports
 # (and `kinema init` writes), so folders and the Wan adapter's comparison read the same keys
 EULER_CONFIG = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False, base_shift=0.5, max_shift=1.15,
@@ -28,7 +43,11 @@ EULER_CONFIG = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=Fa
 
 
 def make_scheduler(kind: str, config: dict, shift: float | None = None):
-    """A flow-matching scheduler from a model's scheduler config (its training timesteps; `shift` overrides its shift)."""
+    """A scheduler from a model's scheduler config: flow matching (its training timesteps; `shift` overrides its
+    shift), or for an epsilon / v-prediction config (AnimateDiff) diffusers' class of `kind` built from it."""
+    prediction = config.get("prediction_type")
+    if prediction not in (None, "flow_prediction") and not config.get("use_flow_sigmas"):
+        return _ddpm_scheduler(kind, config)
     shift = float(config.get("shift", 1.0) if shift is None else shift)
     n = int(config.get("num_train_timesteps", 1000))
     if kind == "euler":  # LTX-Video folders ask for the LTX pipelines' sigmas (`models/ltx.py`)
@@ -41,6 +60,19 @@ def make_scheduler(kind: str, config: dict, shift: float | None = None):
             num_train_timesteps=n, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift
         )
     raise KinemaError(f"unknown scheduler {kind!r}; choose one of {', '.join(SCHEDULERS)}")
+
+
+def _ddpm_scheduler(kind: str, config: dict):
+    """diffusers' `kind` scheduler from an SD-style config (betas, prediction type, spacing, offset carry over)."""
+    import diffusers
+
+    if kind not in DDPM_SCHEDULERS:
+        raise KinemaError(f"unknown scheduler {kind!r} for this model; choose one of {', '.join(DDPM_SCHEDULERS)}")
+    cls, extra = DDPM_SCHEDULERS[kind]
+    own = {k: v for k, v in config.items() if not k.startswith("_")}
+    if config.get("_class_name") != cls:  # another class's settings: keep what they share, drop the rest
+        own = {k: v for k, v in own.items() if k not in ("algorithm_type", "solver_order", "use_karras_sigmas")}
+    return getattr(diffusers, cls).from_config({**own, **extra})
 
 
 @dataclass

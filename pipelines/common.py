@@ -12,6 +12,7 @@ from kinema.models.cache import StepCache
 from kinema.models.seams import DenoiserInputs, FrameCondition, TextEmbeds, to_uint8, to_unit
 
 from .loop import Hook, KnownFrames, Predict, Timings, denoise, guided, make_scheduler, set_timesteps
+from .parameterisation import initial_latents, prediction_of, step_levels
 
 
 @dataclass
@@ -74,9 +75,24 @@ def latent_shape(model, settings: Settings, batch: int = 1) -> tuple[int, ...]:
 
 
 def initial_noise(shape, seed: int, device) -> torch.Tensor:
-    """Gaussian noise from a CPU generator: the same seed gives the same noise on every device."""
+    """Gaussian noise from a CPU generator: the same seed gives the same noise on every device.
+
+    This is diffusers' `randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(seed))`, the draw its
+    pipelines make for the initial latents (Wan, AnimateDiff), so a seed gives both the same noise.
+    """
     g = torch.Generator("cpu").manual_seed(int(seed))
     return torch.randn(shape, generator=g, dtype=torch.float32).to(device)
+
+
+def step_generator(shape, seed: int) -> torch.Generator:
+    """The generator of an ancestral scheduler's step noise: the seed's stream after the initial noise's draw.
+
+    diffusers hands its one generator first to the initial noise, then to every `scheduler.step`; drawing
+    the noise's shape from a fresh generator puts this one where diffusers' is when the steps begin.
+    """
+    g = torch.Generator("cpu").manual_seed(int(seed))
+    torch.randn(shape, generator=g, dtype=torch.float32)
+    return g
 
 
 def clip_inputs(settings: Settings, inputs: DenoiserInputs | None = None) -> DenoiserInputs:
@@ -128,19 +144,24 @@ def sample(
     noise = noise.to(model.device)
     scheduler = make_scheduler(settings.scheduler, model.scheduler_config, settings.shift)
     start = set_timesteps(scheduler, settings.steps, strength, device=model.device)
-    sigma0 = float(scheduler.sigmas[start])
-    latents = noise if init is None else (1 - sigma0) * init + sigma0 * noise if noised else init.clone()
+    level0 = step_levels(scheduler, start)[0][0]  # x = a x0 + b noise at the first step that runs
+    if init is None:  # noise alone (x init_noise_sigma for the DDPM family, as diffusers)
+        latents = initial_latents(scheduler, noise)
+    else:  # the source noised to the first step's level (SDEdit), or the clean source (FlowEdit)
+        latents = level0.noised(init, noise) if noised else init.clone()
     hooks = list(hooks)
     if known is not None and known.any:
         hooks.append(KnownFrames(known, noise))
-        latents = hooks[-1].after_step(-1, sigma0, latents)
+        latents = hooks[-1].after_step(-1, level0, latents)
     if predict is None:
         inputs = clip_inputs(settings, inputs)
         predict = guided(model.denoiser, text, uncond, settings.guidance, cond, timings.denoiser, inputs)
     elif inputs is not None:
         raise ValueError("a given `predict` carries its own inputs (guided / fused_predict with clip_inputs)")
+    ancestral = prediction_of(scheduler) != "flow"  # ancestral steps' noise (DDPM family only)
+    generator = step_generator(noise.shape, settings.seed) if ancestral else None
     with torch.inference_mode():
-        latents = denoise(predict, latents, scheduler, start, hooks, progress, desc)
+        latents = denoise(predict, latents, scheduler, start, hooks, progress, desc, generator)
     timings.add("denoise", time.perf_counter() - t0)
     return latents
 

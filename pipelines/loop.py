@@ -1,8 +1,10 @@
 """The one denoising loop, classifier-free guidance as a wrapper, and the hooks drivers plug in.
 
-Flow-matching convention (diffusers' FlowMatchEulerDiscreteScheduler, Wan):
-x_t = (1 - s) x_0 + s noise, and the denoiser predicts v = noise - x_0, so
-x_0 = x_t - s v. Schedulers come from diffusers; the loop is written once.
+The loop steps any parameterisation: flow matching (kinema, Wan: x_t = (1 - s) x_0 + s noise, the
+denoiser predicts v = noise - x_0) and the DDPM family's epsilon or v prediction (AnimateDiff, with
+diffusers' DDIM, Euler, Euler ancestral, DPM++ 2M, UniPC). `parameterisation.py` gives each step's
+noise level (x = a x_0 + b noise) from the scheduler's own numbers and converts the model output to
+predicted clean latents and back, so hooks work in one space for every family. The loop is written once.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from kinema.errors import KinemaError, NumericalError
 from kinema.models.schedulers import SCHEDULERS, make_scheduler  # noqa: F401  (the solvers the loop runs)
 from kinema.models.seams import DenoiserInputs, FrameCondition, TextEmbeds
 
-Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (latents, timestep) -> velocity
+from .parameterisation import Level, as_level, model_input, prediction_of, step_levels
+
+Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (model input, timestep) -> model output
 
 # Who watches the steps of this call (the web UI's progress bar and Stop button): called after every step of
 # every loop as on_step(step, steps, desc); what it raises ends the run. A context variable, not a model
@@ -92,12 +96,17 @@ def _dtype(module) -> torch.dtype:
 
 
 class Hook:
-    """How drivers differ: a correction of the prediction, and of the latents after each step."""
+    """How drivers differ: a correction of the prediction, and of the latents after each step.
 
-    def on_prediction(self, i: int, sigma: float, latents: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
-        return velocity
+    `level` is the step's `parameterisation.Level` (a flow sigma given as a number is read as one):
+    `level.x0(latents, out)` the predicted clean latents, `level.correct(out, delta)` the output moved
+    by delta in x0, `level.noised(x0, noise)` clean latents at the level.
+    """
 
-    def after_step(self, i: int, sigma_next: float, latents: torch.Tensor) -> torch.Tensor:
+    def on_prediction(self, i: int, level: Level | float, latents: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return out
+
+    def after_step(self, i: int, level_next: Level | float, latents: torch.Tensor) -> torch.Tensor:
         return latents
 
 
@@ -107,24 +116,34 @@ class KnownFrames(Hook):
 
     cond: FrameCondition
     noise: torch.Tensor  # the initial noise, so known frames follow the same path as the others
-    final_exact: bool = True  # at sigma 0 the known frames are exactly the given latents
+    final_exact: bool = True  # at the clean level the known frames are exactly the given latents
 
-    def after_step(self, i, sigma_next, latents):
+    def after_step(self, i, level_next, latents):
+        lv = as_level(level_next)
         m = self.cond.mask[:, None, :, None, None].to(latents.dtype)  # (B, 1, F, 1, 1)
-        known = (1 - sigma_next) * self.cond.latents + sigma_next * self.noise
-        if sigma_next == 0 and not self.final_exact:
+        known = lv.noised(self.cond.latents, self.noise)  # a x0 + b noise ((1 - s) x0 + s noise for flow)
+        if lv.b == 0 and not self.final_exact:
             return latents
         return latents * (1 - m) + known.to(latents.dtype) * m
 
 
 def x0_from_velocity(latents: torch.Tensor, velocity: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Predicted clean latents x_0 = x_t - s v."""
-    return latents - sigma * velocity
+    """Predicted clean latents x_0 = x_t - s v (flow matching; `Level.x0` for any parameterisation)."""
+    return Level.flow(sigma).x0(latents, velocity)
 
 
 def velocity_from_x0(latents: torch.Tensor, x0: torch.Tensor, sigma: float) -> torch.Tensor:
-    """The velocity that leads to `x0` from x_t at noise level s: v = (x_t - x_0) / s."""
-    return (latents - x0) / max(sigma, 1e-6)
+    """The velocity that leads to `x0` from x_t at noise level s: v = (x_t - x_0) / s (`Level.output` for any)."""
+    return Level.flow(sigma).output(latents, x0)
+
+
+def _step_kwargs(scheduler, generator: torch.Generator | None) -> dict:
+    """The ancestral schedulers' step noise comes from `generator` (diffusers passes the pipeline's generator)."""
+    import inspect
+
+    if generator is None or prediction_of(scheduler) == "flow":
+        return {}
+    return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
 
 
 def denoise(
@@ -135,23 +154,25 @@ def denoise(
     hooks: Sequence[Hook] = (),
     progress: bool = True,
     desc: str = "denoise",
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Integrate the flow from the scheduler's step `start` down to clean latents."""
+    """Step the scheduler from its step `start` down to clean latents (any parameterisation)."""
     timesteps = scheduler.timesteps[start:]
-    sigmas = [float(s) for s in scheduler.sigmas[start:]]
+    now, after = step_levels(scheduler, start)  # x = a x_0 + b noise before and after each step
+    kwargs = _step_kwargs(scheduler, generator)
     on_step = ON_STEP.get()
     for i, t in enumerate(tqdm(timesteps, desc=desc, disable=not progress, leave=False)):
-        v = predict(latents, t)  # 1. velocity at this noise level (guided)
+        out = predict(model_input(scheduler, latents, t), t)  # 1. model output at this noise level (guided)
         for h in hooks:  # 2. driver corrections of the prediction (flow fusion, window fusion)
-            v = h.on_prediction(i, sigmas[i], latents, v)
-        latents = scheduler.step(v, t, latents, return_dict=False)[0]  # 3. one solver step
+            out = h.on_prediction(i, now[i], latents, out)
+        latents = scheduler.step(out, t, latents, return_dict=False, **kwargs)[0]  # 3. one solver step
         if not torch.isfinite(latents).all():  # 4. fail loudly instead of writing a black video
             raise NumericalError(
-                f"non-finite latents at step {i + 1}/{len(timesteps)} (sigma {sigmas[i]:.3f}); "
+                f"non-finite latents at step {i + 1}/{len(timesteps)} (sigma {now[i].sigma:.3f}); "
                 "try --dtype float32 or fewer --guidance"
             )
         for h in hooks:  # 5. re-inject what is known (frame conditions)
-            latents = h.after_step(i, sigmas[i + 1], latents)
+            latents = h.after_step(i, after[i], latents)
         if on_step is not None:  # 6. report the step (a progress bar; a Stop button raises here)
             on_step(i + 1, len(timesteps), desc)
     return latents

@@ -81,7 +81,8 @@ from .common import (
 )
 from .flow import FlowGuide, pixel_fusion, source_flow
 from .long_video import window_sampler
-from .loop import Hook, Timings, guided, make_scheduler, set_timesteps, x0_from_velocity
+from .loop import Hook, Timings, guided, make_scheduler, set_timesteps
+from .parameterisation import as_level
 
 MIN_FLOW_SIDE = 16  # DIS needs frames of at least 16x16 (flow._check_frames)
 
@@ -195,14 +196,15 @@ class FlowFusion(Hook):
     strength: float
     steps: int  # fuse at loop steps i < steps, counted from the first step that runs
 
-    def on_prediction(self, i, sigma, latents, velocity):
+    def on_prediction(self, i, level, latents, out):
         if i >= self.steps or self.strength == 0:
-            return velocity
-        x0 = x0_from_velocity(latents, velocity, sigma)  # 1. predicted clean latents
+            return out
+        lv = as_level(level)
+        x0 = lv.x0(latents, out)  # 1. predicted clean latents (x_t - s v for flow)
         fused = self.guide.propagate(x0, self.strength)  # 2. carried frame to frame where the flow holds
-        # 3. back to a velocity: velocity_from_x0(latents, fused, sigma), written as a correction so that
-        #    where fusion changes nothing (frame 0, unreliable pixels, a static scene) v stays bit-exact
-        return velocity - (fused - x0) / max(sigma, 1e-6)
+        # 3. back to a model output: lv.output(latents, fused), written as a correction so that where
+        #    fusion changes nothing (frame 0, unreliable pixels, a static scene) the output stays bit-exact
+        return lv.correct(out, fused - x0)
 
 
 def flow_guide(model, source: np.ndarray, timings: Timings, every_frame: bool = False) -> FlowGuide:
@@ -266,9 +268,9 @@ class FlowEdit(Hook):
             delta += v[: len(latents)] - v[len(latents):]
         return delta / self.n_avg
 
-    def after_step(self, i, sigma, latents):
+    def after_step(self, i, level, latents):
         if i == self.plain_from - 1:  # into the plain tail: the edit noised to the next sigma
-            return latents + sigma * (self._noise() - self.source)
+            return latents + as_level(level).b * (self._noise() - self.source)
         return latents
 
 
