@@ -14,7 +14,8 @@ CLI's flags in snake case (a misspelt one is a TypeError), every one checked bef
 - sampling (every task): frames, height, width, steps, guidance, seed, negative_prompt, scheduler,
   shift, fps, decode_chunk_size, motion_length, cache (a step cache: "first-block:0.1", "taylorseer:2", ...;
   docs/runtime.md);
-- placement (every task, ignored with a loaded `model`): device, dtype, attention, offload;
+- placement (every task, ignored with a loaded `model`): device, dtype, attention, offload, lora, lora_strict,
+  quantize ("int8"; "fp8", "nf4" on CUDA), compile, transformer (a GGUF file; docs/runtime.md);
 - long clips (generate): context_length, context_stride, window_weights, mode ("window" or
   "continue"), prompt_schedule, prompt_transition, adain, follow_motion; extend takes the same but
   mode, window_weights and follow_motion;
@@ -37,12 +38,16 @@ from .models.family import Model, ModelInfo, describe, family_of
 
 
 def load(model: str | Path | None = None, device: str = "auto", dtype="auto", attention: str = "sdpa",
-         offload: str | None = None, loras=None, lora_strict: bool = True) -> Model:
+         offload: str | None = None, loras=None, lora_strict: bool = True, motion_adapter: str | Path | None = None,
+         quantize: str | None = None, compile: bool = False, transformer: str | Path | None = None) -> Model:
     """Load a model folder (default: the shipped weights); repeated calls with the same arguments reuse it.
 
-    `loras`: LoRA files as paths, `"FILE:SCALE"` strings or (path, scale) pairs, stacked on the denoiser."""
-    info = describe(model)
-    placement = jobs.placement_for(info, device, dtype, attention, offload, lora=loras, lora_strict=lora_strict)
+    `loras`: LoRA files as paths, `"FILE:SCALE"` strings or (path, scale) pairs, stacked on the denoiser.
+    `motion_adapter`: a MotionAdapter folder put on a Stable Diffusion 1.5 `model` folder (AnimateDiff).
+    `quantize` ("int8"; "fp8", "nf4" on CUDA), `compile` and `transformer` (a GGUF file): docs/runtime.md."""
+    info = describe(model, motion_adapter)
+    placement = jobs.placement_for(info, device, dtype, attention, offload, lora=loras, lora_strict=lora_strict,
+                                   quantize=quantize, compile=compile, transformer=transformer)
     return jobs.load(info, placement)
 
 
@@ -89,9 +94,10 @@ def extend(video, prompt: str, *, model=None, progress: bool = True, return_resu
     return _run(jobs.prepare_extend(video, prompt, model, **options), model, progress, return_result)
 
 
-def info(model: str | Path | None = None) -> ModelInfo:
-    """A model folder's description (family, parameters, tasks, defaults) without loading any weights."""
-    return describe(model)
+def info(model: str | Path | None = None, motion_adapter: str | Path | None = None) -> ModelInfo:
+    """A model folder's description (family, parameters, tasks, defaults) without loading any weights; it can be
+    passed as `model=` to the task functions (an SD 1.5 folder with its `motion_adapter`, for one)."""
+    return describe(model, motion_adapter)
 
 
 def estimate_memory(model: str | Path | ModelInfo | None = None, frames: int | None = None, height: int | None = None,

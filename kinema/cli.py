@@ -16,6 +16,7 @@
     kinema train configs/default.yaml --model runs/default/model
     kinema eval --suite world --split heldout
     kinema generate "a red circle moving right on a blue background" --cache first-block:0.1 -o fast.mp4
+    kinema generate "a red circle moving right on a blue background" --quantize int8 --compile -o quick.mp4
 
 Every command checks its arguments before loading a model; a bad one ends with a
 one-line error and exit status 2, and no output file is left behind.
@@ -36,7 +37,16 @@ from .errors import KinemaError
 #################################################################################
 
 # argparse names that are not options of a task (the rest are, by the same snake-case names)
-NOT_OPTIONS = ("command", "func", "output", "overwrite", "quiet", "model", "prompt", "video", "image")
+NOT_OPTIONS = ("command", "func", "output", "overwrite", "quiet", "model", "prompt", "video", "image", "motion_adapter")
+
+
+def _model(args):
+    """--model, or with --motion-adapter (AnimateDiff on an SD 1.5 folder) the two described together."""
+    if getattr(args, "motion_adapter", None) is None:
+        return args.model
+    from .models.family import describe
+
+    return describe(args.model, motion_adapter=args.motion_adapter)
 
 
 def cmd_task(args) -> None:
@@ -46,7 +56,7 @@ def cmd_task(args) -> None:
     out, _ = video_io.check_outputs(args.output, overwrite=args.overwrite)  # the clip and its sidecar, before any work
     inputs = [getattr(args, name) for name in ("image", "video") if hasattr(args, name)]
     options = {k: v for k, v in vars(args).items() if k not in NOT_OPTIONS}
-    job = jobs.PREPARE[args.command](*inputs, args.prompt, args.model, **options)
+    job = jobs.PREPARE[args.command](*inputs, args.prompt, _model(args), **options)
     for warning in job.warnings:
         print(f"kinema: warning: {warning}", file=sys.stderr)
     result = jobs.run(job, progress=not args.quiet)
@@ -59,7 +69,7 @@ def cmd_task(args) -> None:
 def cmd_info(args) -> None:
     from .models.family import describe, family_of
 
-    info = describe(args.model)
+    info = describe(args.model, motion_adapter=args.motion_adapter)
     d = info.defaults
     frames, height, width = args.frames or d.frames, args.height or d.height, args.width or d.width
     report, lines = family_of(info).report(info, frames, height, width)
@@ -69,6 +79,12 @@ def cmd_info(args) -> None:
     report["process_estimate"] = dict(frames=frames, height=height, width=width, dtype="float32", **est)
     lines.append(f"process   ~{est['total']} peak RSS for `kinema generate` of {frames} frames {width}x{height} on "
                  f"CPU (libraries {est['libraries']}, model {est['model']}, clip {est['clip']})")
+    if args.quantize != "none":  # the denoiser's weights before and after, from the headers
+        from .models.runtime import info_lines
+
+        dtype = report.get("memory_estimate", {}).get("dtype", "float32")
+        report["quantize_estimate"], more = info_lines(info, args.quantize, dtype)
+        lines += more
     print(json.dumps(report, indent=2, default=str) if args.json else "\n".join(lines))
 
 
@@ -187,10 +203,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def add_model_options(s) -> None:
     """Options every model-running command shares."""
     s.add_argument("--model", default=None, help="model folder (default: the weights shipped with kinema)")
+    s.add_argument("--motion-adapter", default=None, metavar="DIR",
+                   help="AnimateDiff: a MotionAdapter folder to put on the Stable Diffusion 1.5 folder given as --model")
     s.add_argument("--device", default="auto", metavar="DEVICE", choices=Choices("kinema.resources", "DEVICES"), help="where to run")
     s.add_argument("--dtype", default="auto", metavar="DTYPE", choices=Choices("kinema.resources", "DTYPES", first=("auto",)),
                    help="weights and activations dtype (auto: bfloat16 on CUDA, float32 on CPU)")
-    s.add_argument("--attention", default="sdpa", metavar="BACKEND", choices=Choices("kinema.models.attention", "BACKENDS"), help="attention backend")
+    s.add_argument("--attention", default="sdpa", metavar="BACKEND", choices=Choices("kinema.models.runtime", "ATTENTION"),
+                   help="attention backend: sdpa, xformers, chunked for kinema's models; for transformer families "
+                        "(Wan) diffusers' dispatcher: native (= sdpa), flex, flash, _flash_3, sage, xformers, ...")
     s.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads (default: KINEMA_THREADS, else OMP_NUM_THREADS, else the CPUs this process may use)")
     s.add_argument("--lora", action="append", default=None, metavar="FILE[:SCALE]",
@@ -234,6 +254,20 @@ def add_sampling_options(s, frames_help: str = "frames to generate (default: the
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     add_model_options(s)
+    add_runtime_options(s)
+
+
+def add_runtime_options(s) -> None:
+    """Quantized weights, a GGUF transformer, compiled blocks (`models/runtime.py`, docs/runtime.md)."""
+    s.add_argument("--quantize", default="none", metavar="MODE", choices=Choices("kinema.models.runtime", "QUANTIZE"),
+                   help="the denoiser's linear layers in fewer bits (torchao, pip install 'kinema[quant]'): int8 "
+                        "(CPU and CUDA), fp8 or nf4 (CUDA)")
+    s.add_argument("--transformer", default=None, metavar="FILE.gguf",
+                   help="a GGUF transformer file (e.g. a community Q8_0 or Q4_K one) in place of the model folder's "
+                        "transformer/ (Wan; pip install 'kinema[gguf]')")
+    s.add_argument("--compile", action="store_true",
+                   help="torch.compile each repeated block of the denoiser; the first step at a new size compiles "
+                        "(a warm-up of seconds to minutes), later steps and clips run faster")
 
 
 def add_long_options(s, windows: bool = True, keys: str = "output frames") -> None:
@@ -388,10 +422,13 @@ def _model_parsers(sub, fmt) -> None:
     """info, init, train, eval."""
     s = sub.add_parser("info", help="a model's components, parameters and a memory estimate", formatter_class=fmt)
     s.add_argument("model", nargs="?", default=None, help="model folder (default: the shipped weights)")
+    s.add_argument("--motion-adapter", default=None, metavar="DIR", help="AnimateDiff: a MotionAdapter folder for an SD 1.5 --model")
     s.add_argument("--frames", type=positive_int, default=None, help="frames for the memory estimate")
     s.add_argument("--height", type=positive_int, default=None, help="height for the memory estimate")
     s.add_argument("--width", type=positive_int, default=None, help="width for the memory estimate")
     s.add_argument("--json", action="store_true", help="print JSON")
+    s.add_argument("--quantize", default="none", metavar="MODE", choices=Choices("kinema.models.runtime", "QUANTIZE"),
+                   help="also estimate the denoiser's weights with --quantize MODE")
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("init", help="write a randomly initialised model folder", formatter_class=fmt)

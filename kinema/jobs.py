@@ -34,7 +34,8 @@ MAX_STEPS = 1000  # the training schedule's timesteps; more only costs time (and
 # option groups, by the names of the CLI's flags
 SAMPLING = ("frames", "height", "width", "steps", "guidance", "seed", "negative_prompt", "scheduler", "shift", "fps",
             "decode_chunk_size", "motion_length", "cache")
-PLACEMENT = ("device", "dtype", "attention", "offload", "threads", "lora", "lora_strict")
+PLACEMENT = ("device", "dtype", "attention", "offload", "threads", "lora", "lora_strict", "quantize", "compile",
+             "transformer")
 WINDOWS = ("context_length", "context_stride", "window_weights")
 LONG = (*WINDOWS, "mode", "prompt_schedule", "prompt_transition", "adain", "follow_motion")
 EXTEND_LONG = ("context_length", "context_stride", "prompt_schedule", "prompt_transition", "adain")
@@ -61,6 +62,9 @@ class Placement:
     dtype_reason: str = ""  # why this dtype (resources.auto_dtype for --dtype auto)
     loras: tuple = ()  # (path, scale) LoRAs loaded onto the denoiser, stacked (`models/lora.py`)
     lora_strict: bool = True  # a LoRA layer this denoiser lacks is an error (else it is skipped)
+    quantize: str = "none"  # the denoiser's weights: none, int8, fp8, nf4 (`models/runtime.py`)
+    compile: bool = False  # torch.compile of the denoiser's repeated blocks
+    transformer: str | None = None  # a GGUF file in place of the folder's transformer
 
     @property
     def dtype_bytes(self) -> int:
@@ -155,11 +159,12 @@ def _split(options: dict, task: str, *groups: tuple[str, ...]) -> list[dict]:
 
 
 def placement_for(model, device="auto", dtype="auto", attention: str = "sdpa", offload: str | None = None,
-                  threads: int | None = None, lora=None, lora_strict: bool = True) -> Placement:
-    """A loaded model's placement, or the caller's choice checked (CUDA present, xformers installed, LoRA files
-    that fit the model's denoiser)."""
+                  threads: int | None = None, lora=None, lora_strict: bool = True, quantize: str | None = None,
+                  compile: bool = False, transformer=None) -> Placement:
+    """A loaded model's placement, or the caller's choice checked (CUDA present, the attention backend, quantizer
+    and compiler there, LoRA and GGUF files that fit the model's denoiser)."""
     from .models import lora as lora_files
-    from .models.attention import BACKENDS, xformers_available
+    from .models import runtime
 
     if isinstance(model, Model):
         have = tuple((r["path"], r["scale"]) for r in model.loras)
@@ -168,16 +173,22 @@ def placement_for(model, device="auto", dtype="auto", attention: str = "sdpa", o
                 f"a loaded model carries the LoRAs it was loaded with ({len(have)}); load it with "
                 f"kinema.load(loras=[{', '.join(repr(p) for p, _ in want)}]) (what --lora and --fast add), or pass "
                 "the model folder instead")
+        rt = model.runtime
+        loaded = (rt.get("quantize", {}).get("method", "none"), "compile" in rt, rt.get("transformer", {}).get("path"))
+        asked = (quantize or "none", bool(compile), None if transformer is None else str(Path(transformer).resolve()))
+        require(all(a in (d, l) for a, l, d in zip(asked, loaded, ("none", False, None))),
+                "a loaded model keeps the --quantize/--compile/--transformer it was loaded with; pass them to "
+                "kinema.load, or pass the model folder instead")
         return Placement(model.device, model.dtype, model.attention, model.offload, resources.pick_threads(threads),
-                         "the loaded model's", tuple((r["path"], r["scale"]) for r in model.loras))
+                         "the loaded model's", tuple((r["path"], r["scale"]) for r in model.loras), True, *loaded)
     loras = tuple(lora_files.check_specs([lora] if isinstance(lora, (str, Path)) else lora))
     if loras:
         info = info_for(model)
-        lora_files.check_files(loras, info.family, info.configs.get("denoiser", {}))
+        lora_files.check_files(loras, info.family, info.configs.get("denoiser", {}), lora_strict)
     dev = resources.pick_device(device)
-    require(attention in BACKENDS, f"unknown --attention {attention!r}; choose one of {', '.join(BACKENDS)}")
-    require(attention != "xformers" or xformers_available(),
-            "--attention xformers needs the xformers package: pip install 'kinema[xformers]', or use --attention sdpa")
+    info = info_for(model)
+    quantize, compile, transformer = runtime.check_runtime(info, family_of(info), dev, attention, quantize, compile,
+                                                           transformer)
     offload = offload or "none"
     require(offload in resources.OFFLOAD_MODES, f"unknown --offload {offload!r}; use {', '.join(resources.OFFLOAD_MODES)}")
     threads = resources.pick_threads(threads)
@@ -187,7 +198,8 @@ def placement_for(model, device="auto", dtype="auto", attention: str = "sdpa", o
     else:
         chosen = resources.pick_dtype(dtype, dev)
         why = "--dtype " + str(chosen).replace("torch.", "")
-    return Placement(dev, chosen, attention, offload, threads, why, loras, bool(lora_strict))
+    return Placement(dev, chosen, attention, offload, threads, why, loras, bool(lora_strict), quantize, compile,
+                     transformer)
 
 
 def info_for(model) -> ModelInfo:
@@ -213,6 +225,11 @@ def settings_for(info: ModelInfo, **overrides) -> Settings:
         require(isinstance(v, int) and v >= m and v % m == 0,
                 f"--{name} {v} must be a positive multiple of {m} for this model; try {max(m, round(v / m) * m) if isinstance(v, int) else m}")
     _check_numbers(s)
+    from .models.schedulers import schedulers_for
+
+    steppers = schedulers_for(info.prediction)  # flow solvers for flow models, diffusers' DDPM family for epsilon / v
+    require(s.scheduler in steppers, f"--scheduler {s.scheduler} does not step this model's {info.prediction} "
+                                     f"predictions; choose one of {', '.join(steppers)}")
     return replace(s, cache=check_cache(s.cache, info))
 
 
@@ -253,7 +270,7 @@ def long_options(info: ModelInfo, settings: Settings, source_frames: int = 0, **
         check_text(opts.prompt_schedule, "--prompt-schedule")
         check_length(opts.prompt_schedule, "--prompt-schedule")
     trained = info.defaults.frames
-    resolved = resolve_options(opts, settings.frames, trained, info.temporal_compression, source_frames)
+    resolved = resolve_options(opts, settings.frames, trained, info.temporal_compression, source_frames, info.max_context)
     return None if source_frames == 0 and is_plain(opts, settings.frames, trained) else resolved
 
 
@@ -537,7 +554,7 @@ def restyle_options(info: ModelInfo, steps: int, strength=None, flow: bool = Tru
         check_length(source_prompt, "--source-prompt")
     given = v2v.RestyleOptions(strength, flow, flow_steps, flow_strength, pixel_fusion, structure, method,
                                source_prompt, n_avg, tail)
-    opts = v2v.resolve_restyle_options(given, info.defaults.as_dict(), steps)
+    opts = v2v.resolve_restyle_options(given, info.defaults.as_dict(), steps, info.prediction)
     require(opts.structure == 0 or opts.strength == 0 or "structure" in info.features,
             "this model's denoiser cannot take the source's layout; pass --structure 0")
     return opts
@@ -608,29 +625,43 @@ _CACHE: dict = {}
 def load(info: ModelInfo, placement: Placement) -> Model:
     """The model of `info` at `placement`, loaded once: a repeated call with the same arguments reuses it."""
     key = (str(Path(info.path).resolve()), str(placement.device), str(placement.dtype), placement.attention, placement.offload,
-           placement.loras, placement.lora_strict)
+           placement.loras, placement.lora_strict, placement.quantize, placement.compile, placement.transformer, info.parts)
     if key not in _CACHE:
+        from .models import runtime
+
         _CACHE.clear()
-        model = load_model(info, placement.device, placement.dtype, placement.attention, placement.offload)
+        model = load_model(info, placement.device, placement.dtype, placement.attention, placement.offload,
+                           placement.transformer)
         if placement.loras:  # PEFT adapters on the denoiser, each at its scale, stacked
             from .models.lora import load_loras
 
             model.loras = tuple(load_loras(model.denoiser, placement.loras, placement.lora_strict))
+        model.runtime = runtime.apply(model, placement.quantize, placement.compile, placement.transformer)
         _CACHE[key] = model
     return _CACHE[key]
 
 
 def run(job: Job, model: Model | None = None, progress: bool = True) -> Result:
     """Run a prepared job: load the model unless given (and needed), call the task's driver, build the record."""
+    from .models import runtime
+
     torch.set_num_threads(job.placement.threads)
     t0 = time.perf_counter()
     if model is None and job.needs_model:
         model = load(job.info, job.placement)
     load_s = time.perf_counter() - t0
+    watch = model.runtime.get("compile", {}).get("watch") if model is not None else None
+    warm = watch.snapshot() if watch is not None else None  # this run's compile warm-up, for the sidecar
+    shown = runtime.SHOW_PROGRESS.set(progress)
     job = replace(job, settings=family_of(job.info).settings(job.info, job.settings))  # size-dependent (LTX's shift)
-    out = _DRIVERS[job.task](job, model, progress)
+    try:
+        out = _DRIVERS[job.task](job, model, progress)
+    finally:
+        runtime.SHOW_PROGRESS.reset(shown)
     result = Result(out.frames, out.latents, out.timings, out.info, fps=job.settings.fps)
     result.record = _record(job, model, result, load_s)
+    if model is not None and model.runtime:  # quantized weights, a GGUF transformer, compiled blocks
+        result.record.update(runtime.sidecar(model.runtime, warm))
     return result
 
 

@@ -6,9 +6,15 @@ or loaded.
 """
 
 import importlib
+import logging
 
-from .attention import BACKENDS, attention  # the function, bound over the submodule's name
-from .seams import Denoiser, FrameCondition, TextEmbeds
+# torchao (the `quant` extra) announces CUDA kernels it cannot load, torch warns as it registers torchao's enums,
+# and diffusers' torchao bridge warns of a version gap, all on import: kinema's output keeps none of it
+for _name in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
+from .attention import BACKENDS, attention  # the function, bound over the submodule's name  # noqa: E402
+from .seams import Denoiser, FrameCondition, TextEmbeds  # noqa: E402
 
 _WHERE = {
     "BUILTIN_MINILM": "text", "HFTextEncoder": "text",

@@ -92,7 +92,9 @@ def _valid(key: str, v) -> tuple[bool, str]:
     if key == "restyle_control_scale":
         return _number(v) and 0 <= v <= 5, "a number in [0, 5]"
     if key == "scheduler":
-        return isinstance(v, str) and v in ("euler", "unipc"), "euler or unipc"
+        from .schedulers import SCHEDULERS
+
+        return isinstance(v, str) and v in SCHEDULERS, "one of " + ", ".join(SCHEDULERS)
     if key == "restyle_method":
         return isinstance(v, str) and v in ("sdedit", "flowedit"), "sdedit or flowedit"
     return isinstance(v, bool), "true or false"  # follow_motion
@@ -123,6 +125,9 @@ class ModelInfo:
     latent_channels: int = 4
     configs: Mapping[str, Mapping] = field(default_factory=dict)  # component configs (memory estimates, reports)
     index: Mapping = field(default_factory=dict)  # the folder's index as read (sidecar, reports)
+    prediction: str = "flow"  # what the denoiser predicts: flow (velocity), epsilon or v_prediction (`pipelines/parameterisation.py`)
+    max_context: int | None = None  # the most latent frames one denoiser call takes (AnimateDiff: the adapter's positions)
+    parts: tuple[Path, ...] = ()  # other folders the model is read from (AnimateDiff's separate motion adapter)
 
     def __post_init__(self):
         object.__setattr__(self, "parameters", types.MappingProxyType(dict(self.parameters)))
@@ -168,6 +173,7 @@ class Model:
     attention: str = "sdpa"  # the attention backend it was loaded with
     offload: str = "none"  # none, model or sequential (accelerate's hooks move weights to the device as they run)
     loras: tuple = ()  # the LoRAs loaded onto the denoiser: (path, scale) pairs (`models/lora.py`)
+    runtime: dict = field(default_factory=dict)  # quantize, transformer file, compile: what the sidecar records
 
     @property
     def defaults(self) -> dict:
@@ -212,6 +218,16 @@ class ModelFamily:
         """The step caches (`--cache`, `models/cache.py`) this family's denoiser takes."""
         return ("none",)
 
+    def attention_backends(self, info: ModelInfo) -> tuple[str, ...]:
+        """The `--attention` names this family's denoiser takes (`models/runtime.py` for transformer families)."""
+        from .attention import BACKENDS
+
+        return BACKENDS
+
+    def check_transformer_file(self, info: ModelInfo, path) -> dict:
+        """`--transformer FILE`: checked by its header before loading (families with a single-file loader)."""
+        raise KinemaError(f"--transformer replaces a transformer with a GGUF file; {info.name} ({info.path}) takes none")
+
     def settings(self, info: ModelInfo, settings):
         """The job's settings with what depends on the clip's size resolved (LTX: the flow shift); as given here."""
         return settings
@@ -231,9 +247,10 @@ def register(family: ModelFamily) -> ModelFamily:
 
 def families() -> dict[str, ModelFamily]:
     """The registered families by name (kinema first: its index wins where a folder has both)."""
-    from . import kinema_family, ltx, wan  # noqa: F401  (each registers itself when first imported)
+    from . import animatediff, kinema_family, ltx, wan  # noqa: F401  (each registers itself when first imported)
 
-    return {name: _FAMILIES[name] for name in ("kinema", "ltx", "wan", *_FAMILIES)}  # ltx: LTX indexes only
+    # ltx, animatediff: their own indexes only; Wan reads any other diffusers folder (and says which pipelines it takes)
+    return {name: _FAMILIES[name] for name in ("kinema", "ltx", "animatediff", "wan", *_FAMILIES)}
 
 
 def resolve_model_path(model: str | Path | None) -> Path:
@@ -258,10 +275,16 @@ def family_for(model: str | Path | None) -> tuple[ModelFamily, Path]:
                       "model folder (make one with `kinema init`) or a Wan or LTX-Video diffusers folder")
 
 
-def describe(model: str | Path | None) -> ModelInfo:
-    """The folder's ModelInfo (None: the shipped default model), without loading any weights."""
+def describe(model: str | Path | None, motion_adapter: str | Path | None = None) -> ModelInfo:
+    """The folder's ModelInfo (None: the shipped default model), without loading any weights.
+
+    `motion_adapter`: a MotionAdapter folder to put on an SD 1.5 folder's UNet (`--motion-adapter`, AnimateDiff)."""
     family, path = family_for(model)
-    return family.describe(path)
+    if motion_adapter is None:
+        return family.describe(path)
+    require(getattr(family, "takes_motion_adapter", False),
+            f"--motion-adapter goes with a Stable Diffusion 1.5 folder; {path} is a {family.name} model folder: drop it")
+    return family.describe(path, motion_adapter=Path(motion_adapter).expanduser())
 
 
 def family_of(info: ModelInfo) -> ModelFamily:
@@ -269,10 +292,13 @@ def family_of(info: ModelInfo) -> ModelFamily:
 
 
 def load_model(model: str | Path | None | ModelInfo = None, device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32, attention: str = "sdpa", offload: str | None = None) -> Model:
-    """Load a folder (or a described one) onto a device, uncached (`kinema.load` caches)."""
+               dtype: torch.dtype = torch.float32, attention: str = "sdpa", offload: str | None = None,
+               transformer: str | Path | None = None) -> Model:
+    """Load a folder (or a described one) onto a device, uncached (`kinema.load` caches); `transformer` a
+    single-file transformer in place of the folder's (families that take one)."""
     info = model if isinstance(model, ModelInfo) else describe(model)
-    return family_of(info).load(info, torch.device(device), dtype, attention, offload)
+    extra = {} if transformer is None else dict(transformer=transformer)
+    return family_of(info).load(info, torch.device(device), dtype, attention, offload, **extra)
 
 
 def safetensors_parameters(folder: Path) -> tuple[int, str | None]:

@@ -10,6 +10,12 @@ Loading injects one PEFT adapter per file (`peft.inject_adapter_in_model`), fill
 `set_peft_model_state_dict`, and activates all of them at once, each with its own scale (PEFT's
 `LoraLayer.set_scale`): the outputs add, so two LoRAs stack and a scale of 0 is the plain network.
 Nothing is merged by hand, and files are read as data only (safetensors, no pickles).
+
+Transformer families (Wan) take the LoRA layouts their community uses, converted by diffusers' loader for the
+family (`WanLoraLoaderMixin.lora_state_dict`: diffusers/PEFT `transformer.blocks.0.attn1.to_q.lora_A.weight`,
+ComfyUI / Wan-community `diffusion_model.blocks.0.self_attn.q.lora_down.weight` with `.alpha`, kohya/musubi
+`lora_unet_blocks_0_self_attn_q.lora_down.weight`) and loaded with diffusers' `load_lora_adapter` (PEFT) onto the
+transformer, stacked with `set_adapters`; a layer the transformer lacks is the same error as for kinema's own.
 """
 
 from __future__ import annotations
@@ -121,6 +127,10 @@ def load_loras(net, loras, strict: bool = True) -> list[dict]:
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
     from peft.tuners.lora import LoraLayer
 
+    family = getattr(net, "lora_family", None)
+    if family in DIFFUSERS_LORA:  # a diffusers transformer (Wan): diffusers' converters and loader
+        return load_diffusers_loras(net.transformer, family, loras, strict)
+
     records, names = [], []
     for i, (path, scale) in enumerate(loras):
         tensors, meta = read_lora(path)
@@ -172,13 +182,18 @@ def _lora_shape(modules: dict, key: str, name: str) -> tuple[int, ...]:
     return tuple(part.weight.shape)
 
 
-def check_files(loras, family: str, denoiser_config: dict) -> None:
+def check_files(loras, family: str, denoiser_config: dict, strict: bool = True) -> None:
     """Before any weights load: each file is a kinema LoRA made for a denoiser of this shape (headers only)."""
     from safetensors import SafetensorError, safe_open
 
     if not loras:
         return
-    require(family == "kinema", f"--lora: LoRAs load onto kinema's own denoiser; this is a {family} model")
+    if family in DIFFUSERS_LORA:
+        for path, _ in loras:
+            diffusers_lora(path, family, strict, config=denoiser_config)
+        return
+    require(family == "kinema", f"--lora: LoRAs load onto kinema's own denoiser and Wan's transformer; this is a "
+                                f"{family} model")
     shape = dict(network="SpaceTimeUNet", channels=list(denoiser_config.get("channels", [])),
                  text_dim=denoiser_config.get("text_dim"), layers_per_level=denoiser_config.get("layers_per_level", 1))
     for path, _ in loras:
@@ -203,3 +218,95 @@ def check_specs(specs) -> list[tuple[str, float]]:
                 f"--lora {path}: no such .safetensors file")
         out.append((str(Path(path).resolve()), scale))
     return out
+
+
+#################################################################################
+#                  Transformer families: diffusers' LoRA layouts                #
+#################################################################################
+
+# family -> diffusers' LoRA loader for it (its `lora_state_dict` converts the community layouts) and transformer class
+DIFFUSERS_LORA = {"wan": ("WanLoraLoaderMixin", "WanTransformer3DModel")}
+
+
+def _linear_shapes(family: str, config: dict) -> dict[str, tuple[int, int]]:
+    """The transformer's linear layers (name -> (out, in)), from its config on the meta device."""
+    import diffusers
+
+    cls = getattr(diffusers, DIFFUSERS_LORA[family][1])
+    with torch.device("meta"):
+        model = cls.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+    return {n: (m.out_features, m.in_features) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def diffusers_lora(path, family: str, strict: bool = True, config: dict | None = None,
+                   linears: dict | None = None) -> tuple[dict[str, torch.Tensor], int, int, int]:
+    """A LoRA file for a transformer family in any layout its diffusers loader reads, as diffusers/PEFT keys
+    (`transformer.` dropped), checked against the transformer's linear layers: (tensors of the layers it has,
+    rank, layers matched, layers unmatched)."""
+    import diffusers
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    require(path.is_file(), f"--lora {path}: no such file")
+    require(path.suffix == ".safetensors", f"--lora {path}: LoRA files are read as .safetensors only (no pickles)")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            raw = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise KinemaError(f"--lora {path} is not a readable safetensors file ({e})") from None
+    require(META not in meta, f"--lora {path} is a LoRA of kinema's own model, not of this {family} transformer")
+    require(raw, f"--lora {path} holds no tensors")
+    loader = getattr(diffusers.loaders, DIFFUSERS_LORA[family][0])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = loader.lora_state_dict(dict(raw))
+    except (ValueError, KeyError, IndexError, RuntimeError, AttributeError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise KinemaError(f"--lora {path}: not a {family} LoRA in a layout diffusers reads (diffusers/PEFT, ComfyUI, "
+                          f"kohya): {type(e).__name__}: {first}") from None
+    state = {k.removeprefix("transformer."): v for k, v in state.items()}
+    bad = [k for k, v in state.items() if not (".lora_" in k and v.is_floating_point() and torch.isfinite(v).all())]
+    require(not bad, f"--lora {path}: {len(bad)} entries are not finite LoRA weights of the transformer "
+                     f"(e.g. {bad[0]})" if bad else "")
+    linears = linears if linears is not None else _linear_shapes(family, dict(config or {}))
+    wanted = {k.rsplit(".lora_", 1)[0] for k in state}
+    unmatched = sorted(m for m in wanted if m not in linears)
+    if unmatched and strict:
+        raise KinemaError(f"--lora {path}: {len(wanted) - len(unmatched)} of {len(wanted)} layers match this "
+                          f"transformer; unmatched: {', '.join(unmatched[:3])}; pass --no-lora-strict to load the rest")
+    require(len(unmatched) < len(wanted), f"--lora {path}: none of its layers is in this {family} transformer")
+    ranks = set()
+    for k, v in state.items():
+        layer = k.rsplit(".lora_", 1)[0]
+        if layer not in linears or not k.endswith(".weight"):
+            continue
+        out_f, in_f = linears[layer]
+        is_a = ".lora_A." in k
+        ok = v.ndim == 2 and (v.shape[1] == in_f if is_a else v.shape[0] == out_f)
+        require(ok, f"--lora {path}: {k} is {tuple(v.shape)}, this transformer's layer is {out_f}x{in_f}; use a LoRA "
+                    "made for this model's size")
+        ranks.add(int(v.shape[0] if is_a else v.shape[1]))
+    keep = {k: v for k, v in state.items() if k.rsplit(".lora_", 1)[0] in linears}
+    return keep, max(ranks or {0}), len(wanted) - len(unmatched), len(unmatched)
+
+
+def load_diffusers_loras(transformer, family: str, loras, strict: bool = True) -> list[dict]:
+    """Each LoRA as a PEFT adapter of the transformer (diffusers' `load_lora_adapter`), all active at their scales."""
+    linears = {n: (m.out_features, m.in_features) for n, m in transformer.named_modules()
+               if isinstance(m, torch.nn.Linear) and ".lora_" not in n and not n.endswith("base_layer")}
+    records, names, scales = [], [], []
+    for i, (path, scale) in enumerate(loras):
+        state, rank, layers, unmatched = diffusers_lora(path, family, strict, linears=linears)
+        name = f"lora{i}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            transformer.load_lora_adapter({f"transformer.{k}": v for k, v in state.items()}, prefix="transformer",
+                                          adapter_name=name)
+        names.append(name)
+        scales.append(float(scale))
+        records.append(dict(path=str(path), scale=float(scale), rank=rank, layers=layers, unmatched=unmatched))
+    transformer.set_adapters(names, weights=scales)
+    transformer.requires_grad_(False)
+    return records

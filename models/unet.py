@@ -227,6 +227,8 @@ class ControlAdapter(nn.Module):
 class SpaceTimeUNet(PretrainedModel):
     """Pseudo-3D UNet over latent video, conditioned on text, timestep and known frames."""
 
+    _repeated_blocks = ("ResBlock", "SpaceTimeBlock")  # what `--compile` compiles one by one (diffusers' convention)
+
     @register_to_config
     def __init__(
         self,

@@ -66,6 +66,7 @@ from kinema.errors import KinemaError, require
 from .family import Model, ModelDefaults, ModelFamily, ModelInfo, quiet_libraries, register, safetensors_parameters
 from . import conditions
 from .cache import transformer_call
+from .runtime import DIFFUSERS_ATTENTION
 from .seams import DenoiserInputs, FrameCondition, ImageCondition, TextEmbeds
 
 INDEX = "model_index.json"
@@ -366,6 +367,8 @@ class ImageContext:
 class WanDenoiser(torch.nn.Module):
     """WanTransformer3DModel(s) behind the Denoiser seam: velocity for (latents, timestep, text, cond)."""
 
+    lora_family = "wan"  # LoRAs in diffusers' Wan layouts (`models/lora.py`), loaded onto `transformer`
+
     def __init__(self, transformer, transformer_2=None, boundary_ratio: float | None = None,
                  expand_timesteps: bool = False, num_train_timesteps: int = 1000):
         super().__init__()
@@ -528,24 +531,28 @@ def _hf_kwargs(dtype: torch.dtype) -> dict:
 
 
 def load(info: ModelInfo, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-         attention: str = "sdpa", offload: str | None = None, vae_tiling: bool = False) -> WanModel:
+         attention: str = "sdpa", offload: str | None = None, vae_tiling: bool = False,
+         transformer: str | Path | None = None) -> WanModel:
     """Load a described Wan folder: transformer(s) and UMT5 in `dtype`, the VAE and CLIP in float32.
 
     `offload` keeps weights on the CPU and moves each component to `device` while it runs: "model" one
     component at a time (accelerate's cpu_offload_with_hook, diffusers' enable_model_cpu_offload),
-    "sequential" one layer at a time (accelerate's cpu_offload; slowest, least memory).
+    "sequential" one layer at a time (accelerate's cpu_offload; slowest, least memory). `transformer`: a GGUF
+    file that replaces transformer/ (`check_transformer_file`).
     """
     from diffusers import AutoencoderKLWan
     from transformers import AutoTokenizer, UMT5EncoderModel
 
     path, wan = info.path, info.index
-    require(attention in ATTENTION, f"--attention {attention} is not available for Wan checkpoints; use sdpa or xformers")
+    require(attention in ATTENTION or attention in DIFFUSERS_ATTENTION,
+            f"--attention {attention} is not available for Wan checkpoints; use sdpa, xformers or one of diffusers' "
+            f"backends ({', '.join(DIFFUSERS_ATTENTION)})")
     require(offload in (None, "none", "model", "sequential"), f"unknown --offload {offload!r}; use none, model or sequential")
     device = torch.device(device)
     require(offload in (None, "none") or device.type == "cuda", "--offload moves weights to a GPU as they run; it needs --device cuda")
     place = torch.device("cpu") if offload in ("model", "sequential") else device
     quiet_libraries()
-    denoiser = _load_denoiser(info, dtype, attention, place)
+    denoiser = _load_denoiser(info, dtype, attention, place, transformer)
     vae = WanVAE(AutoencoderKLWan.from_pretrained(path / "vae", torch_dtype=torch.float32, local_files_only=True,
                                                   use_safetensors=True).to(place))
     if vae_tiling:
@@ -565,17 +572,26 @@ def load(info: ModelInfo, device: str | torch.device = "cpu", dtype: torch.dtype
     return model
 
 
-def _load_denoiser(info: ModelInfo, dtype: torch.dtype, attention: str, place: torch.device) -> "WanDenoiser":
-    """The transformer (and Wan 2.2's second expert) behind the denoiser seam."""
+def _load_denoiser(info: ModelInfo, dtype: torch.dtype, attention: str, place: torch.device,
+                   transformer: str | Path | None = None) -> "WanDenoiser":
+    """The transformer (and Wan 2.2's second expert) behind the denoiser seam; `transformer` a GGUF file in place
+    of transformer/ (diffusers' GGUF support: weights stay quantized, dequantized per layer in `dtype`)."""
     from diffusers import WanTransformer3DModel
 
     wan = info.index
     experts = []
     for name in ("transformer", "transformer_2") if wan["boundary_ratio"] is not None else ("transformer",):
-        m = WanTransformer3DModel.from_pretrained(info.path / name, torch_dtype=dtype, local_files_only=True,
-                                                  use_safetensors=True).to(place)
+        if name == "transformer" and transformer is not None:
+            from diffusers import GGUFQuantizationConfig
+
+            m = WanTransformer3DModel.from_single_file(
+                str(transformer), quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+                config=str(info.path / name), local_files_only=True, torch_dtype=dtype).to(place)
+        else:
+            m = WanTransformer3DModel.from_pretrained(info.path / name, torch_dtype=dtype, local_files_only=True,
+                                                      use_safetensors=True).to(place)
         if attention != "sdpa":
-            m.set_attention_backend(ATTENTION[attention])
+            m.set_attention_backend(ATTENTION.get(attention, attention))
         experts.append(m)
     return WanDenoiser(experts[0], experts[1] if len(experts) > 1 else None, wan["boundary_ratio"],
                        wan["expand_timesteps"], int(info.configs["scheduler"].get("num_train_timesteps", 1000)))
@@ -624,6 +640,60 @@ def enable_offload(model: WanModel, mode: str, device: torch.device) -> None:
     else:  # diffusers' enable_sequential_cpu_offload
         for m in modules:
             cpu_offload(m, execution_device=device, offload_buffers=len(m._parameters) > 0)
+
+
+#################################################################################
+#                         Single-file transformers (GGUF)                       #
+#################################################################################
+
+
+def transformer_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    """The transformer's weight names and shapes from its config (built on the meta device: nothing allocated)."""
+    from diffusers import WanTransformer3DModel
+
+    quiet_libraries()
+    with torch.device("meta"):
+        model = WanTransformer3DModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_transformer_file(info: ModelInfo, path) -> dict:
+    """`--transformer FILE.gguf`: a Wan transformer of this folder's shape, in the original (community) or the
+    diffusers key layout, checked by its header before anything loads; what the sidecar records of it."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    from .runtime import check_gguf
+
+    return check_gguf(path, transformer_shapes(dict(info.configs["denoiser"])),
+                      lambda sd: convert_wan_transformer_to_diffusers(sd), "Wan", "wan")
+
+
+# diffusers' names -> the original Wan (and community GGUF) names, the inverse of diffusers' converter
+_ORIGINAL = [
+    (r"^condition_embedder\.time_embedder\.linear_([12])\.", lambda m: f"time_embedding.{2 * int(m[1]) - 2}."),
+    (r"^condition_embedder\.text_embedder\.linear_([12])\.", lambda m: f"text_embedding.{2 * int(m[1]) - 2}."),
+    (r"^condition_embedder\.time_proj\.", "time_projection.1."),
+    (r"^condition_embedder\.image_embedder\.norm1\.", "img_emb.proj.0."),
+    (r"^condition_embedder\.image_embedder\.ff\.net\.0\.proj\.", "img_emb.proj.1."),
+    (r"^condition_embedder\.image_embedder\.ff\.net\.2\.", "img_emb.proj.3."),
+    (r"^condition_embedder\.image_embedder\.norm2\.", "img_emb.proj.4."),
+    (r"\.attn1\.", ".self_attn."), (r"\.attn2\.", ".cross_attn."),
+    (r"\.to_out\.0\.", ".o."), (r"\.to_([qkv])\.", lambda m: f".{m[1]}."),
+    (r"\.add_([kv])_proj\.", lambda m: f".{m[1]}_img."), (r"\.norm_added_k\.", ".norm_k_img."),
+    (r"^(blocks\.\d+)\.scale_shift_table$", lambda m: f"{m[1]}.modulation"), (r"^scale_shift_table$", "head.modulation"),
+    (r"^proj_out\.", "head.head."), (r"\.ffn\.net\.0\.proj\.", ".ffn.0."), (r"\.ffn\.net\.2\.", ".ffn.2."),
+    (r"^(blocks\.\d+)\.norm2\.", lambda m: f"{m[1]}.norm3."),
+]
+
+
+def original_state_dict(state: dict) -> dict:
+    """A diffusers Wan transformer's state dict under the original Wan names (how community GGUF files store it)."""
+    out = {}
+    for key, value in state.items():
+        for pattern, repl in _ORIGINAL:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    return out
 
 
 #################################################################################
@@ -706,8 +776,15 @@ class WanFamily(ModelFamily):
     def describe(self, path: Path) -> ModelInfo:
         return describe(Path(path))
 
-    def load(self, info, device, dtype, attention="sdpa", offload=None) -> Model:
-        return load(info, device, dtype, attention, offload)
+    def load(self, info, device, dtype, attention="sdpa", offload=None, transformer=None) -> Model:
+        return load(info, device, dtype, attention, offload, transformer=transformer)
+
+    def check_transformer_file(self, info, path) -> dict:
+        return check_transformer_file(info, path)
+
+    def attention_backends(self, info) -> tuple[str, ...]:
+        """kinema's sdpa and xformers, and diffusers' dispatcher backends (`set_attention_backend`)."""
+        return ("sdpa", *DIFFUSERS_ATTENTION)
 
     def estimate_memory(self, info, frames, height, width, dtype_bytes=2, cfg=True, decode_chunk_size=16, offload=None):
         return estimate_memory(info, frames, height, width, dtype_bytes, cfg, offload)
