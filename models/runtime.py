@@ -343,18 +343,27 @@ def repeated_blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in module.modules() if type(m).__name__ in names]
 
 
+COMPILE_OPTIONS: dict = {}  # torch.compile's options for every block (tests run backend="eager": no C++ build)
+RECOMPILE_LIMIT = 64  # graphs per block's code: a UNet's blocks run at one shape per level, and clip sizes add more
+
+
 def compile_denoiser(denoiser: torch.nn.Module) -> dict:
     """Compile each repeated block of the denoiser on its own (regional compilation); the warm-up is watched."""
+    import torch._dynamo
+
     owners = [m for m in denoiser.modules() if getattr(m, "_repeated_blocks", None)]
     blocks = repeated_blocks(denoiser)
     require(blocks, "--compile: this denoiser lists no repeated blocks to compile")
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
     for owner in owners:
         if hasattr(owner, "compile_repeated_blocks"):  # diffusers' models: their own regional compilation
-            owner.compile_repeated_blocks()
+            owner.compile_repeated_blocks(**COMPILE_OPTIONS)
         else:  # kinema's UNet: the same loop
             for m in owner.modules():
                 if type(m).__name__ in owner._repeated_blocks:
-                    m.compile()
+                    m.compile(**COMPILE_OPTIONS)
     watch = CompileWatch()
     for owner in owners:
         owner.register_forward_pre_hook(watch.before, with_kwargs=True)
