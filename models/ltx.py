@@ -545,6 +545,10 @@ class LTXFamily(ModelFamily):
     def report(self, info, frames, height, width, dtype="bfloat16"):
         return report(info, frames, height, width, "float32" if dtype == "float32" else "bfloat16")
 
+    def attention_backends(self, info):
+        """The `--attention` names the LTX transformer takes (diffusers' attention dispatcher)."""
+        return tuple(ATTENTION)
+
     def cache_methods(self, info):
         """diffusers' FirstBlockCache and TaylorSeer hooks on the transformer (first-block needs two blocks or more)."""
         lacks = {"first-block"} if info.configs["denoiser"].get("num_layers", 2) < 2 else set()
