@@ -116,9 +116,10 @@ def test_no_family_checks_outside_models():
 
 def test_every_family_is_registered_in_a_fresh_process():
     """A fresh `import kinema` (which imports kinema's own family) still knows Wan and LTX-Video folders."""
+    import ast
     import subprocess
     import sys
 
     code = "import kinema; from kinema.models.family import families; print(sorted(families()))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and {"kinema", "ltx", "wan"} <= set(eval(out.stdout)), out.stderr
+    assert out.returncode == 0 and {"kinema", "ltx", "wan"} <= set(ast.literal_eval(out.stdout)), out.stderr
