@@ -51,6 +51,9 @@ SAMPLING = (  # after the prompt, the negative prompt and the frames
     Field("motion_length", "int", "Motion length (blank: the model's)", group="more", optional=True),
     Field("fast", "switch", "Fast: the model's few-step student (its steps and guidance unless given)", group="more"),
     Field("cache", "text", "Step cache: none, first-block:0.1, taylorseer:2 (blank: none)", group="more"),
+    Field("quantize", "choice", "Quantize the denoiser's weights (int8: CPU and CUDA; fp8, nf4: CUDA)",
+          Choices("kinema.models.runtime", "QUANTIZE"), group="more"),
+    Field("compile", "switch", "Compile the denoiser's blocks (a warm-up first, then faster steps)", group="more"),
 )
 FRAMES = Field("frames", "int", "Frames")
 CONTEXT = (

@@ -92,6 +92,9 @@ SAMPLING = [
     Arg("--cache", ("first-block", "first-block:0.5", "taylorseer:1"),
         ("bogus", "", "first-block:0", "first-block:2", "first-block:nan", "taylorseer:0", "taylorseer:1.5", "pab",
          "magcache", "fastercache:2")),
+    Arg("--quantize", ("none", "int8"), ("fp8", "nf4", "int4", "")),  # fp8, nf4: CUDA only
+    Arg("--transformer", (), ("{W}/file.txt", "{W}/absent.gguf", "{W}/dir.mp4", "{in:zero-byte .mp4}")),  # none fits
+    switch("--compile"),  # traced by Dynamo, no kernels built (`eager_compile`)
     UNKNOWN_FLAGS,
 ]
 # the fuzzed model has no control input: every --control clip (good or damaged) and every --control-scale is refused
@@ -180,6 +183,15 @@ def fill(argv: list[str], work: Path, model: Path, inputs: dict[str, Path]) -> l
             a = str(inputs[a[4:-1]])
         out.append(a.replace("{W}", str(work)).replace("{MODEL}", str(model)))
     return out
+
+
+@pytest.fixture(autouse=True)
+def eager_compile(monkeypatch):
+    """--compile compiles with torch.compile's eager backend here: Dynamo traces every block, but no C++ kernels are
+    built (inductor takes minutes on a cold cache; tests/test_compile.py runs it)."""
+    from kinema.models import runtime
+
+    monkeypatch.setattr(runtime, "COMPILE_OPTIONS", {"backend": "eager"})
 
 
 @pytest.fixture(scope="module")
