@@ -106,3 +106,16 @@ def test_inductor_compiled_tiny_model_matches(trained_like_model):
     diff = np.abs(result.frames.astype(int) - plain.astype(int))
     assert diff.max() <= 2, diff.max()  # other kernels: float32 rounding only
     jobs._CACHE.clear()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_inductor_on_cuda_matches(trained_like_model):
+    jobs._CACHE.clear()
+    path = trained_like_model.path
+    cuda = {**SMALL, "device": "cuda"}
+    plain = kinema.generate(PROMPT, model=path, progress=False, **cuda)
+    result = kinema.generate(PROMPT, model=path, compile=True, progress=False, return_result=True, **cuda)
+    assert result.record["compile"]["warmup_calls"] == 1
+    assert np.abs(result.frames.astype(int) - plain.astype(int)).max() <= 2
+    jobs._CACHE.clear()

@@ -5,6 +5,7 @@ the sidecar's record, and one-line errors before any weights load."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -183,3 +184,64 @@ def test_cli_help_lists_the_runtime_flags(capsys):
     out = capsys.readouterr().out
     for flag in ("--quantize", "--compile", "--transformer"):
         assert flag in out
+
+
+#################################################################################
+#                     CUDA: fp8, nf4, int8 and CUDA attention                   #
+#################################################################################
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(scope="module")
+def wide_wan_folder(tmp_path_factory):
+    """A tiny Wan folder whose linear layers fit NF4's blocks (256 wide)."""
+    from kinema.models import wan_testing as wt
+
+    root = wt.t2v_folder(tmp_path_factory.mktemp("wanc") / "t2v")
+    torch.manual_seed(1)
+    tr = wt.transformer(num_attention_heads=2, attention_head_dim=128, ffn_dim=256, num_layers=2)
+    shutil.rmtree(root / "transformer")
+    tr.save_pretrained(root / "transformer", safe_serialization=True)
+    return root
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("mode,tol", [("int8", 0.03), ("fp8", 0.1), ("nf4", 0.25)])
+def test_cuda_quantizers_close_to_bfloat16(wide_wan_folder, mode, tol):
+    from kinema.models.seams import TextEmbeds
+
+    if mode == "fp8" and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 needs compute capability 8.9+")
+    jobs._CACHE.clear()
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 16, 3, 16, 16, generator=g).cuda(), torch.tensor([700.0, 700.0]).cuda()
+    text = TextEmbeds(torch.randn(2, 6, 16, generator=g).cuda(), torch.ones(2, 6, dtype=torch.bool).cuda())
+    ref = kinema.load(wide_wan_folder, device="cuda", dtype="bfloat16")
+    with torch.no_grad():
+        want = ref.denoiser.predict(x, t, text).float()
+    jobs._CACHE.clear()
+    model = kinema.load(wide_wan_folder, device="cuda", dtype="bfloat16", quantize=mode)
+    with torch.no_grad():
+        got = model.denoiser.predict(x, t, text).float()
+    assert model.runtime["quantize"]["weights_mib_after"] < model.runtime["quantize"]["weights_mib_before"]
+    assert float((got - want).abs().mean() / want.abs().mean()) < tol
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("name", ["_native_efficient", "_native_flash", "_native_cudnn", "flex"])
+def test_cuda_attention_backends_match_sdpa(wan_folder, name):
+    from kinema.models.seams import TextEmbeds
+
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 16, 3, 8, 8, generator=g).cuda(), torch.tensor([700.0, 700.0]).cuda()
+    text = TextEmbeds(torch.randn(2, 6, 16, generator=g).cuda(), torch.ones(2, 6, dtype=torch.bool).cuda())
+    outs = {}
+    for backend in ("sdpa", name):
+        p = jobs.placement_for(wan_folder, device="cuda", dtype="bfloat16", attention=backend)
+        model = load_model(wan_folder, p.device, p.dtype, p.attention)
+        with torch.no_grad():
+            outs[backend] = model.denoiser.predict(x, t, text).float()
+    torch.testing.assert_close(outs[name], outs["sdpa"], atol=3e-2, rtol=3e-2)
