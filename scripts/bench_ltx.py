@@ -111,6 +111,27 @@ def markdown(r: dict) -> str:
     ])
 
 
+def ltx_long_child(args) -> None:
+    """LTX's own long approach on the same folder: LTXI2VLongMultiPromptPipeline (temporal tiles with overlap, AdaIN
+    toward the first tile), tiles as long as kinema's windows, one decode tile; prints its peak RSS as JSON."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, LTXI2VLongMultiPromptPipeline
+
+    pipe = LTXI2VLongMultiPromptPipeline.from_pretrained(args.folder, local_files_only=True)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler()  # its loop sets plain timesteps (no mu): a static shift
+    pipe.set_progress_bar_config(disable=True)
+    tc = pipe.vae_temporal_compression_ratio
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = pipe(prompt=PROMPT, height=args.height, width=args.width, num_frames=args.frames,
+                   num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="np",
+                   temporal_tile_size=args.context_length * tc, temporal_overlap=(args.context_length - args.context_stride) * tc,
+                   generator=torch.Generator().manual_seed(args.seed), decode_horizontal_tiles=1, decode_vertical_tiles=1)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps(dict(frames=args.frames, written=int(np.asarray(out.frames).shape[1]), peak_rss=peak,
+                          seconds=seconds, windows=None)))
+
+
 def memory_child(args) -> None:
     """One clip in this (fresh) process; prints its peak RSS and timings as JSON."""
     import kinema
@@ -127,11 +148,11 @@ def memory_child(args) -> None:
                           windows=res.info.get("long", {}).get("windows"))))
 
 
-def memory(folder: Path, args) -> dict:
+def memory(folder: Path, args, child: str = "memory-child") -> dict:
     """17 and 257 frames, each in a fresh process: peak RSS and its ratio."""
     rows = []
     for frames in (17, 257):
-        cmd = [sys.executable, __file__, "memory-child", "--folder", str(folder), "--frames", str(frames),
+        cmd = [sys.executable, __file__, child, "--folder", str(folder), "--frames", str(frames),
                "--height", str(args.height), "--width", str(args.width), "--steps", str(args.steps),
                "--guidance", str(args.guidance), "--context-length", str(args.context_length),
                "--context-stride", str(args.context_stride)] + (["--threads", str(args.threads)] if args.threads else [])
@@ -142,10 +163,13 @@ def memory(folder: Path, args) -> dict:
 
 def memory_markdown(r: dict) -> str:
     s = r["settings"]
-    lines = [f"| {s['width']}x{s['height']}, {s['steps']} steps, windows of {s['context_length']} latent frames every "
-             f"{s['context_stride']}, CPU float32 | frames | windows | seconds | peak RSS |", "|---|---|---|---|---|"]
+    how = (f"kinema, windows of {s['context_length']} latent frames every {s['context_stride']}" if s["what"] == "memory"
+           else f"LTXI2VLongMultiPromptPipeline, tiles of {s['context_length']} latent frames overlapping "
+                f"{s['context_length'] - s['context_stride']}")
+    lines = [f"| {how}, {s['width']}x{s['height']}, {s['steps']} steps, CPU float32 | frames | windows | seconds | peak RSS |",
+             "|---|---|---|---|---|"]
     for row in r["rows"]:
-        lines.append(f"| | {row['written']} | {row['windows'] or 1} | {row['seconds']:.1f} | {row['peak_rss'] / 2**20:.0f} MiB |")
+        lines.append(f"| | {row['written']} | {row['windows'] or '-'} | {row['seconds']:.1f} | {row['peak_rss'] / 2**20:.0f} MiB |")
     lines.append(f"| **ratio 257 / 17 frames** (target <= 1.25) | | | | **{r['ratio']:.3f}** |")
     return "\n".join(lines)
 
@@ -154,7 +178,8 @@ def main(argv=None) -> dict:
     from kinema.models.ltx_testing import SHAPES
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["speed", "memory", "memory-child"], help="what to measure")
+    p.add_argument("what", choices=["speed", "memory", "ltx-long", "memory-child", "ltx-long-child"],
+                   help="speed; memory (kinema's windows); ltx-long (diffusers' LTXI2VLongMultiPromptPipeline, same folder)")
     p.add_argument("--shape", default="bench", choices=list(SHAPES), help="transformer shape of the written folder")
     p.add_argument("--folder", default=None, help="an existing LTX folder to use instead of writing one")
     p.add_argument("--frames", type=int, default=25, help="frames (8k+1)")
@@ -177,13 +202,13 @@ def main(argv=None) -> dict:
     from kinema.models.ltx_testing import folder as ltx_folder
 
     quiet_libraries()
-    if args.what == "memory-child":
-        return memory_child(args)
+    if args.what in ("memory-child", "ltx-long-child"):
+        return memory_child(args) if args.what == "memory-child" else ltx_long_child(args)
     with tempfile.TemporaryDirectory(prefix="bench_ltx_") as tmp:
         folder = Path(args.folder) if args.folder else ltx_folder(Path(tmp) / "ltx", args.shape, vae_shape="ltx",
                                                                   seed=args.seed, real_scheduler=True)
-        result = compare(folder, args) if args.what == "speed" else memory(folder, args)
-    result["settings"] = dict(shape=None if args.folder else args.shape, frames=args.frames, height=args.height,
+        result = compare(folder, args) if args.what == "speed" else memory(folder, args, f"{args.what}-child")
+    result["settings"] = dict(what=args.what, shape=None if args.folder else args.shape, frames=args.frames, height=args.height,
                               width=args.width, steps=args.steps, guidance=args.guidance, pairs=args.pairs,
                               context_length=args.context_length, context_stride=args.context_stride,
                               device=args.device, dtype=args.dtype, threads=torch.get_num_threads())
