@@ -327,3 +327,21 @@ def test_cli_generate_with_ltx(folders, tmp_path):
     assert cli.main(argv) == 0 and out.is_file()
     sidecar = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert sidecar["family"] == "ltx" and sidecar["frames_written"] == 9 and sidecar["settings"]["shift"] > 1
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_parity_cuda_bfloat16(folders):
+    """The tiny T2V on the GPU in bfloat16 beside diffusers in bfloat16 (looser: CFG is combined in float32)."""
+    from diffusers import LTXPipeline
+
+    from kinema.models.family import load_model
+
+    model = load_model(folders["real"], "cuda", torch.bfloat16)
+    ours = kinema.generate(PROMPT, model=model, **options())
+    pipe = LTXPipeline.from_pretrained(folders["real"], local_files_only=True, torch_dtype=torch.bfloat16).to("cuda")
+    pipe.vae.to(torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, height=SIZE, width=SIZE, num_frames=FRAMES,
+                  num_inference_steps=STEPS, guidance_scale=GUIDANCE, generator=generator(), output_type="latent").frames
+    assert max_diff(ours.latents.cpu(), unpacked(pipe, theirs).cpu()) <= 0.1
