@@ -132,11 +132,43 @@ def quantize(module: torch.nn.Module, mode: str) -> dict:
     layers = sum(fits(m, n) for n, m in module.named_modules())
     require(layers > 0, f"--quantize {mode}: this denoiser has no linear layer of a shape {mode} takes")
     config = _config(mode)
+    names = [n for n, m in module.named_modules() if fits(m, n)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize_(module, config, filter_fn=fits)
+        for i, name in enumerate(names):  # layer by layer, each float weight freed as its quantized one is made
+            quantize_(module.get_submodule(name), config, filter_fn=lambda m, fqn: fqn == "")
+            if i % 32 == 31:
+                release_memory()
+    own_memory(module)
+    release_memory()
     return dict(method=mode, layers=layers, weights_mib_before=round(before / 2**20, 2),
                 weights_mib_after=round(weight_bytes(module) / 2**20, 2))
+
+
+def own_memory(module: torch.nn.Module) -> None:
+    """Copy the plain tensors left (biases, norms, convolutions) out of the weight file's memory map: safetensors maps
+    the whole file once, and while one tensor of it lives, every page the quantizer read stays resident."""
+    with torch.no_grad():
+        for m in module.modules():
+            for name, p in m._parameters.items():
+                if p is not None and type(p) is torch.nn.Parameter:
+                    p.data = p.data.clone()
+            for name, b in m._buffers.items():
+                if b is not None and type(b) is torch.Tensor:
+                    m._buffers[name] = b.clone()
+
+
+def release_memory() -> None:
+    """Hand freed heap memory back to the system (glibc keeps large freed blocks otherwise, so the float weights a
+    quantizer replaced would stay resident)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def tensor_bytes(t: torch.Tensor) -> int:

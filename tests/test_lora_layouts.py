@@ -175,3 +175,18 @@ def test_cli_records_wan_loras(folder, plain, tmp_path):
                  "--width", "32", "--steps", "2", "--lora", f"{path}:0.5", "--quiet", "-o", str(out)]) == 0
     record = json.loads((tmp_path / "cat.mp4.json").read_text())
     assert record["loras"][0]["scale"] == 0.5 and record["loras"][0]["path"] == str(path.resolve())
+
+
+def test_lora_over_int8_weights(folder, plain, tmp_path):
+    """LoRAs stay in float above int8 base layers: the output within int8's rounding of the float one."""
+    pytest.importorskip("torchao")
+    path = tmp_path / "peft.safetensors"
+    make_lora(plain, path, "peft", seed=8)
+    want = velocity(load(folder, [(str(path), 0.5)]))
+    jobs._CACHE.clear()
+    model = kinema.load(folder, device="cpu", dtype="float32", loras=[(str(path), 0.5)], quantize="int8")
+    assert model.runtime["quantize"]["layers"] > 0
+    lora_a = [m for n, m in model.denoiser.transformer.named_modules() if n.endswith("lora_A.lora0")]
+    assert lora_a and all(type(m.weight) is torch.nn.Parameter for m in lora_a)  # not quantized
+    got = velocity(model)
+    assert (got - want).abs().max() / want.abs().max() < 0.03
