@@ -391,7 +391,8 @@ def _prepare_and_check(e: Entry, infos: dict) -> None:
     job = prepare(e, infos)
     e.job_hash, e.warnings = job_hash(job), tuple(job.warnings)
     p = job.placement
-    e.model_key = (str(job.info.path), str(p.device), str(p.dtype), p.attention, p.offload, p.loras, p.lora_strict)
+    e.model_key = (str(job.info.path), str(p.device), str(p.dtype), p.attention, p.offload, p.loras, p.lora_strict,
+                   p.quantize, p.compile, p.transformer or "")
     if done(e.output, e.job_hash):
         e.status = "skipped"
         return
@@ -427,6 +428,8 @@ def job_hash(job) -> str:
     what = dict(task=job.task, prompt=job.prompt, model=str(Path(job.info.path).resolve()), family=job.info.family,
                 settings=job.settings.as_dict(), long=plain(job.long), restyle=plain(job.restyle), inputs=dict(job.inputs),
                 image_noise=job.image_noise, dtype=str(job.placement.dtype))
+    if job.placement.quantize != "none" or job.placement.transformer:  # other weights make another clip
+        what["weights"] = dict(quantize=job.placement.quantize, transformer=job.placement.transformer)
     h = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode())
     for array in (job.image, job.last_image, job.source):
         if array is not None:

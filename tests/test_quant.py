@@ -245,3 +245,14 @@ def test_cuda_attention_backends_match_sdpa(wan_folder, name):
         with torch.no_grad():
             outs[backend] = model.denoiser.predict(x, t, text).float()
     torch.testing.assert_close(outs[name], outs["sdpa"], atol=3e-2, rtol=3e-2)
+
+
+def test_batch_tells_quantized_jobs_apart(tiny_model_dir):
+    """A batch output made with other weights is another job (its hash differs); the plain job's hash is unchanged."""
+    from kinema.batch import job_hash
+
+    plain = jobs.prepare_generate(PROMPT, tiny_model_dir, device="cpu", **{k: v for k, v in SMALL.items()})
+    quant = jobs.prepare_generate(PROMPT, tiny_model_dir, device="cpu", quantize="int8", **SMALL)
+    compiled = jobs.prepare_generate(PROMPT, tiny_model_dir, device="cpu", compile=True, **SMALL)
+    assert job_hash(plain) != job_hash(quant)
+    assert job_hash(plain) == job_hash(compiled)  # compiling does not change the clip
