@@ -154,6 +154,17 @@ positive_int = int_at_least(1)
 nonneg_int = int_at_least(0)
 
 
+def interval(text: str) -> tuple[float, float]:
+    """LO:HI noise levels (0 <= LO < HI <= 1); a single LO means LO:1."""
+    parts = text.split(":")
+    if len(parts) > 2:
+        raise argparse.ArgumentTypeError(f"expected LO:HI such as 0.3:1, got {text!r}")
+    lo, hi = (finite_float(p) for p in (parts if len(parts) == 2 else [parts[0], "1"]))
+    if not 0 <= lo < hi <= 1:
+        raise argparse.ArgumentTypeError(f"needs 0 <= LO < HI <= 1, got {text!r}; 0:1 guides every step")
+    return lo, hi
+
+
 def finite_float(text: str) -> float:
     try:
         v = float(text)
@@ -237,6 +248,9 @@ def add_sampling_options(s, frames_help: str = "frames to generate (default: the
     s.add_argument("--width", type=positive_int, default=None, help="frame width in pixels (default: the model's)")
     s.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the model's)")
     s.add_argument("--guidance", type=finite_float, default=None, help="classifier-free guidance scale; 1 disables it (default: the model's)")
+    s.add_argument("--guidance-interval", type=interval, default=None, metavar="LO:HI",
+                   help="guide only at noise levels in (LO, HI], the conditional prediction alone elsewhere (one "
+                        "forward instead of two); 0:1 guides every step (default: the model's, 0.5:1 for the default model)")
     s.add_argument("--negative-prompt", default="", help="what to steer away from (the unconditional prompt)")
     s.add_argument("--seed", type=nonneg_int, default=0, help="random seed; the same seed gives the same clip")
     s.add_argument("--fps", type=finite_float, default=None, help="frames per second of the written file (default: the model's; restyle and extend: the source's)")

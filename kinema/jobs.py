@@ -25,7 +25,7 @@ import torch
 
 from . import resources, video_io
 from .errors import KinemaError, require
-from .models.family import Model, ModelInfo, describe, family_of, load_model
+from .models.family import Model, ModelInfo, describe, family_of, load_model, valid_interval
 from .pipelines.common import Result as DriverResult
 from .pipelines.common import Settings
 
@@ -33,7 +33,7 @@ TASKS = ("generate", "animate", "restyle", "extend")
 MAX_STEPS = 1000  # the training schedule's timesteps; more only costs time (and the schedule's memory)
 # option groups, by the names of the CLI's flags
 SAMPLING = ("frames", "height", "width", "steps", "guidance", "seed", "negative_prompt", "scheduler", "shift", "fps",
-            "decode_chunk_size", "motion_length", "cache")
+            "decode_chunk_size", "motion_length", "cache", "guidance_interval")
 PLACEMENT = ("device", "dtype", "attention", "offload", "threads", "lora", "lora_strict", "quantize", "compile",
              "transformer")
 WINDOWS = ("context_length", "context_stride", "window_weights")
@@ -213,7 +213,7 @@ def settings_for(info: ModelInfo, **overrides) -> Settings:
     """Settings from the model's defaults and the caller's overrides, validated before any weights load."""
     d = info.defaults
     values = dict(frames=d.frames, height=d.height, width=d.width, steps=d.steps, guidance=d.guidance, fps=d.fps,
-                  scheduler=d.scheduler, motion_length=d.motion_length)
+                  scheduler=d.scheduler, motion_length=d.motion_length, guidance_interval=d.guidance_interval)
     values.update({k: v for k, v in overrides.items() if v is not None})
     s = Settings(**values)
     require(isinstance(s.frames, int) and s.frames >= 1, f"--frames must be a whole number >= 1 (got {s.frames})")
@@ -237,6 +237,8 @@ def _check_numbers(s: Settings) -> None:
     from .models.schedulers import SCHEDULERS
 
     require(math.isfinite(s.guidance) and 0 <= s.guidance <= 50, f"--guidance must be a number in [0, 50] (got {s.guidance})")
+    require(s.guidance_interval is None or valid_interval(s.guidance_interval),
+            f"--guidance-interval must be LO:HI with 0 <= LO < HI <= 1, noise levels (got {s.guidance_interval}); 0:1 guides every step")
     require(math.isfinite(s.fps) and video_io.MIN_FPS <= s.fps <= 240, f"--fps must be in [{video_io.MIN_FPS}, 240] (got {s.fps})")
     require(isinstance(s.seed, int) and 0 <= s.seed < 2**63, f"--seed must be in [0, 2**63) (got {s.seed})")
     check_text(s.negative_prompt, "--negative-prompt")

@@ -42,6 +42,8 @@ class ModelDefaults:
     fps: float = 8.0
     steps: int = 25
     guidance: float = 5.0
+    # (lo, hi): guidance only at noise levels in (lo, hi] (`loop.guided`; Kynkäänniemi et al. 2024); None: every step
+    guidance_interval: tuple[float, float] | None = None
     shift: float = 1.0
     image_noise: float = 0.02  # std of the anchor's noise augmentation in latent space
     scheduler: str = "euler"  # the folder's solver (UniPC for Wan)
@@ -63,10 +65,24 @@ class ModelDefaults:
         for key, value in data.items():
             ok, want = _valid(key, value)
             require(ok, f"{where}: defaults.{key} must be {want}, got {value!r}; fix or re-create the folder")
-        return cls(**{k: float(v) if _is_float(cls, k) and v is not None else v for k, v in data.items()})
+        return cls(**{k: _value(cls, k, v) for k, v in data.items()})
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _value(cls, name: str, v):
+    if v is None:
+        return v
+    if name == "guidance_interval":
+        return tuple(float(x) for x in v)
+    return float(v) if _is_float(cls, name) else v
+
+
+def valid_interval(v) -> bool:
+    """A guidance interval: two noise levels 0 <= lo < hi <= 1."""
+    return (isinstance(v, (list, tuple)) and len(v) == 2 and all(_number(x) for x in v)
+            and 0 <= v[0] < v[1] <= 1)
 
 
 def _is_float(cls, name: str) -> bool:
@@ -89,6 +105,8 @@ def _valid(key: str, v) -> tuple[bool, str]:
         return (v is None and key != "guidance") or (_number(v) and 0 <= v <= 50), "a number in [0, 50]"
     if key in ("image_noise", "restyle_strength", "restyle_structure"):
         return _number(v) and 0 <= v <= 1, "a number in [0, 1]"
+    if key == "guidance_interval":
+        return v is None or valid_interval(v), "null or [lo, hi] with 0 <= lo < hi <= 1"
     if key == "restyle_control_scale":
         return _number(v) and 0 <= v <= 5, "a number in [0, 5]"
     if key == "scheduler":

@@ -133,6 +133,10 @@ class DenoiserInputs:
     control: torch.Tensor | None = None  # structure maps on the latent grid (B, Cc, F, h, w), for a denoiser with a control input
     control_scale: float = 1.0  # how strongly the control steers (ControlNet's conditioning scale)
     cache: object = None  # a step cache of one trajectory (`models/cache.py` StepCache; each guided predictor its own)
+    # read by the guidance wrapper (`loop.guided`), not the network: classifier-free guidance only at timesteps
+    # t with lo < t / 1000 <= hi (for flow matching t / 1000 is the noise level), the conditional prediction
+    # alone elsewhere; None: every step is guided
+    guidance_interval: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ class Settings:
     control_scale: float = 1.0
     # a step cache (`models/cache.py`): "none", "first-block:0.1", "taylorseer:2", ...; each trajectory its own
     cache: str = "none"
+    # (lo, hi): classifier-free guidance only at noise levels t / 1000 in (lo, hi] (`loop.guided`); None: every step
+    guidance_interval: tuple[float, float] | None = None
 
     def as_dict(self) -> dict:
         """The settings as plain values (the control as its shape, or None)."""
@@ -97,7 +99,7 @@ def step_generator(shape, seed: int) -> torch.Generator:
 
 def clip_inputs(settings: Settings, inputs: DenoiserInputs | None = None) -> DenoiserInputs:
     """`inputs` with the whole clip's length the denoiser is told (`motion_length`, else the clip's frames), the
-    settings' control and a new step cache.
+    settings' control, a new step cache and the guidance interval.
 
     Every denoiser call of a clip, each window's included, gets it (denoisers without a length input ignore it);
     the step cache is made fresh by each guided predictor (`loop.guided`): one per clip, window group or window.
@@ -107,6 +109,8 @@ def clip_inputs(settings: Settings, inputs: DenoiserInputs | None = None) -> Den
         inputs = replace(inputs, control=settings.control, control_scale=settings.control_scale)
     if settings.cache != "none" and inputs.cache is None:
         inputs = replace(inputs, cache=StepCache(settings.cache, settings.steps))
+    if settings.guidance_interval is not None and inputs.guidance_interval is None:
+        inputs = replace(inputs, guidance_interval=tuple(settings.guidance_interval))
     return inputs
 
 

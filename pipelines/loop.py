@@ -66,29 +66,51 @@ def guided(
     """Classifier-free guidance around a denoiser: cond and uncond batched in one forward.
 
     `inputs` (clip length, structure injection, image context) go to every call of the denoiser; a step cache in
-    them is made fresh for this predictor, so it reuses features of its own trajectory only.
+    them is made fresh for this predictor, so it reuses features of its own trajectory only. Their
+    `guidance_interval` limits guidance to a band of noise levels (Kynkäänniemi et al. 2024, "Applying guidance
+    in a limited interval"): outside it a step runs the conditional prediction alone, one forward instead of
+    two. The band is one run of steps, so a step cache serves the guided steps and the others run uncached.
     """
     use_cfg = uncond is not None and scale != 1.0
+    interval = inputs.guidance_interval if inputs is not None else None
+    plain_inputs = inputs
     if inputs is not None and inputs.cache is not None:
         inputs = replace(inputs, cache=inputs.cache.fresh(watch, paired=use_cfg))
+        plain_inputs = replace(inputs, cache=None) if use_cfg and interval is not None else inputs
     both = TextEmbeds.cat([text, uncond]) if use_cfg else text
+    pair = cond
     if cond is not None and use_cfg:
-        cond = FrameCondition(torch.cat([cond.latents, cond.latents]), torch.cat([cond.mask, cond.mask]))
+        pair = FrameCondition(torch.cat([cond.latents, cond.latents]), torch.cat([cond.mask, cond.mask]))
 
     def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([latents, latents]) if use_cfg else latents
+        guide = use_cfg and guided_at(interval, t)
+        x = torch.cat([latents, latents]) if guide else latents
         tt = t.reshape(-1).expand(x.shape[0]).to(x.device, torch.float32)
         t0 = time.perf_counter()
-        v = denoiser.predict(x.to(_dtype(denoiser)), tt, both, cond, inputs).float()
+        if guide or not use_cfg:
+            v = denoiser.predict(x.to(_dtype(denoiser)), tt, both, pair, inputs).float()
+        else:  # outside the guidance interval: the conditional prediction alone
+            v = denoiser.predict(x.to(_dtype(denoiser)), tt, text, cond, plain_inputs).float()
         if watch is not None:
             watch.seconds += time.perf_counter() - t0
             watch.calls += 1
-        if not use_cfg:
+        if not guide:
             return v
         v_cond, v_uncond = v.chunk(2)
         return v_uncond + scale * (v_cond - v_uncond)
 
     return predict
+
+
+TRAIN_TIMESTEPS = 1000  # every scheduler kinema runs trains over 1000 timesteps (flow: t = 1000 sigma)
+
+
+def guided_at(interval: tuple[float, float] | None, t: torch.Tensor) -> bool:
+    """Whether guidance applies at timestep `t`: lo < t / 1000 <= hi, or always without an interval."""
+    if interval is None:
+        return True
+    level = float(t.reshape(-1)[0]) / TRAIN_TIMESTEPS
+    return interval[0] < level <= interval[1]
 
 
 def _dtype(module) -> torch.dtype:

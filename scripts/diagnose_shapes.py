@@ -30,6 +30,14 @@ CONDITIONS = ("gt", "vae", "teacher", "teacher-50", "teacher-g3", "teacher-g12",
               "sdedit-0.2", "sdedit-0.4", "sdedit-0.6", "sdedit-0.8", "sdedit-1.0")
 
 
+def student(model):
+    """The model with its folder's few-step LoRA loaded (what `fast=True` asks of a loaded model)."""
+    fast = model.info.index.get("fast") if model.info is not None else None
+    if fast is None or model.loras:
+        return model
+    return api.load(model.info.path, device="cpu", dtype="float32", loras=[model.info.path / fast["lora"]])
+
+
 def clips(conditon: str, prompts, model, seed0: int):
     """uint8 (F, H, W, 3) clips of one condition, one per prompt."""
     for i, (prompt, spec) in enumerate(prompts):
@@ -48,6 +56,7 @@ def clips(conditon: str, prompts, model, seed0: int):
                 opts["guidance"] = float(conditon.split("-g")[1])
             elif conditon == "student":
                 opts["fast"] = True
+                model = student(model)
             yield api.generate(prompt, model=model, progress=False, **opts)
         else:  # sdedit-S: the ground truth noised to strength S and denoised with its own caption
             strength = float(conditon.split("-")[1])
