@@ -109,10 +109,8 @@ def _valid(key: str, v) -> tuple[bool, str]:
         return v is None or valid_interval(v), "null or [lo, hi] with 0 <= lo < hi <= 1"
     if key == "restyle_control_scale":
         return _number(v) and 0 <= v <= 5, "a number in [0, 5]"
-    if key == "scheduler":
-        from .schedulers import SCHEDULERS
-
-        return isinstance(v, str) and v in SCHEDULERS, "one of " + ", ".join(SCHEDULERS)
+    if key == "scheduler":  # kinema.json folders are flow models (AnimateDiff's defaults come from its family)
+        return isinstance(v, str) and v in ("euler", "unipc"), "euler or unipc"
     if key == "restyle_method":
         return isinstance(v, str) and v in ("sdedit", "flowedit"), "sdedit or flowedit"
     return isinstance(v, bool), "true or false"  # follow_motion

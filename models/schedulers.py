@@ -31,6 +31,27 @@ DDPM_SCHEDULERS = {
 DDPM_CLASSES = {cls: name for name, (cls, _) in DDPM_SCHEDULERS.items()}
 
 
+PREDICTIONS = ("flow", "epsilon", "v_prediction", "sample")
+
+
+def prediction_of(scheduler_or_config) -> str:
+    """The parameterisation a scheduler (or its config) steps: flow, epsilon, v_prediction or sample.
+
+    A config with betas (`beta_schedule`, `trained_betas`: the DDPM family) predicts its `prediction_type`
+    (diffusers' default: epsilon) unless it uses flow sigmas; any other (kinema's FlowMatchEuler) is flow.
+    """
+    cfg = getattr(scheduler_or_config, "config", scheduler_or_config)
+    get = cfg.get if isinstance(cfg, dict) else (lambda k, d=None: getattr(cfg, k, d))
+    kind = get("prediction_type", None)
+    ddpm = get("beta_schedule", None) is not None or get("trained_betas", None) is not None
+    if kind == "flow_prediction" or get("use_flow_sigmas", False) or not (ddpm or kind in PREDICTIONS):
+        return "flow"
+    kind = kind or "epsilon"
+    if kind not in PREDICTIONS:
+        raise ValueError(f"unknown prediction type {kind!r}; kinema steps {', '.join(PREDICTIONS)}")
+    return kind
+
+
 def schedulers_for(prediction: str) -> tuple[str, ...]:
     """The `--scheduler` names a family of this parameterisation (flow, epsilon, v_prediction) can step."""
     return FLOW_SCHEDULERS if prediction == "flow" else tuple(DDPM_SCHEDULERS)
@@ -45,8 +66,7 @@ EULER_CONFIG = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=Fa
 def make_scheduler(kind: str, config: dict, shift: float | None = None):
     """A scheduler from a model's scheduler config: flow matching (its training timesteps; `shift` overrides its
     shift), or for an epsilon / v-prediction config (AnimateDiff) diffusers' class of `kind` built from it."""
-    prediction = config.get("prediction_type")
-    if prediction not in (None, "flow_prediction") and not config.get("use_flow_sigmas"):
+    if prediction_of(config) != "flow":
         return _ddpm_scheduler(kind, config)
     shift = float(config.get("shift", 1.0) if shift is None else shift)
     n = int(config.get("num_train_timesteps", 1000))
@@ -67,7 +87,8 @@ def _ddpm_scheduler(kind: str, config: dict):
     import diffusers
 
     if kind not in DDPM_SCHEDULERS:
-        raise KinemaError(f"unknown scheduler {kind!r} for this model; choose one of {', '.join(DDPM_SCHEDULERS)}")
+        raise KinemaError(f"unknown scheduler {kind!r} for this epsilon / v-prediction model; choose one of "
+                          f"{', '.join(DDPM_SCHEDULERS)}")
     cls, extra = DDPM_SCHEDULERS[kind]
     own = {k: v for k, v in config.items() if not k.startswith("_")}
     if config.get("_class_name") != cls:  # another class's settings: keep what they share, drop the rest

@@ -93,11 +93,13 @@ def is_plain(options: LongOptions, frames: int, trained_frames: int) -> bool:
 
 
 def resolve_options(
-    options: LongOptions, frames: int, trained_frames: int, temporal_compression: int = 1, source_frames: int = 0
+    options: LongOptions, frames: int, trained_frames: int, temporal_compression: int = 1, source_frames: int = 0,
+    max_context: int | None = None,
 ) -> LongOptions:
     """Fill in defaults and check every option (one-line KinemaErrors) before any model loads.
 
-    `frames` is the output length and `source_frames` the given beginning (extend), in output frames.
+    `frames` is the output length and `source_frames` the given beginning (extend), in output frames;
+    `max_context` the most latent frames one denoiser call takes (AnimateDiff: the motion adapter's positions).
     """
     o = replace(options)
     require(o.mode in MODES, f"unknown --mode {o.mode!r}; use one of {', '.join(MODES)}")
@@ -106,10 +108,13 @@ def resolve_options(
     f = latent_count(frames, temporal_compression)
     trained = latent_count(trained_frames, temporal_compression)
     most = trained * MAX_CONTEXT_FACTOR
+    why = f"{MAX_CONTEXT_FACTOR}x the {trained} it was trained on"
+    if max_context is not None and max_context < most:
+        most, why = max_context, "its motion modules' positions"
     length = trained if o.context_length is None else o.context_length
     require(length >= 1, f"--context-length must be >= 1, got {length}")
     require(length <= most, f"--context-length {length} is longer than this model supports: at most {most} latent "
-                            f"frames ({MAX_CONTEXT_FACTOR}x the {trained} it was trained on); lower --context-length")
+                            f"frames ({why}); lower --context-length")
     quarter = max(1, length // 4)
     stride = o.context_stride
     if stride is None:
@@ -131,7 +136,8 @@ def resolve_options(
 
 def _resolve_for(model, settings: Settings, options: LongOptions, source_frames: int = 0) -> LongOptions:
     tc = model.vae.temporal_compression
-    return resolve_options(options, settings.frames, int(model.defaults["frames"]), tc, source_frames)
+    most = model.info.max_context if model.info is not None else None
+    return resolve_options(options, settings.frames, int(model.defaults["frames"]), tc, source_frames, most)
 
 
 #################################################################################

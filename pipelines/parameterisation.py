@@ -30,21 +30,10 @@ from dataclasses import dataclass
 
 import torch
 
-PREDICTIONS = ("flow", "epsilon", "v_prediction", "sample")
+from kinema.models.schedulers import PREDICTIONS, prediction_of  # noqa: F401  (what a scheduler config predicts)
+
 EULER_TYPE = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler")  # x = x0 + σ n, the model sees x / sqrt(σ² + 1)
 EPS = 1e-6  # the smallest noise level divided by (flow: x0 -> velocity at s ~ 0)
-
-
-def prediction_of(scheduler_or_config) -> str:
-    """The parameterisation a scheduler (or its config) steps: flow, epsilon, v_prediction or sample."""
-    cfg = getattr(scheduler_or_config, "config", scheduler_or_config)
-    get = cfg.get if isinstance(cfg, dict) else (lambda k, d=None: getattr(cfg, k, d))
-    kind = get("prediction_type", None)
-    if kind in (None, "flow_prediction") or get("use_flow_sigmas", False):
-        return "flow"
-    if kind not in PREDICTIONS:
-        raise ValueError(f"unknown prediction type {kind!r}; kinema steps {', '.join(PREDICTIONS)}")
-    return kind
 
 
 @dataclass(frozen=True)

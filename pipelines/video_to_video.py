@@ -82,7 +82,7 @@ from .common import (
 from .flow import FlowGuide, pixel_fusion, source_flow
 from .long_video import window_sampler
 from .loop import Hook, Timings, guided, make_scheduler, set_timesteps
-from .parameterisation import as_level
+from .parameterisation import as_level, prediction_of
 
 MIN_FLOW_SIDE = 16  # DIS needs frames of at least 16x16 (flow._check_frames)
 
@@ -130,11 +130,18 @@ class RestyleOptions:
 METHODS = ("sdedit", "flowedit")
 
 
-def resolve_restyle_options(options: RestyleOptions, model_defaults: Mapping, steps: int) -> RestyleOptions:
+def resolve_restyle_options(options: RestyleOptions, model_defaults: Mapping, steps: int,
+                            prediction: str = "flow") -> RestyleOptions:
     """New options: None strength/structure/method from the model's `restyle_*` defaults (else MODEL_DEFAULTS),
-    checked for `steps`. FlowEdit takes no source layout: its structure is 0 unless given (an error then)."""
+    checked for `steps`. FlowEdit takes no source layout: its structure is 0 unless given (an error then).
+
+    FlowEdit is an edit of a flow ODE (the difference of two velocities integrated with Euler from the clean
+    source); a model of another `prediction` (AnimateDiff's epsilon) restyles by SDEdit."""
     method = options.method if options.method is not None else model_defaults.get("restyle_method", "sdedit")
     require(method in METHODS, f"unknown restyle method {method!r}; use {' or '.join(METHODS)}")
+    require(method != "flowedit" or prediction == "flow",
+            f"--method flowedit edits along a flow-matching model's velocities; this model predicts {prediction}: "
+            "use --method sdedit (its --strength noises the source with the scheduler's own alphas)")
     options = replace(options, method=method)
     if method == "flowedit":
         require(options.structure in (None, 0), "--structure injects the source's layout into SDEdit's passes; "
@@ -277,6 +284,8 @@ class FlowEdit(Hook):
 def flowedit(model, prompt: str, settings: Settings, options: RestyleOptions, init: torch.Tensor, run: int,
              timings: Timings) -> FlowEdit:
     """The FlowEdit of a restyle: prompt and source prompt encoded, the plain tail's first step placed."""
+    require(prediction_of(model.scheduler_config) == "flow", "FlowEdit edits along a flow-matching model's "
+                                                             "velocities; restyle this model with --method sdedit")
     text, uncond = encode_prompts(model, prompt, settings, timings)
     t0 = time.perf_counter()
     src = model.text_encoder.encode([options.source_prompt]).to(model.device, model.dtype)

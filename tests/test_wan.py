@@ -416,7 +416,7 @@ def _fails(path, match):
 
 
 def test_not_a_wan_pipeline(broken):
-    _index(broken, _class_name="StableDiffusionPipeline")
+    _index(broken, _class_name="FluxPipeline")  # (StableDiffusionPipeline folders are AnimateDiff's, with an adapter)
     _fails(broken, "not a Wan pipeline")
 
 
