@@ -142,3 +142,67 @@ def sd_and_adapter_folders(root: str | Path, shape: str = "tiny", seed: int = 0,
     adapter = motion_adapter(shape, adapter_blocks)
     adapter.save_pretrained(root / "adapter", safe_serialization=True)
     return sd, root / "adapter"
+
+
+#################################################################################
+#                       Real shapes, no weights (kinema info)                   #
+#################################################################################
+
+
+def _sparse_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], dtype: str = "F16") -> None:
+    """A safetensors file whose header names `shapes`; the data region is a hole (a sparse file: no disk, all zeros)."""
+    size = {"F16": 2, "F32": 4}[dtype]
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        n = size
+        for d in shape:
+            n *= d
+        header[name] = dict(dtype=dtype, shape=list(shape), data_offsets=[offset, offset + n])
+        offset += n
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        f.truncate(8 + len(raw) + offset)
+
+
+def _write_shapes(module, folder: Path, weights: str, dtype: str = "F16") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    config = dict(module.config) if not hasattr(module.config, "to_dict") else module.config.to_dict()
+    config["_class_name"] = type(module).__name__
+    (folder / "config.json").write_text(json.dumps(config, default=list))
+    _sparse_safetensors(folder / weights, {k: tuple(v.shape) for k, v in module.state_dict().items()}, dtype)
+
+
+def sd15_shape_folders(root: str | Path) -> tuple[Path, Path]:
+    """An SD 1.5 folder and a MotionAdapter v1-5-2 folder with the real configs and float16 weight headers only.
+
+    Made on the meta device (no memory, no download): `kinema info` reads configs and parameter counts from them,
+    so its estimates are those of emilianJR/epiCRealism + guoyww/animatediff-motion-adapter-v1-5-2; they cannot run.
+    """
+    from diffusers import AutoencoderKL, MotionAdapter, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    root = Path(root)
+    sd, ad = root / "epiCRealism", root / "animatediff-motion-adapter-v1-5-2"
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(cross_attention_dim=768, sample_size=64)
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=["DownEncoderBlock2D"] * 4,
+                            up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, layers_per_block=2,
+                            sample_size=512)
+        text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                                            num_hidden_layers=12, projection_dim=768, hidden_act="quick_gelu"))
+        adapter = MotionAdapter(motion_max_seq_length=32, use_motion_mid_block=True)
+    _write_shapes(unet, sd / "unet", "diffusion_pytorch_model.safetensors")
+    _write_shapes(vae, sd / "vae", "diffusion_pytorch_model.safetensors")
+    _write_shapes(text, sd / "text_encoder", "model.safetensors")
+    _write_shapes(adapter, ad, "diffusion_pytorch_model.safetensors")
+    tokenizer(sd / "tokenizer")
+    PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
+                  steps_offset=1, set_alpha_to_one=False).save_pretrained(sd / "scheduler")
+    index = dict(_class_name="StableDiffusionPipeline", unet=["diffusers", "UNet2DConditionModel"],
+                 vae=["diffusers", "AutoencoderKL"], text_encoder=["transformers", "CLIPTextModel"],
+                 tokenizer=["transformers", "CLIPTokenizer"], scheduler=["diffusers", "PNDMScheduler"],
+                 safety_checker=[None, None], feature_extractor=[None, None])
+    (sd / "model_index.json").write_text(json.dumps(index, indent=2))
+    return sd, ad

@@ -157,6 +157,23 @@ def test_text_to_video_parity_sd_folder_with_adapter(folders):
     assert diff <= TOL
 
 
+def test_v_prediction_parity(tmp_path):
+    """A v-prediction folder (scheduler config prediction_type v_prediction): the family's parameterisation follows it."""
+    from diffusers import AnimateDiffPipeline
+
+    folder = adt.pipeline_folder(tmp_path / "v", scheduler_kw=dict(prediction_type="v_prediction"))
+    model = kinema.load(folder, device="cpu", dtype="float32")
+    assert model.info.prediction == "v_prediction"
+    ours = kinema.generate(PROMPT, model=model, scheduler="euler", return_result=True, progress=False, **RUN).latents
+    pipe = diffusers_pipeline(AnimateDiffPipeline, folder)
+    pipe.scheduler = _scheduler("euler", pipe.scheduler.config)
+    theirs = pipe(PROMPT, num_frames=FRAMES, height=SIZE, width=SIZE, num_inference_steps=STEPS,
+                  guidance_scale=GUIDANCE, generator=generator(), output_type="latent").frames
+    diff = (ours - theirs).abs().max().item()
+    print(f"text-to-video v-prediction euler: max |kinema - diffusers| = {diff:.2e}")
+    assert diff <= TOL
+
+
 def test_video_to_video_parity(folders, model, monkeypatch):
     """SDEdit: the source encoded (posterior mean), noised to strength 0.5 by add_noise, denoised: 2 of 4 steps.
 
