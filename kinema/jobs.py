@@ -507,6 +507,8 @@ def prepare_restyle(video, prompt: str, model=None, max_frames: int | None = Non
     require(isinstance(start, int) and start >= 0, f"--start must be a whole number >= 0 (got {start})")
     if sampling.get("guidance") is None and info.defaults.restyle_guidance is not None:
         sampling["guidance"] = info.defaults.restyle_guidance  # the model's own scale for restyling
+        if sampling.get("guidance_interval") is None:  # chosen with every step guided: restyle keeps it so
+            sampling["guidance_interval"] = (0.0, 1.0)
     base = settings_for(info, **{**sampling, "frames": 1})  # the caller's settings, checked
     opts = restyle_options(info, base.steps, **restyle)
     if opts.method == "flowedit":  # its update is an Euler step of the velocity difference
@@ -715,6 +717,8 @@ def _record(job: Job, model: Model | None, result: Result, load_s: float) -> dic
     if job.settings.cache != "none" and model is not None:  # the step cache, and how many calls it served
         watch = result.timings.denoiser
         record["cache"] = dict(method=job.settings.cache, denoiser_calls=watch.calls, served_from_cache=watch.cached)
+    if job.info.parts:  # folders read besides the model's (AnimateDiff's --motion-adapter)
+        record["model_parts"] = [str(p) for p in job.info.parts]
     record.update(job.inputs)
     record.update(result.info)  # what a driver reports besides the frames (the window plan, restyle figures)
     return record

@@ -348,3 +348,4 @@ def test_cli_generate_split_layout(folders, tmp_path):
     record = json.loads(out.with_suffix(".mp4.json").read_text()) if out.with_suffix(".mp4.json").is_file() else \
         json.loads((tmp_path / "clip.json").read_text())
     assert record["family"] == "animatediff" and record["settings"]["scheduler"] == "ddim"
+    assert record["model_parts"] == [str(folders["adapter"])]
