@@ -274,7 +274,7 @@ def estimate_memory(info: ModelInfo, frames: int, height: int, width: int, dtype
     """
     sizes = {k: v * (4 if k == "vae" else dtype_bytes) for k, v in info.parameters.items()}
     unet, vae = info.configs["denoiser"], info.configs["vae"]
-    window = min(frames, 16 if frames > (info.max_context or 32) else frames)
+    window = frames if frames <= (info.max_context or 32) else info.defaults.frames  # longer clips run in windows
     s = info.spatial_compression
     h, w = height // s, width // s
     rows = (2 if cfg else 1) * window
