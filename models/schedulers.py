@@ -1,4 +1,5 @@
-"""The solvers kinema runs, built from a model folder's scheduler config: flow-matching Euler and UniPC.
+"""The solvers kinema runs, built from a model folder's scheduler config: flow-matching Euler and UniPC, and for
+epsilon / v-prediction folders (AnimateDiff) diffusers' DDIM, Euler, Euler ancestral, DPM++ 2M and UniPC.
 
 A family's folder names its own (`ModelDefaults.scheduler`: Euler for kinema, UniPC for Wan); the
 loop (`pipelines/loop.py`) steps whichever it is given. The names feed the CLI's `--scheduler` choices.
