@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .config import load_yaml
-from .models.family import Model, load_model, resolve_model_path
+from .models.family import Model, load_model, resolve_model_path, valid_interval
 from .models.kinema_family import save
 from .errors import KinemaError, require
 from .models import FrameCondition, TextEmbeds
@@ -116,6 +116,7 @@ class DenoiserStage:
     reflow: int = 0
     reflow_steps: int = 25
     reflow_guidance: float = 5.0
+    reflow_guidance_interval: tuple[float, ...] = ()  # [lo, hi]: the teacher guides only there (`loop.guided`); (): every step
     reflow_cond: float = 0.3
     reflow_batch: int = 8
     control: bool = False
@@ -543,13 +544,17 @@ def build_reflow_cache(cfg: TrainConfig, model: Model, run: Path) -> dict:
     from .pipelines.loop import Timings
 
     d = cfg.denoiser
-    path = run / "cache" / f"reflow-{d.reflow}-{cfg.frames}-{cfg.size}-{d.reflow_steps}-{d.reflow_guidance}-{d.reflow_cond}.safetensors"
+    interval = tuple(float(x) for x in d.reflow_guidance_interval) or None
+    require(interval is None or valid_interval(interval),
+            f"denoiser.reflow_guidance_interval must be [lo, hi] with 0 <= lo < hi <= 1 (got {list(interval)})")
+    band = "" if interval is None else "-{}:{}".format(*interval)
+    path = run / "cache" / f"reflow-{d.reflow}-{cfg.frames}-{cfg.size}-{d.reflow_steps}-{d.reflow_guidance}{band}-{d.reflow_cond}.safetensors"
     if path.is_file():
         return {**load_file(path), **json.loads(path.with_suffix(".json").read_text())}
     path.parent.mkdir(parents=True, exist_ok=True)
     data = open_dataset(cfg)
     settings = Settings(frames=cfg.frames, height=cfg.size, width=cfg.size, steps=d.reflow_steps,
-                        guidance=d.reflow_guidance)
+                        guidance=d.reflow_guidance, guidance_interval=interval)
     vae, net = model.vae.eval(), model.denoiser.eval()
     empty = model.text_encoder.encode([""])
     x0s, noises, conds, masks, specs, prompts = [], [], [], [], [], []
