@@ -507,8 +507,8 @@ def prepare_restyle(video, prompt: str, model=None, max_frames: int | None = Non
     require(isinstance(start, int) and start >= 0, f"--start must be a whole number >= 0 (got {start})")
     if sampling.get("guidance") is None and info.defaults.restyle_guidance is not None:
         sampling["guidance"] = info.defaults.restyle_guidance  # the model's own scale for restyling
-        if sampling.get("guidance_interval") is None:  # chosen with every step guided: restyle keeps it so
-            sampling["guidance_interval"] = (0.0, 1.0)
+    if sampling.get("guidance_interval") is None:  # restyle's settings were chosen with every step guided
+        sampling["guidance_interval"] = (0.0, 1.0)
     base = settings_for(info, **{**sampling, "frames": 1})  # the caller's settings, checked
     opts = restyle_options(info, base.steps, **restyle)
     if opts.method == "flowedit":  # its update is an Euler step of the velocity difference

@@ -79,3 +79,14 @@ def test_the_sidecar_records_the_interval(tiny_model_dir, tmp_path):
                  "--width", "16", "--steps", "2", "--guidance-interval", "0.3:1", "--quiet"])
     assert code in (0, None) and out.exists()
     assert json.loads((tmp_path / "clip.gif.json").read_text())["settings"]["guidance_interval"] == [0.3, 1.0]
+
+
+def test_restyle_guides_every_step_unless_told(trained_like_model):
+    """Restyle's defaults (strength, guidance, control scale) were chosen with every step guided, so it keeps that."""
+    from kinema import jobs
+
+    source = np.full((4, 16, 16, 3), 90, np.uint8)
+    job = jobs.prepare_restyle(source, PROMPT, trained_like_model.info.path)
+    assert tuple(job.settings.guidance_interval) == (0.0, 1.0)
+    job = jobs.prepare_restyle(source, PROMPT, trained_like_model.info.path, guidance_interval=[0.4, 1.0])
+    assert tuple(job.settings.guidance_interval) == (0.4, 1.0)
