@@ -73,12 +73,19 @@ def cmd_info(args) -> None:
     d = info.defaults
     frames, height, width = args.frames or d.frames, args.height or d.height, args.width or d.width
     report, lines = family_of(info).report(info, frames, height, width)
+    import torch
+
+    from . import resources
     from .jobs import process_memory  # the whole process's peak on CPU, too
 
-    est = {k: f"{v / 2**20:.0f} MiB" for k, v in process_memory(info, frames, height, width).items()}
-    report["process_estimate"] = dict(frames=frames, height=height, width=width, dtype="float32", **est)
+    # in the dtype `kinema generate --dtype` would run on the CPU (auto: bfloat16 where this CPU runs it fast)
+    dtype = resources.pick_dtype(args.dtype, torch.device("cpu"))
+    nbytes = torch.empty((), dtype=dtype).element_size()
+    est = {k: f"{v / 2**20:.0f} MiB" for k, v in process_memory(info, frames, height, width, nbytes).items()}
+    name = str(dtype).removeprefix("torch.")
+    report["process_estimate"] = dict(frames=frames, height=height, width=width, dtype=name, **est)
     lines.append(f"process   ~{est['total']} peak RSS for `kinema generate` of {frames} frames {width}x{height} on "
-                 f"CPU (libraries {est['libraries']}, model {est['model']}, clip {est['clip']})")
+                 f"CPU in {name} (libraries {est['libraries']}, model {est['model']}, clip {est['clip']})")
     if args.quantize != "none":  # the denoiser's weights before and after, from the headers
         from .models.runtime import info_lines
 
@@ -440,6 +447,8 @@ def _model_parsers(sub, fmt) -> None:
     s.add_argument("--frames", type=positive_int, default=None, help="frames for the memory estimate")
     s.add_argument("--height", type=positive_int, default=None, help="height for the memory estimate")
     s.add_argument("--width", type=positive_int, default=None, help="width for the memory estimate")
+    s.add_argument("--dtype", default="auto", metavar="DTYPE", choices=Choices("kinema.resources", "DTYPES", first=("auto",)),
+                   help="dtype of the whole-process estimate (auto: what `kinema generate --dtype auto` picks on this CPU)")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.add_argument("--quantize", default="none", metavar="MODE", choices=Choices("kinema.models.runtime", "QUANTIZE"),
                    help="also estimate the denoiser's weights with --quantize MODE")

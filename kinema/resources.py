@@ -22,10 +22,12 @@ RESTYLE_BYTES_PER_PIXEL = 96
 # window fusion's sums, decoded float frames, the writer's buffers (measured: a 256-frame 64x64 clip peaked
 # ~60 MiB above a 16-frame one).
 HOST_BYTES_PER_PIXEL = 64
-# Resident memory of Python with torch and kinema's generate path imported (measured 321 MiB with the CPU
-# build of torch 2.13 on x86-64; kinema's own models need neither diffusers nor transformers, which add
-# ~100 MiB where a family loads them): the floor under every run's peak.
-LIBRARY_BYTES = 325 * 2**20
+# Resident memory of Python with torch and kinema's generate path imported (VmHWM, CPU build of torch 2.13;
+# kinema's own models need neither diffusers nor transformers, which add ~100 MiB where a family loads them):
+# the floor under every run's peak. It differs between machines with the same packages: measured 321 MiB on
+# an AMD EPYC, 249 MiB on a 2-core Xeon with AMX (219 MiB of it `import torch`; the first kernels run add
+# ~13 MiB more), so the constant sits between the two: within 15% of the floor on either.
+LIBRARY_BYTES = 285 * 2**20
 
 
 def pick_threads(threads: int | None = None) -> int:

@@ -135,14 +135,23 @@ def read_configs(path: Path) -> tuple[dict, dict]:
 #################################################################################
 
 
-def _text_encoder_parameters(info) -> int:
-    """Parameters of the folder's text encoder, from its safetensors headers (0 where it cannot be found)."""
+# bytes per element of a safetensors header's dtype
+SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def _text_encoder_bytes(info) -> int:
+    """Bytes of the folder's text encoder's weights, from its safetensors headers (0 where it cannot be found).
+
+    `load_folder` keeps the text encoder in the dtype it is stored in (MiniLM: float32) whatever `--dtype`
+    the denoiser and the VAE run in, so its share does not halve in bfloat16.
+    """
     from .text import resolve_text_encoder
 
     try:
-        return safetensors_parameters(resolve_text_encoder(info.index.get("text_encoder", "builtin:minilm"), info.path))[0]
+        n, dtype = safetensors_parameters(resolve_text_encoder(info.index.get("text_encoder", "builtin:minilm"), info.path))
     except KinemaError:
         return 0  # loading names the problem
+    return n * SAFETENSORS_BYTES.get(dtype, 4)
 
 
 class KinemaFamily(ModelFamily):
@@ -196,7 +205,7 @@ class KinemaFamily(ModelFamily):
         heads = max(1, chans[first_attn] // den["head_dim"])
         attn = b * frames * heads * tokens * tokens * dtype_bytes
         dec = 8 * max(vae["block_out_channels"]) * min(frames, decode_chunk_size) * height * width * dtype_bytes
-        text = _text_encoder_parameters(info) * dtype_bytes
+        text = _text_encoder_bytes(info)  # loaded as stored, whatever dtype the rest runs in
         return dict(weights=weights, text_encoder=text, denoiser_activations=level_act + attn, vae_decode=dec,
                     total=weights + text + level_act + attn + dec)
 

@@ -129,7 +129,8 @@ COMMANDS = {
         Arg("--control", ("none",), ("edges", "depth", "")), Arg("--control-scale", (), ("1", "9", "nan")), *SAMPLING]),
     "info": command_line("info", [
         Arg(None, ("{MODEL}",), ("{W}", "{W}/file.txt", "{W}/no", "")), Arg("--frames", ("8", "1000000"), tuple(BAD_FRAMES)),
-        Arg("--height", ("64",), tuple(BAD_SIZE)), Arg("--width", ("64",), tuple(BAD_SIZE)), switch("--json"), UNKNOWN_FLAGS]),
+        Arg("--height", ("64",), tuple(BAD_SIZE)), Arg("--width", ("64",), tuple(BAD_SIZE)),
+        Arg("--dtype", ("auto", "float32", "bfloat16"), ("float64", "float16", "")), switch("--json"), UNKNOWN_FLAGS]),
     "init": command_line("init", [
         Arg(None, ("{W}/newmodel", "{W}/deep/er/model", "{W}/emptydir"),
             ("{W}/copy", "{W}/dir.mp4", "{W}/file.txt", "{W}/existing.mp4", "{W}", "/proc/kinema-model", "{W}/ro/m")),
