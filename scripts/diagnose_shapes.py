@@ -6,7 +6,7 @@
 On the held-out prompts (`world.eval_prompts`), per condition: shape accuracy (the clip's majority template is
 the caption's shape) and the median template IoU, split by shape. The conditions follow a clip from pixels
 to pixels: the rendered ground truth; its VAE round trip (the VAE's share); the model's own samples at the
-default settings, at more steps, at other guidance scales (sampling's share); and SDEdit of the ground truth
+default settings, with guidance at every step, at more steps, at other guidance scales (sampling's share); and SDEdit of the ground truth
 with its own caption from strength 0.2 to 1.0 (at which noise level the denoiser stops keeping a shape it is
 given: its prior's share). Writes table.md, results.json and a sample grid (shapes.png) under --out.
 """
@@ -26,7 +26,7 @@ from kinema import api, world
 from kinema.models.seams import to_uint8, to_unit
 from kinema.world import metrics
 
-CONDITIONS = ("gt", "vae", "teacher", "teacher-50", "teacher-g3", "teacher-g12", "student",
+CONDITIONS = ("gt", "vae", "teacher", "teacher-every", "teacher-50", "teacher-g3", "teacher-g12", "student",
               "sdedit-0.2", "sdedit-0.4", "sdedit-0.6", "sdedit-0.8", "sdedit-1.0")
 
 
@@ -52,6 +52,8 @@ def clips(conditon: str, prompts, model, seed0: int):
             opts = dict(seed=seed)
             if conditon == "teacher-50":
                 opts["steps"] = 50
+            elif conditon == "teacher-every":  # guidance at every step (the folder's default may limit it to a band)
+                opts["guidance_interval"] = (0.0, 1.0)
             elif conditon.startswith("teacher-g"):
                 opts["guidance"] = float(conditon.split("-g")[1])
             elif conditon == "student":
