@@ -816,7 +816,8 @@ def sample_grid(model: Model, prompts, path: Path, seeds=(0, 1), steps: int | No
     rows = []
     for prompt in prompts:
         clips = [text_to_video(model, prompt, Settings(frames=d["frames"], height=d["height"], width=d["width"],
-                                                       steps=steps or d["steps"], guidance=d["guidance"], seed=s),
+                                                       steps=steps or d["steps"], guidance=d["guidance"], seed=s,
+                                                       guidance_interval=d.get("guidance_interval")),
                                progress=False).frames for s in seeds]
         rows.append(np.concatenate(clips, axis=2))  # (F, H, W * seeds, 3)
     grid = np.concatenate(rows, axis=1)  # (F, H * prompts, W * seeds, 3)
