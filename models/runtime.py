@@ -367,11 +367,28 @@ def check_compile(device: torch.device) -> None:
             "(apt-get install g++) or set CXX, or drop --compile")
 
 
+# diffusers' UNets (AnimateDiff's UNetMotionModel) list no `_repeated_blocks`: their resnets and transformer blocks
+FALLBACK_BLOCKS = ("ResnetBlock2D", "BasicTransformerBlock")
+
+
+def _owners(denoiser: torch.nn.Module) -> list[torch.nn.Module]:
+    """The models whose repeated blocks are compiled: those that list them, else the denoiser's networks (itself or
+    its children) that hold FALLBACK_BLOCKS."""
+    owners = [m for m in denoiser.modules() if getattr(m, "_repeated_blocks", None)]
+    if owners:
+        return owners
+    holds = lambda m: any(type(b).__name__ in FALLBACK_BLOCKS for b in m.modules())  # noqa: E731
+    return [m for m in denoiser.children() if holds(m)] or ([denoiser] if holds(denoiser) else [])
+
+
+def _block_names(owner: torch.nn.Module) -> tuple[str, ...]:
+    return tuple(getattr(owner, "_repeated_blocks", None) or FALLBACK_BLOCKS)
+
+
 def repeated_blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
-    """The blocks regional compilation compiles: every submodule whose class a model lists in `_repeated_blocks`."""
-    names = set()
-    for m in module.modules():
-        names |= set(getattr(m, "_repeated_blocks", None) or ())
+    """The blocks regional compilation compiles: every submodule whose class a model lists in `_repeated_blocks`
+    (diffusers' convention; FALLBACK_BLOCKS for models that list none)."""
+    names = {n for owner in _owners(module) for n in _block_names(owner)}
     return [m for m in module.modules() if type(m).__name__ in names]
 
 
@@ -383,18 +400,18 @@ def compile_denoiser(denoiser: torch.nn.Module) -> dict:
     """Compile each repeated block of the denoiser on its own (regional compilation); the warm-up is watched."""
     import torch._dynamo
 
-    owners = [m for m in denoiser.modules() if getattr(m, "_repeated_blocks", None)]
+    owners = _owners(denoiser)
     blocks = repeated_blocks(denoiser)
     require(blocks, "--compile: this denoiser lists no repeated blocks to compile")
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
     for owner in owners:
-        if hasattr(owner, "compile_repeated_blocks"):  # diffusers' models: their own regional compilation
-            owner.compile_repeated_blocks(**COMPILE_OPTIONS)
-        else:  # kinema's UNet: the same loop
+        if hasattr(owner, "compile_repeated_blocks") and getattr(owner, "_repeated_blocks", None):
+            owner.compile_repeated_blocks(**COMPILE_OPTIONS)  # diffusers' models: their own regional compilation
+        else:  # kinema's UNet, diffusers' UNets: the same loop
             for m in owner.modules():
-                if type(m).__name__ in owner._repeated_blocks:
+                if type(m).__name__ in _block_names(owner):
                     m.compile(**COMPILE_OPTIONS)
     watch = CompileWatch()
     for owner in owners:

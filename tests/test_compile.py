@@ -119,3 +119,18 @@ def test_inductor_on_cuda_matches(trained_like_model):
     assert result.record["compile"]["warmup_calls"] == 1
     assert np.abs(result.frames.astype(int) - plain.astype(int)).max() <= 2
     jobs._CACHE.clear()
+
+
+@pytest.mark.parametrize("family", ["ltx", "animatediff"])
+def test_other_families_compile_their_blocks(family, eager_backend, tmp_path):
+    """LTX's transformer blocks (its `_repeated_blocks`), AnimateDiff's UNet resnets and transformer blocks (diffusers'
+    UNets list none: kinema's fallback); the clip the uncompiled one."""
+    from kinema.models import animatediff_testing, ltx_testing
+
+    folder = ltx_testing.folder(tmp_path / "m") if family == "ltx" else animatediff_testing.pipeline_folder(tmp_path / "m")
+    kw = dict(frames=9, height=32, width=32, steps=2, device="cpu", dtype="float32", progress=False)
+    plain = kinema.generate(PROMPT, model=folder, **kw)
+    result = kinema.generate(PROMPT, model=folder, compile=True, return_result=True, **kw)
+    kinds = {"ltx": ["LTXVideoTransformerBlock"], "animatediff": ["BasicTransformerBlock", "ResnetBlock2D"]}[family]
+    assert result.record["compile"]["kinds"] == kinds and result.record["compile"]["warmup_calls"] == 1
+    assert np.abs(result.frames.astype(int) - plain.astype(int)).max() <= 1

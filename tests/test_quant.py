@@ -256,3 +256,16 @@ def test_batch_tells_quantized_jobs_apart(tiny_model_dir):
     compiled = jobs.prepare_generate(PROMPT, tiny_model_dir, device="cpu", compile=True, **SMALL)
     assert job_hash(plain) != job_hash(quant)
     assert job_hash(plain) == job_hash(compiled)  # compiling does not change the clip
+
+
+@pytest.mark.parametrize("family", ["ltx", "animatediff"])
+def test_other_families_take_int8(family, tmp_path):
+    from kinema.models import animatediff_testing, ltx_testing
+
+    folder = ltx_testing.folder(tmp_path / "m") if family == "ltx" else animatediff_testing.pipeline_folder(tmp_path / "m")
+    kw = dict(frames=9, height=32, width=32, steps=2, device="cpu", dtype="float32", progress=False)
+    plain = kinema.generate(PROMPT, model=folder, **kw)
+    result = kinema.generate(PROMPT, model=folder, quantize="int8", return_result=True, **kw)
+    assert result.record["quantize"]["layers"] > 0
+    diff = np.abs(result.frames.astype(int) - plain.astype(int))
+    assert diff.mean() < 2 and diff.max() <= 40
