@@ -284,10 +284,7 @@ def check_gguf(path, expected: dict[str, tuple[int, ...]], convert, what: str, a
     require(not bad, f"--transformer {path}: {bad[0] if bad else ''} is {names.get(bad[0]) if bad else ''}, this "
                      f"folder's transformer has {expected.get(bad[0]) if bad else ''}; use a GGUF of a transformer of "
                      "this folder's size")
-    counts: dict[str, int] = {}
-    for t in types.values():
-        counts[t] = counts.get(t, 0) + 1
-    return dict(path=str(Path(path).resolve()), tensor_types=dict(sorted(counts.items())))
+    return dict(path=str(Path(path).resolve()), tensor_types=_type_counts(types))
 
 
 def save_gguf(state: dict[str, torch.Tensor], path: str | Path, qtype: str = "Q8_0", arch: str = "wan") -> Path:
@@ -511,10 +508,12 @@ def check_runtime(info, family, device: torch.device, attention: str, quantize=N
     backends = family.attention_backends(info)
     require(attention in backends, f"--attention {attention} is not available for {info.name} ({info.path}); "
                                    f"choose one of {', '.join(backends)}")
-    if attention in DIFFUSERS_ATTENTION and attention in backends:
-        check_dispatch_attention(attention, device)
-    require(attention != "xformers" or attention in DIFFUSERS_ATTENTION or xformers_available(),
-            "--attention xformers needs the xformers package: pip install 'kinema[xformers]', or use --attention sdpa")
+    if "native" in backends:  # a transformer family: diffusers' dispatcher runs every backend, xformers too
+        if attention != "sdpa":
+            check_dispatch_attention(attention, device)
+    else:  # kinema's own attention function
+        require(attention != "xformers" or xformers_available(),
+                "--attention xformers needs the xformers package: pip install 'kinema[xformers]', or use --attention sdpa")
     quantize = check_quantize(quantize, device)
     require(isinstance(compile, bool), f"--compile is on or off, got {compile!r}")
     if compile:
@@ -527,28 +526,29 @@ def check_runtime(info, family, device: torch.device, attention: str, quantize=N
     return quantize, bool(compile), transformer
 
 
-def apply(model, quantize: str, compile: bool, transformer: str | None) -> dict:
-    """Quantize and compile a loaded model's denoiser (LoRAs already on it); what the sidecar records."""
+def apply(model, mode: str, compiled: bool, transformer: str | None) -> dict:
+    """Quantize (`mode`) and compile a loaded model's denoiser (LoRAs already on it); what the sidecar records."""
     record = {}
     if transformer is not None:
         record["transformer"] = check_gguf_record(transformer)
-    if quantize != "none":
-        record["quantize"] = quantize_denoiser(model.denoiser, quantize)
-    if compile:
+    if mode != "none":
+        record["quantize"] = quantize(model.denoiser, mode)
+    if compiled:
         record["compile"] = compile_denoiser(model.denoiser)
     return record
 
 
-def quantize_denoiser(denoiser, mode: str) -> dict:
-    return quantize(denoiser, mode)
-
-
 def check_gguf_record(path: str) -> dict:
+    """What the sidecar records of a GGUF transformer: its path and how many tensors of each type it holds."""
     _, types, _ = read_gguf_header(path)
+    return dict(path=path, tensor_types=_type_counts(types))
+
+
+def _type_counts(types: dict[str, str]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for t in types.values():
         counts[t] = counts.get(t, 0) + 1
-    return dict(path=path, tensor_types=dict(sorted(counts.items())))
+    return dict(sorted(counts.items()))
 
 
 def sidecar(runtime: dict, before: tuple[int, float] | None = None) -> dict:

@@ -269,3 +269,15 @@ def test_other_families_take_int8(family, tmp_path):
     assert result.record["quantize"]["layers"] > 0
     diff = np.abs(result.frames.astype(int) - plain.astype(int))
     assert diff.mean() < 2 and diff.max() <= 40
+
+
+def test_kinema_xformers_needs_the_package(tiny_model_dir, wan_folder, monkeypatch):
+    """kinema's own xformers backend checks its package; Wan's goes through diffusers' requirement check."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("kinema.models.attention"), "xformers_available", lambda: False)
+    with pytest.raises(KinemaError, match=r"pip install 'kinema\[xformers\]'"):
+        jobs.placement_for(tiny_model_dir, device="cpu", attention="xformers")
+    if not importlib_has("xformers"):
+        with pytest.raises(KinemaError, match="xformers"):
+            jobs.placement_for(wan_folder, device="cpu", attention="xformers")
