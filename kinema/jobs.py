@@ -228,8 +228,8 @@ def settings_for(info: ModelInfo, **overrides) -> Settings:
     from .models.schedulers import schedulers_for
 
     steppers = schedulers_for(info.prediction)  # flow solvers for flow models, diffusers' DDPM family for epsilon / v
-    require(s.scheduler in steppers, f"--scheduler {s.scheduler} does not step this model's {info.prediction} "
-                                     f"predictions; choose one of {', '.join(steppers)}")
+    require(s.scheduler in steppers, f"unknown --scheduler {s.scheduler!r} for this model ({info.prediction} "
+                                     f"predictions); choose one of {', '.join(steppers)}")
     return replace(s, cache=check_cache(s.cache, info))
 
 

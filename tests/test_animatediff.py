@@ -333,7 +333,7 @@ def test_cli_bad_input_is_one_line_before_loading(folders, neither, tmp_path, ca
 def test_flow_schedulers_only_for_flow_models(tiny_model_dir, folders):
     from kinema import jobs
 
-    with pytest.raises(KinemaError, match="does not step this model's flow predictions"):
+    with pytest.raises(KinemaError, match=r"unknown --scheduler 'ddim' for this model \(flow predictions\)"):
         jobs.settings_for(describe(tiny_model_dir), scheduler="ddim")
     assert jobs.settings_for(describe(folders["pipe"]), scheduler="dpm++2m").scheduler == "dpm++2m"
 

@@ -152,7 +152,7 @@ def test_defaults_come_from_the_model_folder(tiny_model_dir):
 @pytest.mark.parametrize("field, value, message", [("frames", 2.5, "--frames must be a whole number"),
                                                    ("steps", None, "--steps is empty"),
                                                    ("guidance", float("nan"), "--guidance must be a finite number"),
-                                                   ("scheduler", "ddim", "unknown --scheduler 'ddim'"),
+                                                   ("scheduler", "lcm", "unknown --scheduler 'lcm'"),  # ddim: a name, for epsilon models
                                                    ("motion_length", "ten", "--motion-length must be a number"),
                                                    ("random_seed", "yes", "--random-seed must be true or false"),
                                                    ("follow_motion", ["on"], "--follow-motion must be one of auto, on, off"),
