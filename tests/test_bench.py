@@ -123,8 +123,12 @@ def test_tune_guidance_smoke(tiny_model_dir, tmp_path, capsys):
                                               "--shift", "1", "3", "--json-out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [(r["guidance"], r["shift"]) for r in rows] == [(1.0, 1.0), (1.0, 3.0), (2.0, 1.0), (2.0, 3.0)]
-    assert all(r["n"] == 2 for r in rows)
-    assert "| 2 | 3.0 | 2 |" in capsys.readouterr().out
+    assert all(r["n"] == 2 and 0 <= r["shape"] <= 1 for r in rows)
+    assert "| 2 | 3.0 | every step | 2 |" in capsys.readouterr().out
+    assert load_script("tune_guidance").main(["--model", str(tiny_model_dir), "--guidance", "2", "--every", "60",
+                                              "--interval", "0.5", "--json-out", str(out)]) == 0
+    assert json.loads(out.read_text())["rows"][0]["guidance_interval"] == [0.5, 1.0]
+    assert "| 2 | model | 0.5:1.0 | 2 |" in capsys.readouterr().out
 
 
 def test_readme_gifs_smoke(tiny_model_dir, tmp_path):
