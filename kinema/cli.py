@@ -89,7 +89,7 @@ def cmd_info(args) -> None:
     if args.quantize != "none":  # the denoiser's weights before and after, from the headers
         from .models.runtime import info_lines
 
-        dtype = report.get("memory_estimate", {}).get("dtype", "float32")
+        dtype = report.get("memory_estimate", {}).get("dtype", name)  # the family's estimate's, else the CPU run's
         report["quantize_estimate"], more = info_lines(info, args.quantize, dtype)
         lines += more
     print(json.dumps(report, indent=2, default=str) if args.json else "\n".join(lines))
