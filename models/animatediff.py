@@ -45,7 +45,8 @@ import torch
 
 from kinema.errors import KinemaError, require
 
-from .family import Model, ModelDefaults, ModelFamily, ModelInfo, quiet_libraries, register, safetensors_parameters
+from .family import (Model, ModelDefaults, ModelFamily, ModelInfo, params_line, quiet_libraries, register,
+                     safetensors_parameters)
 from .seams import DenoiserInputs, FrameCondition, TextEmbeds
 from .vae import FrameVAE
 
@@ -304,7 +305,7 @@ def report(info: ModelInfo, frames: int, height: int, width: int, dtype: str = "
     adapter = f" + motion adapter {idx['motion_adapter']}" if idx["unet"] != "UNetMotionModel" else " (motion modules in unet/)"
     lines = [
         f"model     {rep['model']} ({idx['pipeline']}, AnimateDiff{adapter})",
-        "params    " + ", ".join(f"{k} {v / 1e9:.2f}B" if v >= 1e8 else f"{k} {v / 1e6:.2f}M" for k, v in info.parameters.items()),
+        params_line(info),
         f"predicts  {info.prediction} with the folder's {d.scheduler} scheduler (also: ddim, euler, euler-ancestral, "
         f"dpm++2m, unipc); windows of at most {info.max_context} frames (the adapter's positions)",
         f"vae       AutoencoderKL per frame, {info.latent_channels} latent channels, {info.spatial_compression}x spatial",

@@ -249,6 +249,19 @@ class ModelFamily:
         return settings
 
 
+def params_line(info: ModelInfo) -> str:
+    """`kinema info`'s line of parameter counts per component."""
+    return "params    " + ", ".join(f"{k} {v / 1e9:.2f}B" if v >= 1e8 else f"{k} {v / 1e6:.2f}M"
+                                    for k, v in info.parameters.items())
+
+
+def offload_lines(est: Mapping[str, Mapping], frames: int, height: int, width: int, dtype: str) -> list[str]:
+    """`kinema info`'s GPU estimate per `--offload` mode (a transformer family's `estimate_memory` per mode)."""
+    return [f"memory    --offload {mode:<10} ~{m['total']} GPU peak for {frames} frames {width}x{height} in {dtype} "
+            f"(weights {m['weights']}, transformer activations {m['denoiser_activations']}, VAE decode {m['vae_decode']})"
+            for mode, m in est.items()]
+
+
 #################################################################################
 #                                    Registry                                   #
 #################################################################################

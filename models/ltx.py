@@ -59,7 +59,8 @@ from kinema.errors import require
 
 from . import conditions
 from .cache import transformer_call
-from .family import Model, ModelDefaults, ModelFamily, ModelInfo, quiet_libraries, register, safetensors_parameters
+from .family import (Model, ModelDefaults, ModelFamily, ModelInfo, offload_lines, params_line, quiet_libraries, register,
+                     safetensors_parameters)
 from .seams import DenoiserInputs, FrameCondition, ImageCondition, TextEmbeds
 from .wan import _check_weights, _hf_kwargs, _json
 
@@ -495,17 +496,14 @@ def report(info: ModelInfo, frames: int, height: int, width: int, dtype: str = "
                memory_estimate=dict(frames=frames, height=height, width=width, dtype=dtype, offload=est))
     lines = [
         f"model     {out['model']} ({idx['pipeline']}, LTX-Video)",
-        "params    " + ", ".join(f"{k} {v / 1e9:.2f}B" if v >= 1e8 else f"{k} {v / 1e6:.2f}M" for k, v in info.parameters.items()),
+        params_line(info),
         f"vae       AutoencoderKLLTXVideo, {info.latent_channels} latent channels, {info.spatial_compression}x spatial, "
         f"{t}x temporal (frames must be {t}k+1)" + (", timestep-conditioned decoder" if idx["timestep_conditioning"] else ""),
         f"defaults  {d.frames} frames {d.width}x{d.height} @ {d.fps:g} fps, {d.steps} steps, guidance {d.guidance}; "
         f"sizes must be multiples of {info.size_multiple}; shift {shift:.3f} at this size",
         f"tasks     {', '.join(info.tasks)}; frame conditions: first",
     ]
-    for mode, m in est.items():
-        lines.append(f"memory    --offload {mode:<10} ~{m['total']} GPU peak for {frames} frames {width}x{height} in "
-                     f"{dtype} (weights {m['weights']}, transformer activations {m['denoiser_activations']}, VAE decode "
-                     f"{m['vae_decode']})")
+    lines += offload_lines(est, frames, height, width, dtype)
     return out, lines
 
 

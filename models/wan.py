@@ -63,7 +63,8 @@ import torch
 
 from kinema.errors import KinemaError, require
 
-from .family import Model, ModelDefaults, ModelFamily, ModelInfo, quiet_libraries, register, safetensors_parameters
+from .family import (Model, ModelDefaults, ModelFamily, ModelInfo, offload_lines, params_line, quiet_libraries, register,
+                     safetensors_parameters)
 from . import conditions
 from .cache import transformer_call
 from .runtime import DIFFUSERS_ATTENTION
@@ -746,17 +747,14 @@ def report(info: ModelInfo, frames: int, height: int, width: int, dtype: str = "
     experts = f", two experts switched at t = {idx['boundary_ratio']} x 1000" if idx["boundary_ratio"] else ""
     lines = [
         f"model     {report['model']} ({idx['pipeline']}, Wan family {idx['family']}{experts})",
-        "params    " + ", ".join(f"{k} {v / 1e9:.2f}B" if v >= 1e8 else f"{k} {v / 1e6:.2f}M" for k, v in info.parameters.items()),
+        params_line(info),
         f"vae       AutoencoderKLWan, {info.latent_channels} latent channels, {info.spatial_compression}x spatial, "
         f"{info.temporal_compression}x temporal (frames must be 4k+1)",
         f"defaults  {d.frames} frames {d.width}x{d.height} @ {d.fps:g} fps, {d.steps} steps, guidance {d.guidance}, "
         f"{d.scheduler} shift {d.shift}; sizes must be multiples of {info.size_multiple}",
         f"tasks     {', '.join(info.tasks)}; frame conditions: {', '.join(info.frame_conditions) or 'none'}",
     ]
-    for mode, m in est.items():
-        lines.append(f"memory    --offload {mode:<10} ~{m['total']} GPU peak for {frames} frames {width}x{height} in "
-                     f"{dtype} (weights {m['weights']}, transformer activations {m['denoiser_activations']}, VAE decode "
-                     f"{m['vae_decode']})")
+    lines += offload_lines(est, frames, height, width, dtype)
     return report, lines
 
 
