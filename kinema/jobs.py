@@ -184,7 +184,7 @@ def placement_for(model, device="auto", dtype="auto", attention: str = "sdpa", o
     loras = tuple(lora_files.check_specs([lora] if isinstance(lora, (str, Path)) else lora))
     if loras:
         info = info_for(model)
-        lora_files.check_files(loras, info.family, info.configs.get("denoiser", {}), lora_strict)
+        lora_files.check_files(loras, info, lora_strict)
     dev = resources.pick_device(device)
     info = info_for(model)
     quantize, compile, transformer = runtime.check_runtime(info, family_of(info), dev, attention, quantize, compile,
@@ -639,7 +639,7 @@ def load(info: ModelInfo, placement: Placement) -> Model:
         if placement.loras:  # PEFT adapters on the denoiser, each at its scale, stacked
             from .models.lora import load_loras
 
-            model.loras = tuple(load_loras(model.denoiser, placement.loras, placement.lora_strict))
+            model.loras = tuple(load_loras(model.denoiser, placement.loras, placement.lora_strict, model.text_encoder))
         model.runtime = runtime.apply(model, placement.quantize, placement.compile, placement.transformer)
         _CACHE[key] = model
     return _CACHE[key]

@@ -45,7 +45,7 @@ import torch
 
 from kinema.errors import KinemaError, require
 
-from .family import (Model, ModelDefaults, ModelFamily, ModelInfo, params_line, quiet_libraries, register,
+from .family import (Model, ModelDefaults, ModelFamily, ModelInfo, meta_model, params_line, quiet_libraries, register,
                      safetensors_parameters)
 from .seams import DenoiserInputs, FrameCondition, TextEmbeds
 from .vae import FrameVAE
@@ -202,6 +202,8 @@ class CLIPTextEncoder(torch.nn.Module):
 class MotionUNetDenoiser(torch.nn.Module):
     """UNetMotionModel behind the denoiser seam: (B, C, F, h, w) latents -> epsilon (or v) of the same shape."""
 
+    lora_family = "animatediff"  # LoRAs in diffusers' SD layouts (`models/lora.py`), loaded onto `unet` and CLIP
+
     def __init__(self, unet, positions: int):
         super().__init__()
         self.unet = unet.eval().requires_grad_(False)
@@ -255,6 +257,25 @@ def load(info: ModelInfo, device: str | torch.device = "cpu", dtype: torch.dtype
     denoiser = MotionUNetDenoiser(unet.to(device), info.max_context or 32)
     return Model(text.to(device), FrameVAE(vae.to(device)), denoiser, dict(info.configs["scheduler"]), dict(info.index),
                  path, device, dtype, info=info, family=FAMILY, attention=attention, offload="none")
+
+
+def lora_layers(info: ModelInfo) -> dict[str, dict[str, tuple[int, ...]]]:
+    """The layers SD LoRAs can adapt: the UNet with its motion modules (as `load` builds it) and CLIP, on meta."""
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .lora import adaptable
+
+    unet_config = info.configs["denoiser"]
+    if info.index["unet"] == "UNetMotionModel":
+        unet = meta_model(UNetMotionModel, unet_config)
+    else:
+        with torch.device("meta"):
+            unet = UNetMotionModel.from_unet2d(meta_model(UNet2DConditionModel, unet_config),
+                                               meta_model(MotionAdapter, info.configs["adapter"]))
+    with torch.device("meta"):
+        text = CLIPTextModel(CLIPTextConfig.from_pretrained(info.path / "text_encoder", local_files_only=True))
+    return {"unet": adaptable(unet), "text_encoder": adaptable(text)}
 
 
 #################################################################################
@@ -356,6 +377,9 @@ class AnimateDiffFamily(ModelFamily):
 
     def attention_backends(self, info):
         return ATTENTION
+
+    def lora_layers(self, info):
+        return lora_layers(info)
 
 
 FAMILY = register(AnimateDiffFamily())

@@ -240,6 +240,11 @@ class ModelFamily:
 
         return BACKENDS
 
+    def lora_layers(self, info: ModelInfo) -> dict[str, dict[str, tuple[int, ...]]]:
+        """The layers diffusers-layout LoRAs can adapt, per component their keys name (`models/lora.py`
+        `DIFFUSERS_LORA`), from the configs on the meta device (families whose LoRAs diffusers' loaders read)."""
+        raise KinemaError(f"--lora: {info.name} ({info.path}) takes no LoRA")
+
     def check_transformer_file(self, info: ModelInfo, path) -> dict:
         """`--transformer FILE`: checked by its header before loading (families with a single-file loader)."""
         raise KinemaError(f"--transformer replaces a transformer with a GGUF file; {info.name} ({info.path}) takes none")
@@ -345,6 +350,18 @@ def safetensors_parameters(folder: Path) -> tuple[int, str | None]:
         except (SafetensorError, OSError) as e:
             raise KinemaError(f"{f} is not a readable safetensors file ({e}); re-create or re-download the model") from None
     return n, dtype
+
+
+def meta_model(cls, config: Mapping):
+    """A diffusers model of `config` built on the meta device: its layers and weight shapes, nothing allocated."""
+    quiet_libraries()
+    with torch.device("meta"):
+        return cls.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+
+
+def weight_shapes(cls, config: Mapping) -> dict[str, tuple[int, ...]]:
+    """A diffusers model's weight names and shapes from its config (`meta_model`; single-file checks)."""
+    return {k: tuple(v.shape) for k, v in meta_model(cls, config).state_dict().items()}
 
 
 def quiet_libraries() -> None:

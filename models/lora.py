@@ -11,11 +11,15 @@ Loading injects one PEFT adapter per file (`peft.inject_adapter_in_model`), fill
 `LoraLayer.set_scale`): the outputs add, so two LoRAs stack and a scale of 0 is the plain network.
 Nothing is merged by hand, and files are read as data only (safetensors, no pickles).
 
-Transformer families (Wan) take the LoRA layouts their community uses, converted by diffusers' loader for the
-family (`WanLoraLoaderMixin.lora_state_dict`: diffusers/PEFT `transformer.blocks.0.attn1.to_q.lora_A.weight`,
+diffusers families take the LoRA layouts their community uses, converted by diffusers' loader for the family
+(`DIFFUSERS_LORA`): Wan's (`WanLoraLoaderMixin`: diffusers/PEFT `transformer.blocks.0.attn1.to_q.lora_A.weight`,
 ComfyUI / Wan-community `diffusion_model.blocks.0.self_attn.q.lora_down.weight` with `.alpha`, kohya/musubi
-`lora_unet_blocks_0_self_attn_q.lora_down.weight`) and loaded with diffusers' `load_lora_adapter` (PEFT) onto the
-transformer, stacked with `set_adapters`; a layer the transformer lacks is the same error as for kinema's own.
+`lora_unet_blocks_0_self_attn_q.lora_down.weight`), LTX-Video's (`LTXVideoLoraLoaderMixin`: diffusers/PEFT and
+ComfyUI `diffusion_model.transformer_blocks.0.attn1.to_q.lora_A.weight`) and AnimateDiff's (SD's
+`StableDiffusionLoraLoaderMixin`: diffusers/PEFT `unet.…` and `text_encoder.…`, kohya `lora_unet_…` / `lora_te_…`
+with `.alpha`). Each file is one PEFT adapter on each component its keys name (diffusers' `load_lora_adapter`; the
+CLIP text encoder through the loader's `load_lora_into_text_encoder`), stacked with `set_adapters`; a layer the
+model lacks is the same error as for kinema's own.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import json
 import math
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -122,14 +127,19 @@ def read_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
-def load_loras(net, loras, strict: bool = True) -> list[dict]:
-    """Inject and activate every (path, scale) of `loras` on `net`, stacked; what the sidecar records of each."""
+def load_loras(net, loras, strict: bool = True, text_encoder=None) -> list[dict]:
+    """Inject and activate every (path, scale) of `loras` on `net`, stacked; what the sidecar records of each.
+    `text_encoder`: the model's text seam, for the families whose LoRAs adapt it too (AnimateDiff's CLIP)."""
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
     from peft.tuners.lora import LoraLayer
 
     family = getattr(net, "lora_family", None)
-    if family in DIFFUSERS_LORA:  # a diffusers transformer (Wan): diffusers' converters and loader
-        return load_diffusers_loras(net.transformer, family, loras, strict)
+    if family in DIFFUSERS_LORA:  # a diffusers model (Wan, LTX-Video, AnimateDiff): diffusers' converters and loaders
+        parts = DIFFUSERS_LORA[family][1]
+        targets = {parts[0]: getattr(net, parts[0])}
+        if "text_encoder" in parts and text_encoder is not None:
+            targets["text_encoder"] = text_encoder.model
+        return load_diffusers_loras(targets, family, loras, strict)
 
     records, names = [], []
     for i, (path, scale) in enumerate(loras):
@@ -182,20 +192,24 @@ def _lora_shape(modules: dict, key: str, name: str) -> tuple[int, ...]:
     return tuple(part.weight.shape)
 
 
-def check_files(loras, family: str, denoiser_config: dict, strict: bool = True) -> None:
-    """Before any weights load: each file is a kinema LoRA made for a denoiser of this shape (headers only)."""
+def check_files(loras, info, strict: bool = True) -> None:
+    """Before any weights load: each file fits the model of `info` (headers only; diffusers families: converted by
+    their loader and matched against their layers built on the meta device)."""
     from safetensors import SafetensorError, safe_open
 
     if not loras:
         return
-    if family in DIFFUSERS_LORA:
+    if info.family in DIFFUSERS_LORA:
+        from .family import family_of
+
+        layers = family_of(info).lora_layers(info)
         for path, _ in loras:
-            diffusers_lora(path, family, strict, config=denoiser_config)
+            diffusers_lora(path, info.family, strict, layers)
         return
-    require(family == "kinema", f"--lora: LoRAs load onto kinema's own denoiser and Wan's transformer; this is a "
-                                f"{family} model")
-    shape = dict(network="SpaceTimeUNet", channels=list(denoiser_config.get("channels", [])),
-                 text_dim=denoiser_config.get("text_dim"), layers_per_level=denoiser_config.get("layers_per_level", 1))
+    require(info.family == "kinema", f"--lora: this {info.family} model takes no LoRA")
+    config = info.configs.get("denoiser", {})
+    shape = dict(network="SpaceTimeUNet", channels=list(config.get("channels", [])),
+                 text_dim=config.get("text_dim"), layers_per_level=config.get("layers_per_level", 1))
     for path, _ in loras:
         try:
             with safe_open(str(path), "pt") as f:
@@ -221,32 +235,74 @@ def check_specs(specs) -> list[tuple[str, float]]:
 
 
 #################################################################################
-#                  Transformer families: diffusers' LoRA layouts                #
+#                  Diffusers families: their community LoRA layouts             #
 #################################################################################
 
-# family -> diffusers' LoRA loader for it (its `lora_state_dict` converts the community layouts) and transformer class
-DIFFUSERS_LORA = {"wan": ("WanLoraLoaderMixin", "WanTransformer3DModel")}
+# family -> diffusers' LoRA loader for it (its `lora_state_dict` converts the community layouts), the components its
+# keys name (the denoiser's model first: the denoiser's attribute of that name; then the text encoder, where the
+# loader adapts one) and the layouts it reads (for messages)
+DIFFUSERS_LORA = {
+    "wan": ("WanLoraLoaderMixin", ("transformer",), "diffusers/PEFT, ComfyUI, kohya/musubi"),
+    "ltx": ("LTXVideoLoraLoaderMixin", ("transformer",), "diffusers/PEFT, ComfyUI diffusion_model."),
+    "animatediff": ("StableDiffusionLoraLoaderMixin", ("unet", "text_encoder"), "diffusers/PEFT, kohya"),
+}
 
 
-def _linear_shapes(family: str, config: dict) -> dict[str, tuple[int, int]]:
-    """The transformer's linear layers (name -> (out, in)), from its config on the meta device."""
-    import diffusers
-
-    cls = getattr(diffusers, DIFFUSERS_LORA[family][1])
-    with torch.device("meta"):
-        model = cls.from_config({k: v for k, v in config.items() if not k.startswith("_")})
-    return {n: (m.out_features, m.in_features) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+def _what(family: str) -> str:
+    """What messages call a family's denoiser: "wan transformer", "animatediff UNet"."""
+    return f"{family} {'UNet' if DIFFUSERS_LORA[family][1][0] == 'unet' else 'transformer'}"
 
 
-def diffusers_lora(path, family: str, strict: bool = True, config: dict | None = None,
-                   linears: dict | None = None) -> tuple[dict[str, torch.Tensor], int, int, int]:
-    """A LoRA file for a transformer family in any layout its diffusers loader reads, as diffusers/PEFT keys
-    (`transformer.` dropped), checked against the transformer's linear layers: (tensors of the layers it has,
-    rank, layers matched, layers unmatched)."""
+# layers a LoRA cannot adapt: AnimateDiff's motion modules call these as `proj_in(input=...)`, which PEFT's layers refuse
+UNADAPTABLE = re.compile(r"motion_modules\.\d+\.proj_(in|out)$")
+
+
+def adaptable(module) -> dict[str, tuple[int, ...]]:
+    """The layers a LoRA can adapt, name -> (out, in) for linear layers, (out, in, kh, kw) for convolutions (kohya's
+    LoRAs of SD's 1x1 projections); PEFT's own layers, wrapped base layers and UNADAPTABLE ones left out."""
+    out = {}
+    for name, m in module.named_modules():
+        if ".lora_" in name or name.endswith("base_layer") or UNADAPTABLE.search(name):
+            continue
+        if isinstance(m, torch.nn.Linear):
+            out[name] = (m.out_features, m.in_features)
+        elif isinstance(m, torch.nn.Conv2d):
+            out[name] = (m.out_channels, m.in_channels, *m.kernel_size)
+    return out
+
+
+def _peft_names(part: str, keys, layers: dict) -> dict[str, str]:
+    """Each converted key of component `part` -> its name as PEFT puts it on the component, renamed as diffusers' loaders
+    rename it (`lora.down` -> `lora_A`; the text encoder's `to_q_lora.down` -> `q_proj.lora_A`, `text_model.` dropped
+    where transformers' CLIP has none)."""
+    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft, convert_unet_state_dict_to_peft
+
+    named = {k.removeprefix(f"{part}."): k for k in keys}  # renamed keys -> the loader's keys (values are never touched)
+    if not named:
+        return {}
+    named = (convert_state_dict_to_peft(convert_state_dict_to_diffusers(named)) if part == "text_encoder"
+             else convert_unet_state_dict_to_peft(named))
+    bare = not any(n.startswith("text_model.") for n in layers)
+    return {v: k.removeprefix("text_model.") if bare else k for k, v in named.items()}
+
+
+@dataclass
+class DiffusersLora:
+    """A LoRA file converted by its family's diffusers loader and checked: the tensors and kohya alphas of the layers
+    the model has, under the loader's keys (`transformer.`, `unet.`, `text_encoder.`)."""
+
+    state: dict
+    alphas: dict | None
+    rank: int
+    layers: int
+    unmatched: int
+
+
+def _read_diffusers_lora(path: Path, family: str) -> tuple[dict, dict | None]:
+    """The file's tensors (as data) converted by the family's diffusers loader: (state, network alphas or None)."""
     import diffusers
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
     require(path.is_file(), f"--lora {path}: no such file")
     require(path.suffix == ".safetensors", f"--lora {path}: LoRA files are read as .safetensors only (no pickles)")
     try:
@@ -255,58 +311,91 @@ def diffusers_lora(path, family: str, strict: bool = True, config: dict | None =
             raw = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise KinemaError(f"--lora {path} is not a readable safetensors file ({e})") from None
-    require(META not in meta, f"--lora {path} is a LoRA of kinema's own model, not of this {family} transformer")
+    require(META not in meta, f"--lora {path} is a LoRA of kinema's own model, not of this {_what(family)}")
     require(raw, f"--lora {path} holds no tensors")
-    loader = getattr(diffusers.loaders, DIFFUSERS_LORA[family][0])
+    loader, parts, layouts = DIFFUSERS_LORA[family]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            state = loader.lora_state_dict(dict(raw))
+            out = getattr(diffusers.loaders, loader).lora_state_dict(dict(raw))
     except (ValueError, KeyError, IndexError, RuntimeError, AttributeError) as e:
         first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise KinemaError(f"--lora {path}: not a {family} LoRA in a layout diffusers reads (diffusers/PEFT, ComfyUI, "
-                          f"kohya): {type(e).__name__}: {first}") from None
-    state = {k.removeprefix("transformer."): v for k, v in state.items()}
-    bad = [k for k, v in state.items() if not (".lora_" in k and v.is_floating_point() and torch.isfinite(v).all())]
-    require(not bad, f"--lora {path}: {len(bad)} entries are not finite LoRA weights of the transformer "
-                     f"(e.g. {bad[0]})" if bad else "")
-    linears = linears if linears is not None else _linear_shapes(family, dict(config or {}))
-    wanted = {k.rsplit(".lora_", 1)[0] for k in state}
-    unmatched = sorted(m for m in wanted if m not in linears)
+        raise KinemaError(f"--lora {path}: not a {family} LoRA in a layout diffusers reads ({layouts}): "
+                          f"{type(e).__name__}: {first}") from None
+    state, alphas = out if isinstance(out, tuple) else (out, None)  # SD's loader returns kohya's alphas beside
+    named = lambda k: k if k.split(".", 1)[0] in parts else f"{parts[0]}.{k}"  # noqa: E731  (bare keys: the denoiser's)
+    return {named(k): v for k, v in state.items()}, {named(k): v for k, v in (alphas or {}).items()} or None
+
+
+def diffusers_lora(path, family: str, strict: bool, layers: dict) -> DiffusersLora:
+    """A LoRA file of a diffusers family in any layout its loader reads, checked against the model's adaptable layers
+    (`layers`: component -> `adaptable` of it): layers it lacks, shapes of another width, not LoRA weights."""
+    path = Path(path)
+    state, alphas = _read_diffusers_lora(path, family)
+    _, parts, layouts = DIFFUSERS_LORA[family]
+    try:
+        names = {}
+        for part in parts:
+            names |= _peft_names(part, [k for k in state if k.startswith(f"{part}.")], layers.get(part, {}))
+    except ValueError as e:  # diffusers' renames cannot tell the text encoder keys' layout
+        raise KinemaError(f"--lora {path}: not a {family} LoRA in a layout diffusers reads ({layouts}): {e}") from None
+    bad = [k for k, v in state.items() if not (".lora_" in names[k] and v.is_floating_point() and torch.isfinite(v).all())]
+    require(not bad, f"--lora {path}: {len(bad)} entries are not finite LoRA weights diffusers' {family} loader reads "
+                     f"(e.g. {bad[0]}); use a LoRA in one of its layouts ({layouts})" if bad else "")
+    where = {k: (k.split(".", 1)[0], names[k].rsplit(".lora_", 1)[0]) for k in state}  # key -> (component, layer)
+    wanted = set(where.values())
+    unmatched = sorted(f"{p}.{m}" for p, m in wanted if m not in layers.get(p, {}))
+    require(len(unmatched) < len(wanted), f"--lora {path}: none of its layers is in this {_what(family)} "
+                                          f"(e.g. {', '.join(unmatched[:2])}); use a LoRA made for this model")
     if unmatched and strict:
         raise KinemaError(f"--lora {path}: {len(wanted) - len(unmatched)} of {len(wanted)} layers match this "
-                          f"transformer; unmatched: {', '.join(unmatched[:3])}; pass --no-lora-strict to load the rest")
-    require(len(unmatched) < len(wanted), f"--lora {path}: none of its layers is in this {family} transformer")
+                          f"{_what(family)}; unmatched: {', '.join(unmatched[:3])}; pass --no-lora-strict to load the rest")
     ranks = set()
     for k, v in state.items():
-        layer = k.rsplit(".lora_", 1)[0]
-        if layer not in linears or not k.endswith(".weight"):
+        part, layer = where[k]
+        shape = layers.get(part, {}).get(layer)
+        if shape is None or not names[k].endswith((".lora_A.weight", ".lora_B.weight")):
             continue
-        out_f, in_f = linears[layer]
-        is_a = ".lora_A." in k
-        ok = v.ndim == 2 and (v.shape[1] == in_f if is_a else v.shape[0] == out_f)
-        require(ok, f"--lora {path}: {k} is {tuple(v.shape)}, this transformer's layer is {out_f}x{in_f}; use a LoRA "
-                    "made for this model's size")
+        is_a = ".lora_A." in names[k]
+        ok = v.ndim == (2 if len(shape) == 2 else 4) and (v.shape[1] == shape[1] if is_a else v.shape[0] == shape[0])
+        require(ok, f"--lora {path}: {k} is {tuple(v.shape)}, this {_what(family)}'s layer is "
+                    f"{'x'.join(map(str, shape))}; use a LoRA made for this model's size")
         ranks.add(int(v.shape[0] if is_a else v.shape[1]))
-    keep = {k: v for k, v in state.items() if k.rsplit(".lora_", 1)[0] in linears}
-    return keep, max(ranks or {0}), len(wanted) - len(unmatched), len(unmatched)
+    keep = {k: v for k, v in state.items() if where[k][1] in layers.get(where[k][0], {})}
+    kept_alphas = {k: a for k, a in (alphas or {}).items() if k.removesuffix(".alpha") in keep} or None
+    return DiffusersLora(keep, kept_alphas, max(ranks or {0}), len(wanted) - len(unmatched), len(unmatched))
 
 
-def load_diffusers_loras(transformer, family: str, loras, strict: bool = True) -> list[dict]:
-    """Each LoRA as a PEFT adapter of the transformer (diffusers' `load_lora_adapter`), all active at their scales."""
-    linears = {n: (m.out_features, m.in_features) for n, m in transformer.named_modules()
-               if isinstance(m, torch.nn.Linear) and ".lora_" not in n and not n.endswith("base_layer")}
-    records, names, scales = [], [], []
+def load_diffusers_loras(targets: dict, family: str, loras, strict: bool = True) -> list[dict]:
+    """Each LoRA as a PEFT adapter of each component its keys name (`targets`: component -> model; diffusers'
+    `load_lora_adapter`, and its loader's `load_lora_into_text_encoder`), all active at their scales (`set_adapters`)."""
+    import diffusers
+    from diffusers.loaders.lora_base import set_adapters_for_text_encoder
+
+    loader = getattr(diffusers.loaders, DIFFUSERS_LORA[family][0])
+    layers = {part: adaptable(m) for part, m in targets.items()}
+    records, active = [], {part: ([], []) for part in targets}
     for i, (path, scale) in enumerate(loras):
-        state, rank, layers, unmatched = diffusers_lora(path, family, strict, linears=linears)
+        lora = diffusers_lora(path, family, strict, layers)
         name = f"lora{i}"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            transformer.load_lora_adapter({f"transformer.{k}": v for k, v in state.items()}, prefix="transformer",
-                                          adapter_name=name)
-        names.append(name)
-        scales.append(float(scale))
-        records.append(dict(path=str(path), scale=float(scale), rank=rank, layers=layers, unmatched=unmatched))
-    transformer.set_adapters(names, weights=scales)
-    transformer.requires_grad_(False)
+        for part, module in targets.items():
+            if not any(k.startswith(f"{part}.") for k in lora.state):
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if part == "text_encoder":
+                    loader.load_lora_into_text_encoder(lora.state, lora.alphas, module, prefix=part, adapter_name=name)
+                else:
+                    module.load_lora_adapter(lora.state, prefix=part, network_alphas=lora.alphas, adapter_name=name)
+            active[part][0].append(name)
+            active[part][1].append(float(scale))
+        records.append(dict(path=str(path), scale=float(scale), rank=lora.rank, layers=lora.layers,
+                            unmatched=lora.unmatched))
+    for part, module in targets.items():
+        names, scales = active[part]
+        if names and part == "text_encoder":
+            set_adapters_for_text_encoder(names, module, scales)
+        elif names:
+            module.set_adapters(names, weights=scales)
+        module.requires_grad_(False)
     return records

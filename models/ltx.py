@@ -59,8 +59,8 @@ from kinema.errors import require
 
 from . import conditions
 from .cache import transformer_call
-from .family import (Model, ModelDefaults, ModelFamily, ModelInfo, offload_lines, params_line, quiet_libraries, register,
-                     safetensors_parameters)
+from .family import (Model, ModelDefaults, ModelFamily, ModelInfo, meta_model, offload_lines, params_line, quiet_libraries,
+                     register, safetensors_parameters, weight_shapes)
 from .seams import DenoiserInputs, FrameCondition, ImageCondition, TextEmbeds
 from .wan import _check_weights, _hf_kwargs, _json
 
@@ -339,6 +339,8 @@ def unpack(tokens: torch.Tensor, f: int, h: int, w: int, p: int = 1) -> torch.Te
 class LTXDenoiser(torch.nn.Module):
     """LTXVideoTransformer3DModel behind the Denoiser seam: velocity for (latents, timestep, text, cond)."""
 
+    lora_family = "ltx"  # LoRAs in diffusers' LTX layouts (`models/lora.py`), loaded onto `transformer`
+
     def __init__(self, transformer, spatial_compression: int, temporal_compression: int, frame_rate: float = FRAME_RATE):
         super().__init__()
         self.transformer = transformer.eval().requires_grad_(False)
@@ -546,6 +548,13 @@ class LTXFamily(ModelFamily):
     def attention_backends(self, info):
         """The `--attention` names the LTX transformer takes (diffusers' attention dispatcher)."""
         return tuple(ATTENTION)
+
+    def lora_layers(self, info):
+        from diffusers import LTXVideoTransformer3DModel
+
+        from .lora import adaptable
+
+        return {"transformer": adaptable(meta_model(LTXVideoTransformer3DModel, info.configs["denoiser"]))}
 
     def cache_methods(self, info):
         """diffusers' FirstBlockCache and TaylorSeer hooks on the transformer (first-block needs two blocks or more)."""

@@ -63,8 +63,8 @@ import torch
 
 from kinema.errors import KinemaError, require
 
-from .family import (Model, ModelDefaults, ModelFamily, ModelInfo, offload_lines, params_line, quiet_libraries, register,
-                     safetensors_parameters)
+from .family import (Model, ModelDefaults, ModelFamily, ModelInfo, meta_model, offload_lines, params_line, quiet_libraries,
+                     register, safetensors_parameters, weight_shapes)
 from . import conditions
 from .cache import transformer_call
 from .runtime import DIFFUSERS_ATTENTION
@@ -652,10 +652,7 @@ def transformer_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     """The transformer's weight names and shapes from its config (built on the meta device: nothing allocated)."""
     from diffusers import WanTransformer3DModel
 
-    quiet_libraries()
-    with torch.device("meta"):
-        model = WanTransformer3DModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return weight_shapes(WanTransformer3DModel, config)
 
 
 def check_transformer_file(info: ModelInfo, path) -> dict:
@@ -779,6 +776,14 @@ class WanFamily(ModelFamily):
 
     def check_transformer_file(self, info, path) -> dict:
         return check_transformer_file(info, path)
+
+    def lora_layers(self, info):
+        """The transformer's layers (Wan's LoRAs adapt the transformer; `transformer_2` of Wan 2.2 takes none)."""
+        from diffusers import WanTransformer3DModel
+
+        from .lora import adaptable
+
+        return {"transformer": adaptable(meta_model(WanTransformer3DModel, info.configs["denoiser"]))}
 
     def attention_backends(self, info) -> tuple[str, ...]:
         """kinema's sdpa and xformers, and diffusers' dispatcher backends (`set_attention_backend`)."""
