@@ -59,6 +59,7 @@ from kinema.errors import require
 
 from . import conditions
 from .cache import transformer_call
+from .runtime import DIFFUSERS_ATTENTION, load_transformer
 from .family import (Model, ModelDefaults, ModelFamily, ModelInfo, meta_model, offload_lines, params_line, quiet_libraries,
                      register, safetensors_parameters, weight_shapes)
 from .seams import DenoiserInputs, FrameCondition, ImageCondition, TextEmbeds
@@ -80,7 +81,7 @@ DECODE_NOISE_SEED = 0
 # the model card's settings (a diffusers folder does not say); a timestep-conditioned VAE (0.9.1+) decodes at 0.05
 DEFAULTS = dict(frames=161, height=480, width=704, fps=25, steps=50, guidance=3.0, image_noise=0.0, scheduler="euler")
 DECODE = dict(decode_timestep=0.05, decode_noise_scale=0.025)
-ATTENTION = {"sdpa": "native", "xformers": "xformers"}
+ATTENTION = ("sdpa", *DIFFUSERS_ATTENTION)  # diffusers' attention dispatcher (`set_attention_backend`), sdpa = native
 
 #################################################################################
 #                                 Folder checks                                 #
@@ -384,26 +385,26 @@ class LTXDenoiser(torch.nn.Module):
 
 
 def load(info: ModelInfo, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-         attention: str = "sdpa", offload: str | None = None, vae_tiling: bool = True) -> Model:
+         attention: str = "sdpa", offload: str | None = None, vae_tiling: bool = True,
+         transformer: str | Path | None = None) -> Model:
     """Load a described LTX folder: transformer and T5 in `dtype`, the VAE in float32.
 
     `offload` keeps weights on the CPU and moves each component to `device` while it runs (accelerate's hooks:
-    "model" one component at a time, "sequential" one layer at a time), as for Wan.
+    "model" one component at a time, "sequential" one layer at a time), as for Wan. `transformer`: a GGUF file
+    that replaces transformer/ (`check_transformer_file`).
     """
     from diffusers import AutoencoderKLLTXVideo, LTXVideoTransformer3DModel
     from transformers import AutoTokenizer, T5EncoderModel
 
     path = info.path
-    require(attention in ATTENTION, f"--attention {attention} is not available for LTX-Video checkpoints; use sdpa or xformers")
+    require(attention in ATTENTION, f"--attention {attention} is not available for LTX-Video checkpoints; use sdpa or one "
+                                    f"of diffusers' backends ({', '.join(DIFFUSERS_ATTENTION)})")
     require(offload in (None, "none", "model", "sequential"), f"unknown --offload {offload!r}; use none, model or sequential")
     device = torch.device(device)
     require(offload in (None, "none") or device.type == "cuda", "--offload moves weights to a GPU as they run; it needs --device cuda")
     place = torch.device("cpu") if offload in ("model", "sequential") else device
     quiet_libraries()
-    tr = LTXVideoTransformer3DModel.from_pretrained(path / "transformer", torch_dtype=dtype, local_files_only=True,
-                                                    use_safetensors=True).to(place)
-    if attention != "sdpa":
-        tr.set_attention_backend(ATTENTION[attention])
+    tr = load_transformer(LTXVideoTransformer3DModel, path / "transformer", dtype, attention, transformer).to(place)
     ae = AutoencoderKLLTXVideo.from_pretrained(path / "vae", torch_dtype=torch.float32, local_files_only=True,
                                                use_safetensors=True).to(place)
     decode = DECODE if ae.config.timestep_conditioning else dict(decode_timestep=0.0)
@@ -440,6 +441,36 @@ def image_condition(model: Model, first: np.ndarray, last: np.ndarray | None, se
     require(last is None, "LTX-Video conditions on the first frame only; drop --last-image (or make a second clip "
                           "with `kinema extend`)")
     return conditions.image_condition(model, first, None, settings, std, timings)
+
+
+#################################################################################
+#                         Single-file transformers (GGUF)                       #
+#################################################################################
+
+# diffusers' names -> the original LTX-Video (and community GGUF, `ltxv`) names: the inverse of diffusers' converter
+ORIGINAL_NAMES = {"proj_in": "patchify_proj", "time_embed": "adaln_single", "norm_q": "q_norm", "norm_k": "k_norm"}
+
+
+def check_transformer_file(info: ModelInfo, path) -> dict:
+    """`--transformer FILE.gguf`: an LTX-Video transformer of this folder's shape, in the original (city96's `ltxv`
+    files) or the diffusers key layout, checked by its header before anything loads; what the sidecar records."""
+    from diffusers import LTXVideoTransformer3DModel
+    from diffusers.loaders.single_file_utils import convert_ltx_transformer_checkpoint_to_diffusers
+
+    from .runtime import check_gguf
+
+    return check_gguf(path, weight_shapes(LTXVideoTransformer3DModel, info.configs["denoiser"]),
+                      convert_ltx_transformer_checkpoint_to_diffusers, "LTX-Video", "ltxv")
+
+
+def original_state_dict(state: dict) -> dict:
+    """A diffusers LTX transformer's state dict under the original names (how community GGUF files store it)."""
+    out = {}
+    for key, value in state.items():
+        for new, old in ORIGINAL_NAMES.items():
+            key = key.replace(new, old)
+        out[key] = value
+    return out
 
 
 #################################################################################
@@ -533,8 +564,11 @@ class LTXFamily(ModelFamily):
     def describe(self, path: Path) -> ModelInfo:
         return describe(Path(path))
 
-    def load(self, info, device, dtype, attention="sdpa", offload=None) -> Model:
-        return load(info, device, dtype, attention, offload)
+    def load(self, info, device, dtype, attention="sdpa", offload=None, transformer=None) -> Model:
+        return load(info, device, dtype, attention, offload, transformer=transformer)
+
+    def check_transformer_file(self, info, path) -> dict:
+        return check_transformer_file(info, path)
 
     def estimate_memory(self, info, frames, height, width, dtype_bytes=2, cfg=True, decode_chunk_size=16, offload=None):
         return estimate_memory(info, frames, height, width, dtype_bytes, cfg, offload)
@@ -547,7 +581,7 @@ class LTXFamily(ModelFamily):
 
     def attention_backends(self, info):
         """The `--attention` names the LTX transformer takes (diffusers' attention dispatcher)."""
-        return tuple(ATTENTION)
+        return ATTENTION
 
     def lora_layers(self, info):
         from diffusers import LTXVideoTransformer3DModel

@@ -288,8 +288,9 @@ def check_gguf(path, expected: dict[str, tuple[int, ...]], convert, what: str, a
 
 
 def save_gguf(state: dict[str, torch.Tensor], path: str | Path, qtype: str = "Q8_0", arch: str = "wan") -> Path:
-    """Write tensors as a GGUF file: 2-D weights whose rows fit the type's blocks as `qtype`, the rest as F32
-    (F16 for qtype F16), as community transformer files are made (tests and benchmarks; no llama.cpp needed)."""
+    """Write tensors as a GGUF file: 2-D `.weight`s whose rows fit the type's blocks as `qtype`, the rest as F32
+    (F16 for qtype F16; tables such as LTX's scale_shift_table stay F32, which diffusers reads as plain tensors), as
+    community transformer files are made (tests and benchmarks; no llama.cpp needed)."""
     import gguf
     import numpy as np
 
@@ -304,7 +305,7 @@ def save_gguf(state: dict[str, torch.Tensor], path: str | Path, qtype: str = "Q8
                 writer.add_tensor(name, a.astype(np.float16))
             else:
                 writer.add_tensor(name, gguf.quants.quantize(a, kind), raw_shape=a.shape, raw_dtype=kind)
-        elif qtype not in ("F32", "F16", "BF16") and a.ndim == 2 and a.shape[-1] % block == 0:
+        elif qtype not in ("F32", "F16", "BF16") and a.ndim == 2 and name.endswith(".weight") and a.shape[-1] % block == 0:
             data = quantize_q4_k(a) if qtype == "Q4_K" else gguf.quants.quantize(a, kind)
             writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=kind)
         else:
@@ -475,6 +476,26 @@ class CompileWatch:
 #################################################################################
 #                                   Attention                                   #
 #################################################################################
+
+
+def load_transformer(cls, folder: Path, dtype: torch.dtype, attention: str, gguf: str | Path | None = None):
+    """A diffusers transformer from its folder, or from a GGUF file with the folder's config (diffusers' GGUF support:
+    the weights stay quantized, each layer dequantizes its own in `dtype` as it runs); its attention `--attention`."""
+    if gguf is None:
+        model = cls.from_pretrained(folder, torch_dtype=dtype, local_files_only=True, use_safetensors=True)
+    else:
+        from diffusers import GGUFQuantizationConfig
+
+        model = cls.from_single_file(str(gguf), quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+                                     config=str(folder), local_files_only=True, torch_dtype=dtype)
+    set_dispatch_attention(model, attention)
+    return model
+
+
+def set_dispatch_attention(model: torch.nn.Module, name: str) -> None:
+    """Point every attention of a diffusers model at the dispatcher backend of `--attention name` (sdpa -> native);
+    sdpa too, as the dispatcher's default is the process-wide backend another model's load may have set."""
+    model.set_attention_backend({"sdpa": "native"}.get(name, name))
 
 
 def check_dispatch_attention(name: str, device: torch.device) -> str:

@@ -67,7 +67,7 @@ from .family import (Model, ModelDefaults, ModelFamily, ModelInfo, meta_model, o
                      register, safetensors_parameters, weight_shapes)
 from . import conditions
 from .cache import transformer_call
-from .runtime import DIFFUSERS_ATTENTION
+from .runtime import DIFFUSERS_ATTENTION, load_transformer
 from .seams import DenoiserInputs, FrameCondition, ImageCondition, TextEmbeds
 
 INDEX = "model_index.json"
@@ -582,18 +582,8 @@ def _load_denoiser(info: ModelInfo, dtype: torch.dtype, attention: str, place: t
     wan = info.index
     experts = []
     for name in ("transformer", "transformer_2") if wan["boundary_ratio"] is not None else ("transformer",):
-        if name == "transformer" and transformer is not None:
-            from diffusers import GGUFQuantizationConfig
-
-            m = WanTransformer3DModel.from_single_file(
-                str(transformer), quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
-                config=str(info.path / name), local_files_only=True, torch_dtype=dtype).to(place)
-        else:
-            m = WanTransformer3DModel.from_pretrained(info.path / name, torch_dtype=dtype, local_files_only=True,
-                                                      use_safetensors=True).to(place)
-        if attention != "sdpa":
-            m.set_attention_backend(ATTENTION.get(attention, attention))
-        experts.append(m)
+        gguf = transformer if name == "transformer" else None
+        experts.append(load_transformer(WanTransformer3DModel, info.path / name, dtype, attention, gguf).to(place))
     return WanDenoiser(experts[0], experts[1] if len(experts) > 1 else None, wan["boundary_ratio"],
                        wan["expand_timesteps"], int(info.configs["scheduler"].get("num_train_timesteps", 1000)))
 
