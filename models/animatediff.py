@@ -45,8 +45,8 @@ import torch
 
 from kinema.errors import KinemaError, require
 
-from .family import (Model, ModelDefaults, ModelFamily, ModelInfo, meta_model, params_line, quiet_libraries, register,
-                     safetensors_parameters)
+from .family import (Model, ModelDefaults, ModelFamily, ModelInfo, meta_model, offload_hooks, params_line, quiet_libraries,
+                     register, safetensors_parameters)
 from .seams import DenoiserInputs, FrameCondition, TextEmbeds
 from .vae import FrameVAE
 
@@ -185,6 +185,7 @@ class CLIPTextEncoder(torch.nn.Module):
         super().__init__()
         self.tokenizer = tokenizer
         self.model = model.eval().requires_grad_(False)
+        self.execution_device = None  # set when the weights are offloaded and run elsewhere
 
     @property
     def dim(self) -> int:
@@ -194,7 +195,7 @@ class CLIPTextEncoder(torch.nn.Module):
     def encode(self, prompts: list[str]) -> TextEmbeds:
         tok = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
                              return_tensors="pt")
-        device = next(self.model.parameters()).device
+        device = self.execution_device or next(self.model.parameters()).device
         hidden = self.model(tok.input_ids.to(device))[0]  # (B, 77, D); no attention mask, as diffusers
         return TextEmbeds(hidden, tok.attention_mask.bool().to(device))
 
@@ -231,14 +232,19 @@ def _hf_kwargs(dtype: torch.dtype) -> dict:
 
 def load(info: ModelInfo, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
          attention: str = "sdpa", offload: str | None = None) -> Model:
-    """Load a described folder: the UNet with its motion modules and CLIP in `dtype`, the VAE in float32."""
+    """Load a described folder: the UNet with its motion modules and CLIP in `dtype`, the VAE in float32.
+
+    `offload` keeps weights on the CPU and moves each component to `device` while it runs (accelerate's hooks:
+    "model" CLIP, the UNet, the VAE in turn, "sequential" one layer at a time), as for Wan and LTX-Video.
+    """
     from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMotionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     require(attention in ATTENTION, f"--attention {attention} is not available for AnimateDiff; use sdpa or xformers")
-    require(offload in (None, "none"), "--offload is not available for AnimateDiff checkpoints (SD 1.5 fits a small "
-                                       "GPU); drop it")
+    require(offload in (None, "none", "model", "sequential"), f"unknown --offload {offload!r}; use none, model or sequential")
     path, device = info.path, torch.device(device)
+    require(offload in (None, "none") or device.type == "cuda", "--offload moves weights to a GPU as they run; it needs --device cuda")
+    place = torch.device("cpu") if offload in ("model", "sequential") else device
     quiet_libraries()
     load_kw = dict(local_files_only=True, use_safetensors=True)
     if info.index["unet"] == "UNetMotionModel":
@@ -254,9 +260,19 @@ def load(info: ModelInfo, device: str | torch.device = "cpu", dtype: torch.dtype
     text = CLIPTextEncoder(tokenizer, CLIPTextModel.from_pretrained(path / "text_encoder", **_hf_kwargs(dtype)))
     require(text.dim == unet.config.cross_attention_dim,
             f"the UNet expects text dim {unet.config.cross_attention_dim} but text_encoder/ gives {text.dim}")
-    denoiser = MotionUNetDenoiser(unet.to(device), info.max_context or 32)
-    return Model(text.to(device), FrameVAE(vae.to(device)), denoiser, dict(info.configs["scheduler"]), dict(info.index),
-                 path, device, dtype, info=info, family=FAMILY, attention=attention, offload="none")
+    denoiser = MotionUNetDenoiser(unet.to(place), info.max_context or 32)
+    model = Model(text.to(place), FrameVAE(vae.to(place)), denoiser, dict(info.configs["scheduler"]), dict(info.index),
+                  path, device, dtype, info=info, family=FAMILY, attention=attention, offload=offload or "none")
+    if offload in ("model", "sequential"):
+        enable_offload(model, offload, device)
+    return model
+
+
+def enable_offload(model: Model, mode: str, device: torch.device) -> None:
+    """accelerate hooks that move each component to `device` only while it runs: CLIP, the UNet, the VAE in turn
+    (diffusers' order for AnimateDiffPipeline; its VAE's encode / decode run the hook too)."""
+    model.text_encoder.execution_device = device
+    offload_hooks([model.text_encoder.model, model.denoiser.unet, model.vae.autoencoder], mode, device)
 
 
 def lora_layers(info: ModelInfo) -> dict[str, dict[str, tuple[int, ...]]]:

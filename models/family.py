@@ -254,6 +254,21 @@ class ModelFamily:
         return settings
 
 
+def offload_hooks(modules, mode: str, device: torch.device) -> None:
+    """accelerate's hooks that move each component to `device` only while it runs: "model" one component at a time, in
+    the order given (diffusers' enable_model_cpu_offload), "sequential" one layer at a time (its
+    enable_sequential_cpu_offload: least memory, slowest)."""
+    from accelerate import cpu_offload, cpu_offload_with_hook
+
+    if mode == "model":
+        hook = None
+        for m in modules:
+            _, hook = cpu_offload_with_hook(m, device, prev_module_hook=hook)
+    else:
+        for m in modules:
+            cpu_offload(m, execution_device=device, offload_buffers=len(m._parameters) > 0)
+
+
 def params_line(info: ModelInfo) -> str:
     """`kinema info`'s line of parameter counts per component."""
     return "params    " + ", ".join(f"{k} {v / 1e9:.2f}B" if v >= 1e8 else f"{k} {v / 1e6:.2f}M"

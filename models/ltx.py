@@ -60,8 +60,8 @@ from kinema.errors import require
 from . import conditions
 from .cache import transformer_call
 from .runtime import DIFFUSERS_ATTENTION, load_transformer
-from .family import (Model, ModelDefaults, ModelFamily, ModelInfo, meta_model, offload_lines, params_line, quiet_libraries,
-                     register, safetensors_parameters, weight_shapes)
+from .family import (Model, ModelDefaults, ModelFamily, ModelInfo, meta_model, offload_hooks, offload_lines, params_line,
+                     quiet_libraries, register, safetensors_parameters, weight_shapes)
 from .seams import DenoiserInputs, FrameCondition, ImageCondition, TextEmbeds
 from .wan import _check_weights, _hf_kwargs, _json
 
@@ -422,18 +422,10 @@ def load(info: ModelInfo, device: str | torch.device = "cpu", dtype: torch.dtype
 
 
 def enable_offload(model: Model, mode: str, device: torch.device) -> None:
-    """accelerate hooks that move each component to `device` only while it runs (CUDA; not run on CPU CI)."""
-    from accelerate import cpu_offload, cpu_offload_with_hook
-
-    modules = [model.text_encoder.model, model.denoiser.transformer, model.vae.autoencoder]
+    """accelerate hooks that move each component to `device` only while it runs: text_encoder, transformer, vae in
+    turn (diffusers' order; CUDA)."""
     model.text_encoder.execution_device = device
-    if mode == "model":  # diffusers' enable_model_cpu_offload: text_encoder -> transformer -> vae
-        hook = None
-        for m in modules:
-            _, hook = cpu_offload_with_hook(m, device, prev_module_hook=hook)
-    else:
-        for m in modules:
-            cpu_offload(m, execution_device=device, offload_buffers=len(m._parameters) > 0)
+    offload_hooks([model.text_encoder.model, model.denoiser.transformer, model.vae.autoencoder], mode, device)
 
 
 def image_condition(model: Model, first: np.ndarray, last: np.ndarray | None, settings, std: float, timings) -> ImageCondition:

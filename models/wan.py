@@ -63,8 +63,8 @@ import torch
 
 from kinema.errors import KinemaError, require
 
-from .family import (Model, ModelDefaults, ModelFamily, ModelInfo, meta_model, offload_lines, params_line, quiet_libraries,
-                     register, safetensors_parameters, weight_shapes)
+from .family import (Model, ModelDefaults, ModelFamily, ModelInfo, meta_model, offload_hooks, offload_lines, params_line,
+                     quiet_libraries, register, safetensors_parameters, weight_shapes)
 from . import conditions
 from .cache import transformer_call
 from .runtime import DIFFUSERS_ATTENTION, load_transformer
@@ -617,20 +617,12 @@ def check_scheduler(config: dict) -> None:
 
 
 def enable_offload(model: WanModel, mode: str, device: torch.device) -> None:
-    """accelerate hooks that move each component to `device` only while it runs (CUDA; not run on CPU CI)."""
-    from accelerate import cpu_offload, cpu_offload_with_hook
-
+    """accelerate hooks that move each component to `device` only while it runs: text_encoder, image_encoder,
+    transformer, transformer_2, vae in turn (diffusers' order; CUDA)."""
     den = model.denoiser
     modules = [model.text_encoder.model, model.image_encoder, den.transformer, den.transformer_2, model.vae.autoencoder]
-    modules = [m for m in modules if m is not None]
     model.text_encoder.execution_device = device
-    if mode == "model":  # diffusers' enable_model_cpu_offload: text_encoder->image_encoder->transformer->transformer_2->vae
-        hook = None
-        for m in modules:
-            _, hook = cpu_offload_with_hook(m, device, prev_module_hook=hook)
-    else:  # diffusers' enable_sequential_cpu_offload
-        for m in modules:
-            cpu_offload(m, execution_device=device, offload_buffers=len(m._parameters) > 0)
+    offload_hooks([m for m in modules if m is not None], mode, device)
 
 
 #################################################################################

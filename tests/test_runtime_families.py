@@ -164,3 +164,40 @@ def test_cli_records_ltx_gguf(folders, gguf_files, tmp_path):
     record = json.loads((tmp_path / "clip.mp4.json").read_text())
     assert record["transformer"]["path"] == str(gguf_files["original-Q8_0"].resolve())
     assert record["transformer"]["tensor_types"]["Q8_0"] > 0
+
+
+#################################################################################
+#                              AnimateDiff offload                              #
+#################################################################################
+
+CLIP = dict(frames=8, height=32, width=32, steps=2, seed=3, progress=False)
+
+
+@pytest.mark.parametrize("mode", ["model", "sequential"])
+def test_animatediff_offload_hooks_keep_the_clip(folders, mode):
+    """The hooks `--offload` puts on CLIP, the UNet and the VAE, with the CPU as their execution device (`load` takes
+    --offload on CUDA only): the clip is the resident model's."""
+    from kinema.models import animatediff
+
+    want = kinema.generate(PROMPT, model=load_model(folders["animatediff"]), **CLIP)
+    model = load_model(folders["animatediff"])
+    animatediff.enable_offload(model, mode, torch.device("cpu"))
+    assert hasattr(model.denoiser.unet, "_hf_hook") and hasattr(model.vae.autoencoder, "_hf_hook")
+    got = kinema.generate(PROMPT, model=model, **CLIP)
+    assert abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_animatediff_offload_needs_cuda(folders):
+    with pytest.raises(KinemaError, match="needs --device cuda"):
+        load_model(folders["animatediff"], "cpu", offload="model")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["model", "sequential"])
+def test_animatediff_offload_cuda(folders, mode):
+    want = kinema.generate(PROMPT, model=load_model(folders["animatediff"], "cuda"), **CLIP)
+    model = load_model(folders["animatediff"], "cuda", offload=mode)
+    assert model.offload == mode and next(model.denoiser.unet.parameters()).device.type != "cuda"
+    got = kinema.generate(PROMPT, model=model, **CLIP)
+    assert abs(got.astype(int) - want.astype(int)).max() <= 1
