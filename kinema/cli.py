@@ -228,7 +228,7 @@ def add_model_options(s) -> None:
                    help="weights and activations dtype (auto: bfloat16 on CUDA, float32 on CPU)")
     s.add_argument("--attention", default="sdpa", metavar="BACKEND", choices=Choices("kinema.models.runtime", "ATTENTION"),
                    help="attention backend: sdpa, xformers, chunked for kinema's models; for transformer families "
-                        "(Wan) diffusers' dispatcher: native (= sdpa), flex, flash, _flash_3, sage, xformers, ...")
+                        "(Wan, LTX-Video) diffusers' dispatcher: native (= sdpa), flex, flash, _flash_3, sage, xformers, ...")
     s.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads (default: KINEMA_THREADS, else OMP_NUM_THREADS, else the CPUs this process may use)")
     s.add_argument("--lora", action="append", default=None, metavar="FILE[:SCALE]",
@@ -242,7 +242,7 @@ def add_model_options(s) -> None:
                         "INTERVAL, default 2, the others extrapolated); Wan also magcache[:THRESHOLD], fastercache, "
                         "pab (default: none)")
     s.add_argument("--offload", default="none", metavar="MODE", choices=Choices("kinema.resources", "OFFLOAD_MODES"),
-                   help="Wan checkpoints on CUDA: keep weights on the CPU and move each component (model) or each "
+                   help="diffusers checkpoints (Wan, LTX-Video, AnimateDiff) on CUDA: keep weights on the CPU and move each component (model) or each "
                         "layer (sequential) to the GPU while it runs")
 
 
@@ -285,7 +285,7 @@ def add_runtime_options(s) -> None:
                         "(CPU and CUDA), fp8 or nf4 (CUDA)")
     s.add_argument("--transformer", default=None, metavar="FILE.gguf",
                    help="a GGUF transformer file (e.g. a community Q8_0 or Q4_K one) in place of the model folder's "
-                        "transformer/ (Wan; pip install 'kinema[gguf]')")
+                        "transformer/ (Wan, LTX-Video; pip install 'kinema[gguf]')")
     s.add_argument("--compile", action="store_true",
                    help="torch.compile each repeated block of the denoiser; the first step at a new size compiles "
                         "(a warm-up of seconds to minutes), later steps and clips run faster")

@@ -18,8 +18,9 @@ ComfyUI / Wan-community `diffusion_model.blocks.0.self_attn.q.lora_down.weight` 
 ComfyUI `diffusion_model.transformer_blocks.0.attn1.to_q.lora_A.weight`) and AnimateDiff's (SD's
 `StableDiffusionLoraLoaderMixin`: diffusers/PEFT `unet.…` and `text_encoder.…`, kohya `lora_unet_…` / `lora_te_…`
 with `.alpha`). Each file is one PEFT adapter on each component its keys name (diffusers' `load_lora_adapter`; the
-CLIP text encoder through the loader's `load_lora_into_text_encoder`), stacked with `set_adapters`; a layer the
-model lacks is the same error as for kinema's own.
+CLIP text encoder through the loader's `load_lora_into_text_encoder`), configured by kinema (`lora_config`: each
+layer's rank and alpha by its name), stacked with `set_adapters`; a layer the model lacks is the same error as for
+kinema's own.
 """
 
 from __future__ import annotations
@@ -288,14 +289,27 @@ def _peft_names(part: str, keys, layers: dict) -> dict[str, str]:
 
 @dataclass
 class DiffusersLora:
-    """A LoRA file converted by its family's diffusers loader and checked: the tensors and kohya alphas of the layers
-    the model has, under the loader's keys (`transformer.`, `unet.`, `text_encoder.`)."""
+    """A LoRA file converted by its family's diffusers loader and checked: the tensors of the layers the model has,
+    under the loader's keys (`transformer.`, `unet.`, `text_encoder.`), and PEFT's LoraConfig of each component."""
 
     state: dict
-    alphas: dict | None
+    config: dict  # component -> LoraConfig keywords (`lora_config`)
     rank: int
     layers: int
     unmatched: int
+
+
+def lora_config(ranks: dict[str, int], alphas: dict[str, float], dora: bool = False) -> dict:
+    """PEFT's LoraConfig keywords of one component from its layers' ranks and alphas (alpha = rank where a file gives
+    none: scale 1, the diffusers/PEFT convention): the most common of each, the others by exact layer name. Made here
+    rather than by diffusers' loaders, which match kohya's per-layer alphas by names that are not the layers'."""
+    from collections import Counter
+
+    alpha = {m: float(alphas.get(m, r)) for m, r in ranks.items()}
+    r, a = (Counter(d.values()).most_common(1)[0][0] for d in (ranks, alpha))
+    return dict(r=r, lora_alpha=a, target_modules=sorted(ranks), use_dora=dora,
+                rank_pattern={re.escape(m): v for m, v in ranks.items() if v != r},
+                alpha_pattern={re.escape(m): v for m, v in alpha.items() if v != a})
 
 
 def _read_diffusers_lora(path: Path, family: str) -> tuple[dict, dict | None]:
@@ -350,7 +364,7 @@ def diffusers_lora(path, family: str, strict: bool, layers: dict) -> DiffusersLo
     if unmatched and strict:
         raise KinemaError(f"--lora {path}: {len(wanted) - len(unmatched)} of {len(wanted)} layers match this "
                           f"{_what(family)}; unmatched: {', '.join(unmatched[:3])}; pass --no-lora-strict to load the rest")
-    ranks = set()
+    ranks: dict[tuple[str, str], int] = {}
     for k, v in state.items():
         part, layer = where[k]
         shape = layers.get(part, {}).get(layer)
@@ -360,10 +374,15 @@ def diffusers_lora(path, family: str, strict: bool, layers: dict) -> DiffusersLo
         ok = v.ndim == (2 if len(shape) == 2 else 4) and (v.shape[1] == shape[1] if is_a else v.shape[0] == shape[0])
         require(ok, f"--lora {path}: {k} is {tuple(v.shape)}, this {_what(family)}'s layer is "
                     f"{'x'.join(map(str, shape))}; use a LoRA made for this model's size")
-        ranks.add(int(v.shape[0] if is_a else v.shape[1]))
+        ranks[(part, layer)] = int(v.shape[0] if is_a else v.shape[1])
     keep = {k: v for k, v in state.items() if where[k][1] in layers.get(where[k][0], {})}
-    kept_alphas = {k: a for k, a in (alphas or {}).items() if k.removesuffix(".alpha") in keep} or None
-    return DiffusersLora(keep, kept_alphas, max(ranks or {0}), len(wanted) - len(unmatched), len(unmatched))
+    stems = {k.rsplit(".lora", 1)[0]: where[k] for k in keep} | {k: where[k] for k in keep}  # what kohya's alphas name
+    alpha = {stems[k.removesuffix(".alpha")]: a for k, a in (alphas or {}).items() if k.removesuffix(".alpha") in stems}
+    config = {part: lora_config({m: r for (p, m), r in ranks.items() if p == part},
+                                {m: a for (p, m), a in alpha.items() if p == part},
+                                any("lora_magnitude_vector" in names[k] for k in keep if where[k][0] == part))
+              for part in {p for p, _ in ranks}}
+    return DiffusersLora(keep, config, max(ranks.values(), default=0), len(wanted) - len(unmatched), len(unmatched))
 
 
 def load_diffusers_loras(targets: dict, family: str, loras, strict: bool = True) -> list[dict]:
@@ -381,12 +400,14 @@ def load_diffusers_loras(targets: dict, family: str, loras, strict: bool = True)
         for part, module in targets.items():
             if not any(k.startswith(f"{part}.") for k in lora.state):
                 continue
+            config = {f"{part}.{k}": v for k, v in lora.config[part].items()}  # as diffusers stores it in files
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if part == "text_encoder":
-                    loader.load_lora_into_text_encoder(lora.state, lora.alphas, module, prefix=part, adapter_name=name)
+                    loader.load_lora_into_text_encoder(lora.state, None, module, prefix=part, adapter_name=name,
+                                                       metadata=config)
                 else:
-                    module.load_lora_adapter(lora.state, prefix=part, network_alphas=lora.alphas, adapter_name=name)
+                    module.load_lora_adapter(lora.state, prefix=part, metadata=config, adapter_name=name)
             active[part][0].append(name)
             active[part][1].append(float(scale))
         records.append(dict(path=str(path), scale=float(scale), rank=lora.rank, layers=lora.layers,

@@ -73,17 +73,19 @@ def make_lora(model, family: str, path, layout: str, seed: int, alpha: float | N
     scale 1."""
     g = torch.Generator().manual_seed(seed)
     tensors, deltas = {}, {}
-    for (part, name), m in _targets(model, family, text).items():
-        conv = isinstance(m, torch.nn.Conv2d)
-        if layout == "kohya" and (conv or "motion_modules" in name):
-            continue  # kohya's SD LoRAs adapt the spatial attention's linear layers (diffusers converts them)
-        if layout == "peft" and conv:
-            continue
+    for i, ((part, name), m) in enumerate(_targets(model, family, text).items()):
+        if layout == "kohya" and "motion_modules" in name:
+            continue  # kohya's SD LoRAs adapt the spatial layers (the ones diffusers' converter names)
+        conv = isinstance(m, torch.nn.Conv2d)  # SD's 1x1 proj_in
         in_f, out_f = (m.in_channels, m.out_channels) if conv else (m.in_features, m.out_features)
         down = torch.randn(RANK, in_f, generator=g) * 0.2
         up = torch.randn(out_f, RANK, generator=g) * 0.2
-        a = alpha if layout == "kohya" and alpha is not None else RANK  # only kohya's files carry alphas
+        # only kohya's files carry alphas: `alpha` and twice it, layer by layer (diffusers' loaders match such per-layer
+        # alphas by names that are not the layers'; kinema gives PEFT its config by layer name)
+        a = alpha * (1 + i % 2) if layout == "kohya" and alpha is not None else RANK
         deltas[(part, name)] = (a / RANK) * up @ down
+        if conv:
+            down, up = down[..., None, None], up[..., None, None]
         if layout == "peft":
             tensors |= {f"{part}.{name}.lora_A.weight": down, f"{part}.{name}.lora_B.weight": up}
         elif layout == "comfy":
