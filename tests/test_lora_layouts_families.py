@@ -91,7 +91,7 @@ def make_lora(model, family: str, path, layout: str, seed: int, alpha: float | N
         elif layout == "comfy":
             tensors |= {f"diffusion_model.{name}.lora_A.weight": down, f"diffusion_model.{name}.lora_B.weight": up}
         else:  # kohya: lora_unet_… / lora_te_text_model_… with `.alpha`
-            key = "lora_unet_" + name.replace(".", "_") if part == "unet" else "lora_te_text_model_" + name.replace(".", "_")
+            key = ("lora_unet_" if part == "unet" else "lora_te_text_model_") + name.replace(".", "_")
             tensors |= {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(a)}
     tensors |= extra or {}
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
@@ -158,8 +158,10 @@ def test_animatediff_motion_module_and_conv_layers(folders, plain, tmp_path):
     unet = dict(plain["animatediff"].denoiser.unet.named_modules())
     conv = next(n for n, m in unet.items() if n.endswith("attentions.0.proj_in") and isinstance(m, torch.nn.Conv2d))
     motion = next(n for n in unet if n.endswith("motion_modules.0.transformer_blocks.0.attn1.to_q"))
-    down_c, up_c = torch.randn(RANK, unet[conv].in_channels, 1, 1, generator=g), torch.randn(unet[conv].out_channels, RANK, 1, 1, generator=g)
-    down_m, up_m = torch.randn(RANK, unet[motion].in_features, generator=g), torch.randn(unet[motion].out_features, RANK, generator=g)
+    down_c = torch.randn(RANK, unet[conv].in_channels, 1, 1, generator=g)
+    up_c = torch.randn(unet[conv].out_channels, RANK, 1, 1, generator=g)
+    down_m = torch.randn(RANK, unet[motion].in_features, generator=g)
+    up_m = torch.randn(unet[motion].out_features, RANK, generator=g)
     save_file({f"unet.{conv}.lora_A.weight": down_c, f"unet.{conv}.lora_B.weight": up_c,
                f"unet.{motion}.lora_A.weight": down_m, f"unet.{motion}.lora_B.weight": up_m}, str(path))
     deltas = {("unet", conv): up_c[..., 0, 0] @ down_c[..., 0, 0], ("unet", motion): up_m @ down_m}
@@ -188,7 +190,8 @@ def test_kohya_text_encoder_lora_adapts_clip(folders, plain, tmp_path):
 def test_scale_zero_is_no_lora(folders, plain, tmp_path, family, layout):
     path = tmp_path / f"{layout}.safetensors"
     make_lora(plain[family], family, path, layout, seed=3, alpha=2.0)
-    assert (velocity(load(folders[family], [(str(path), 0.0)]), family) - velocity(plain[family], family)).abs().max() <= 1e-6
+    zero = load(folders[family], [(str(path), 0.0)])
+    assert (velocity(zero, family) - velocity(plain[family], family)).abs().max() <= 1e-6
 
 
 @pytest.mark.parametrize("family,layouts", [("ltx", ("peft", "comfy")), ("animatediff", ("peft", "kohya"))])
@@ -211,9 +214,9 @@ def test_wan_lora_on_ltx_is_refused_in_one_line(folders, tmp_path, capsys):
 
     wan = load_model(t2v_folder(tmp_path / "wan"))
     g = torch.Generator().manual_seed(6)
-    tensors = {}
-    for name in ("self_attn.q", "cross_attn.k"):
-        m = dict(wan.denoiser.transformer.named_modules())["blocks.0." + {"self_attn.q": "attn1.to_q", "cross_attn.k": "attn2.to_k"}[name]]
+    tensors, modules = {}, dict(wan.denoiser.transformer.named_modules())
+    for name, diffusers_name in (("self_attn.q", "attn1.to_q"), ("cross_attn.k", "attn2.to_k")):
+        m = modules[f"blocks.0.{diffusers_name}"]
         tensors |= {f"diffusion_model.blocks.0.{name}.lora_down.weight": torch.randn(RANK, m.in_features, generator=g),
                     f"diffusion_model.blocks.0.{name}.lora_up.weight": torch.randn(m.out_features, RANK, generator=g),
                     f"diffusion_model.blocks.0.{name}.alpha": torch.tensor(2.0)}
