@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", default=None, choices=["edges", "none"],
                    help="the source's edge maps steer the denoiser (default: edges where the model has the input)")
     p.add_argument("--control-scale", type=float, default=None, help="how strongly the control steers (default 1)")
+    p.add_argument("--guidance-interval", default=None, metavar="LO:HI",
+                   help="guide only at noise levels in (LO, HI] (default: restyle's, every step)")
     p.add_argument("--compare", action="store_true",
                    help="run the methods of COMPARE side by side on the same clips and seeds (control+sdedit, "
                         "control+flowedit, flowedit alone, sdedit with structure injection) and print one table; "
@@ -296,7 +298,8 @@ def main() -> None:
     common = dict(model=model, steps=args.steps, guidance=args.guidance, strength=args.strength, height=args.size,
                   width=args.size, flow_steps=args.flow_steps, flow_strength=args.flow_strength,
                   structure=args.structure, method=args.method, progress=False, control=args.control,
-                  control_scale=args.control_scale)
+                  control_scale=args.control_scale,
+                  guidance_interval=tuple(float(v) for v in args.guidance_interval.split(":")) if args.guidance_interval else None)
     if args.compare:
         figures = compare(args, common)
         if args.json_out:
