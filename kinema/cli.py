@@ -105,7 +105,7 @@ def cmd_init(args) -> None:
 def cmd_train(args) -> None:
     from .errors import require
 
-    tuning = ("full", "frames", "stride", "steps", "skip_bad", "lora_out", "lr", "lora")
+    tuning = ("full", "frames", "stride", "steps", "skip_bad", "lora_out", "lr", "lora", "vae_steps")
     if args.data is None:
         given = [k for k in tuning if getattr(args, k) not in (None, False, 1)]
         require(not given, f"--{given[0].replace('_', '-')} fine-tunes on your clips: pass --data DIR" if given else "")
@@ -118,11 +118,12 @@ def cmd_train(args) -> None:
         return
     require(args.stages == "all", "--data trains the denoiser only; drop --stages")
     require(not (args.full and args.lora is not None), "--full trains every weight; drop --lora RANK (or --full)")
+    require(not (args.full and args.vae_steps), "--vae-steps adapts the autoencoder with a LoRA; drop it with --full")
     from .train import finetune
 
     path = finetune(args.data, args.model, args.run, rank=8 if args.lora is None else args.lora, full=args.full,
                     frames=args.frames, stride=args.stride, steps=args.steps or 1000, skip_bad=args.skip_bad,
-                    lora_out=args.lora_out, lr=args.lr, batch=args.batch, config=args.config)
+                    lora_out=args.lora_out, lr=args.lr, batch=args.batch, config=args.config, vae_steps=args.vae_steps or 0)
     print(f"wrote {'the fine-tuned model in ' if args.full else 'the LoRA '}{path}")
 
 
@@ -482,6 +483,10 @@ def _model_parsers(sub, fmt) -> None:
     s.add_argument("--batch", type=positive_int, default=8, help="--data: clips per step")
     s.add_argument("--lr", type=finite_float, default=None, help="--data: learning rate (default 1e-3 LoRA, 1e-4 --full)")
     s.add_argument("--skip-bad", action="store_true", help="--data: list and leave out unreadable or short clips")
+    s.add_argument("--vae-steps", type=int, default=None,
+                   help="--data: first adapt the autoencoder with a LoRA for this many steps (for colours or textures "
+                        "it cannot draw; training prints how well it draws the clips and hints when to), saved in "
+                        "the same LoRA file (default 0)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("eval", help="score videos against captions with the world oracle, or run a suite", formatter_class=fmt)

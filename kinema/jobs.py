@@ -639,7 +639,8 @@ def load(info: ModelInfo, placement: Placement) -> Model:
         if placement.loras:  # PEFT adapters on the denoiser, each at its scale, stacked
             from .models.lora import load_loras
 
-            model.loras = tuple(load_loras(model.denoiser, placement.loras, placement.lora_strict, model.text_encoder))
+            model.loras = tuple(load_loras(model.denoiser, placement.loras, placement.lora_strict, model.text_encoder,
+                                           vae=model.vae))
         model.runtime = runtime.apply(model, placement.quantize, placement.compile, placement.transformer)
         _CACHE[key] = model
     return _CACHE[key]

@@ -109,6 +109,12 @@ class DenoiserStage:
     lora: int = 0
     lora_alpha: float | None = None  # None: the rank (a scale of 1)
     lora_out: str | None = None
+    # with a LoRA: first adapt the autoencoder for `vae_lora_steps` steps with a LoRA of `vae_lora_rank` on the
+    # data's frames (the VAE stage's loss), for colours or textures its latents cannot hold; the clips are then
+    # encoded with it, and the file carries both adapters (`models/lora.py` VAE_PREFIX)
+    vae_lora_steps: int = 0
+    vae_lora_rank: int = 8
+    vae_lora_lr: float = 1e-3
     # reflow distillation (Liu et al. 2022, "2-rectified flow"; guidance distilled into it as in InstaFlow): `reflow`
     # pairs (noise, the teacher's sample from it: `reflow_steps` Euler steps at guidance `reflow_guidance`, a
     # `reflow_cond` share with the clip's first frame as the frame condition) are drawn once into the cache, and the
@@ -485,6 +491,8 @@ def build_cache(cfg: TrainConfig, model: Model, run: Path) -> dict:
         name = f"{cfg.dataset}-{name}"
     if d.control:
         name += "-control"
+    if d.lora and d.vae_lora_steps:  # encoded by the adapted autoencoder
+        name += f"-vae{d.vae_lora_rank}x{d.vae_lora_steps}"
     path = run / "cache" / f"{name}.safetensors"
     if path.is_file():
         data = load_file(path)
@@ -703,6 +711,9 @@ def motion_term(pred: torch.Tensor, target: torch.Tensor, lags) -> torch.Tensor:
 
 def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start: int, state: dict | None) -> None:
     d = cfg.denoiser
+    if d.lora and cfg.dataset == "folder":
+        with accelerator.main_process_first():  # the autoencoder adapted first (or its adapter read back), once
+            report_vae_fit(cfg, model, adapt_vae(cfg, model, run, accelerator) if d.vae_lora_steps else None)
     with accelerator.main_process_first():  # one process encodes the cache, the others read it
         cache = build_cache(cfg, model, run)
     data = open_dataset(cfg)
@@ -773,7 +784,7 @@ def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start
             meta.update(stage="denoiser", step=done, history=history, config=asdict(cfg))
             save_checkpoint(run, "denoiser", done, tensors, meta, cfg.keep_checkpoints)
             if d.lora:
-                export_lora(cfg, ema, done, run)
+                export_lora(cfg, ema, done, run, model)
             else:
                 export(cfg, model, ema, done)
     log.close()
@@ -783,7 +794,7 @@ def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start
         if d.lora:  # the samples with the adapter as it is saved
             from .models.lora import load_loras
 
-            sampler.loras = tuple(load_loras(sampler.denoiser, [(lora_path(cfg, run), 1.0)]))
+            sampler.loras = tuple(load_loras(sampler.denoiser, [(lora_path(cfg, run), 1.0)], vae=sampler.vae))
         sample_grid(sampler, cfg.sample_prompts, run / "samples.gif", steps=cfg.sample_steps)
 
 
@@ -854,13 +865,102 @@ def lora_path(cfg: TrainConfig, run: Path) -> Path:
     return Path(cfg.denoiser.lora_out) if cfg.denoiser.lora_out else run / "lora.safetensors"
 
 
-def export_lora(cfg: TrainConfig, ema, step: int, run: Path) -> Path:
+def export_lora(cfg: TrainConfig, ema, step: int, run: Path, model: Model) -> Path:
     """Write the EMA adapter to `lora_path` (atomically), with the step and the config in its metadata."""
     from .models.lora import save_lora
 
     d = cfg.denoiser
+    vae = (model.vae.autoencoder, VAE_LORA_NAME, d.vae_lora_rank) if d.vae_lora_steps else None
     return save_lora(ema, LORA_NAME, lora_path(cfg, run), d.lora, d.lora_alpha,
-                     extra=dict(step=step, data=cfg.data, config=asdict(cfg)))
+                     extra=dict(step=step, data=cfg.data, config=asdict(cfg)), vae=vae)
+
+
+VAE_LORA_NAME = "fitvae"
+
+
+def data_frames(cfg: TrainConfig, per_clip: int = 8) -> torch.Tensor:
+    """Up to `per_clip` evenly spaced frames of every clip of the folder, (n, 3, H, W) in [-1, 1]."""
+    data = open_dataset(cfg)
+    times = np.linspace(0, cfg.frames - 1, min(per_clip, cfg.frames)).round().astype(int)
+    frames = [data.clip(i, cfg.frames, times=times)[0] for i in range(len(data))]
+    return to_unit(np.concatenate(frames))[0].transpose(0, 1)
+
+
+def recon_psnr(vae, x: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB) of the VAE's reconstruction of each frame of `x` (n, 3, H, W)."""
+    with torch.no_grad():
+        rec = torch.cat([vae.decode(vae.encode(c[:, :, None]))[:, :, 0] for c in x.split(64)]).float()
+    mse = ((rec - x) / 2).pow(2).flatten(1).mean(1)
+    return -10 * torch.log10(mse.clamp(min=1e-10))
+
+
+def adapt_vae(cfg: TrainConfig, model: Model, run: Path, accelerator) -> torch.Tensor:
+    """Train (or read back from RUN/vae_lora.safetensors) a LoRA on the autoencoder's layers, on the folder's frames,
+    with the VAE stage's loss; it stays on `model.vae` for the encoding and the export. The frames it was fitted on."""
+    from safetensors.torch import save_file
+
+    from .models.lora import VAE_TARGETS, add_adapter, adapter_state
+
+    d = cfg.denoiser
+    ae = model.vae.autoencoder.float()
+    params = add_adapter(ae, VAE_LORA_NAME, d.vae_lora_rank, targets=VAE_TARGETS)
+    for n, p in ae.named_parameters():
+        p.requires_grad_(f".{VAE_LORA_NAME}." in n and "lora_" in n)
+    x = data_frames(cfg)
+    path = run / "vae_lora.safetensors"
+    if path.is_file():  # fitted before this run was interrupted: the same adapter, so the cache matches it
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(ae, load_file(path), adapter_name=VAE_LORA_NAME)
+        print(f"autoencoder adapter read from {path}", flush=True)
+    else:
+        opt = torch.optim.AdamW(params, lr=d.vae_lora_lr, weight_decay=0.0)
+        log = Logger(run, "vae-lora", 0, d.vae_lora_steps, accelerator.is_main_process)
+        ae.train()
+        for step in range(d.vae_lora_steps):
+            rng = np.random.default_rng([cfg.seed, 3, step])
+            batch = x[torch.from_numpy(rng.integers(0, len(x), size=cfg.vae.batch))].to(accelerator.device)
+            dist = ae.encode(batch).latent_dist
+            eps = torch.from_numpy(rng.standard_normal(dist.mean.shape)).float().to(accelerator.device)
+            with accelerator.autocast():
+                rec = ae.decode(dist.mean + dist.std * eps).sample.float()
+            w = object_weights(batch, cfg.vae.object_weight)
+            err = (rec - batch).abs()
+            loss = (w * (err + err * err)).mean() / w.mean()
+            loss.backward()
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, d.vae_lora_lr, 20, d.vae_lora_steps)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            log.bar.update(1)
+            if (step + 1) % cfg.log_every == 0:
+                log.log(step + 1, loss=float(loss))
+        log.close()
+        if accelerator.is_main_process:
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            try:
+                save_file(adapter_state(ae, VAE_LORA_NAME), str(tmp))
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+    ae.eval().requires_grad_(False)
+    return x
+
+
+def report_vae_fit(cfg: TrainConfig, model: Model, x: torch.Tensor | None) -> None:
+    """Print how well the autoencoder draws the folder's frames (median and worst PSNR), and a hint where it is poor."""
+    x = data_frames(cfg, per_clip=2) if x is None else x
+    psnr = recon_psnr(model.vae.eval(), x)
+    med, worst = float(psnr.median()), float(psnr.min())
+    adapted = cfg.denoiser.vae_lora_steps > 0
+    print(f"autoencoder{' (adapted)' if adapted else ''} on the data's frames: median {med:.1f} dB, worst {worst:.1f} dB",
+          flush=True)
+    if not adapted and med < VAE_FIT_HINT_DB:
+        print(f"hint: the autoencoder redraws these clips poorly (below {VAE_FIT_HINT_DB:.0f} dB), e.g. a colour it never "
+              "saw; add --vae-steps 300 to adapt it too", flush=True)
+
+
+VAE_FIT_HINT_DB = 30.0
 
 
 def plot_curve(history: list, path: Path, title: str) -> None:
@@ -912,7 +1012,7 @@ def use_bf16(cfg: TrainConfig) -> bool:
 def finetune(data: str | Path, model_dir: str | Path, run_dir: str | Path | None = None, rank: int = 8,
              full: bool = False, frames: int | None = None, stride: int = 1, steps: int = 1000, skip_bad: bool = False,
              lora_out: str | Path | None = None, lr: float | None = None, batch: int = 8,
-             config: str | Path | None = None) -> Path:
+             config: str | Path | None = None, vae_steps: int = 0) -> Path:
     """`kinema train --data DIR`: fine-tune a model folder's denoiser on a folder of captioned clips.
 
     A LoRA of `rank` (default; written to `lora_out`, default RUN/lora.safetensors) or, with `full`, the
@@ -926,6 +1026,9 @@ def finetune(data: str | Path, model_dir: str | Path, run_dir: str | Path | None
     require(full or (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1),
             f"--lora must be a LoRA rank >= 1 (or pass --full), got {rank!r}")
     require(isinstance(batch, int) and batch >= 1, f"--batch must be a whole number >= 1, got {batch!r}")
+    require(isinstance(vae_steps, int) and not isinstance(vae_steps, bool) and vae_steps >= 0,
+            f"--vae-steps must be a whole number >= 0, got {vae_steps!r}")
+    require(not (full and vae_steps), "--vae-steps adapts the autoencoder with a LoRA; drop it with --full")
     require(lr is None or (isinstance(lr, float) and 0 < lr < 1), f"--lr must be in (0, 1), got {lr!r}")
     info = describe(model_dir)
     require("lora" in info.features, f"--data fine-tunes kinema's own model; {info.path} is a {info.name} model")
@@ -942,7 +1045,8 @@ def finetune(data: str | Path, model_dir: str | Path, run_dir: str | Path | None
     cfg.dataset, cfg.data, cfg.stride, cfg.skip_bad = "folder", str(data), stride, skip_bad
     cfg.frames, cfg.size = frames or d.frames, d.height
     cfg.denoiser = replace(cfg.denoiser, steps=start + steps, lora=0 if full else rank, long_clips=0, grow=(),
-                           control=False, lora_out=None if lora_out is None else str(lora_out))
+                           control=False, lora_out=None if lora_out is None else str(lora_out),
+                           vae_lora_steps=vae_steps or cfg.denoiser.vae_lora_steps)
     folder = open_dataset(cfg)  # every clip checked now, before the model loads
     cfg.sample_prompts = tuple(dict.fromkeys(c for _, c in folder.items))[:4]
     run = Path(run_dir) if run_dir else Path("runs") / f"finetune-{Path(data).resolve().name}"

@@ -41,6 +41,10 @@ from kinema.errors import KinemaError, require
 TARGETS = r"(?!control\.).*(\.(q|kv|out|conv1|conv2)|\.ff\.[02]|^text_pool|^motion\.[02])$"
 META = "kinema_lora"
 MAX_RANK = 1024
+# a kinema LoRA may also adapt the autoencoder (`kinema train --data --vae-steps`: a colour or texture its latents
+# cannot hold): every convolution and attention projection of encoder and decoder, saved under `VAE_PREFIX`
+VAE_TARGETS = r"(.*\.(conv_in|conv_out|conv1|conv2|conv|conv_shortcut|to_q|to_k|to_v|to_out\.0)|quant_conv|post_quant_conv)$"
+VAE_PREFIX = "vae."
 
 
 def _shape(net) -> dict:
@@ -50,13 +54,14 @@ def _shape(net) -> dict:
                 layers_per_level=int(c.layers_per_level))
 
 
-def add_adapter(net, name: str, rank: int, alpha: float | None = None) -> list[torch.nn.Parameter]:
-    """Inject a fresh trainable LoRA adapter `name` of `rank` into `net`; its parameters (B starts at zero)."""
+def add_adapter(net, name: str, rank: int, alpha: float | None = None, targets: str = TARGETS) -> list[torch.nn.Parameter]:
+    """Inject a fresh trainable LoRA adapter `name` of `rank` into `net` (the layers `targets` matches); its
+    parameters (B starts at zero)."""
     from peft import LoraConfig, inject_adapter_in_model
 
     require(isinstance(rank, int) and not isinstance(rank, bool) and 1 <= rank <= MAX_RANK,
             f"--lora rank must be a whole number in [1, {MAX_RANK}], got {rank!r}")
-    config = LoraConfig(r=rank, lora_alpha=float(alpha if alpha is not None else rank), target_modules=TARGETS,
+    config = LoraConfig(r=rank, lora_alpha=float(alpha if alpha is not None else rank), target_modules=targets,
                         init_lora_weights=True)
     inject_adapter_in_model(config, net, adapter_name=name)
     return [p for n, p in net.named_parameters() if f".{name}." in n and "lora_" in n]
@@ -70,8 +75,10 @@ def adapter_state(net, name: str) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().contiguous().cpu() for k, v in state.items()}
 
 
-def save_lora(net, name: str, path: str | Path, rank: int, alpha: float | None = None, extra: dict | None = None) -> Path:
-    """Write adapter `name` of `net` to `path` atomically (temporary file, then rename)."""
+def save_lora(net, name: str, path: str | Path, rank: int, alpha: float | None = None, extra: dict | None = None,
+              vae: tuple | None = None) -> Path:
+    """Write adapter `name` of `net` to `path` atomically (temporary file, then rename); `vae`: (autoencoder, adapter
+    name, rank) of an autoencoder adapter saved beside it under `VAE_PREFIX`."""
     import os
 
     from safetensors.torch import save_file
@@ -79,9 +86,14 @@ def save_lora(net, name: str, path: str | Path, rank: int, alpha: float | None =
     path = Path(path)
     meta = dict(family="kinema", rank=rank, alpha=float(alpha if alpha is not None else rank), targets=TARGETS,
                 denoiser=_shape(net), **(extra or {}))
+    state = adapter_state(net, name)
+    if vae is not None:
+        ae, vae_name, vae_rank = vae
+        state.update({VAE_PREFIX + k: v for k, v in adapter_state(ae, vae_name).items()})
+        meta["vae"] = dict(rank=vae_rank, alpha=float(vae_rank), targets=VAE_TARGETS)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        save_file(adapter_state(net, name), str(tmp), metadata={META: json.dumps(meta)})
+        save_file(state, str(tmp), metadata={META: json.dumps(meta)})
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -128,12 +140,10 @@ def read_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
-def load_loras(net, loras, strict: bool = True, text_encoder=None) -> list[dict]:
+def load_loras(net, loras, strict: bool = True, text_encoder=None, vae=None) -> list[dict]:
     """Inject and activate every (path, scale) of `loras` on `net`, stacked; what the sidecar records of each.
-    `text_encoder`: the model's text seam, for the families whose LoRAs adapt it too (AnimateDiff's CLIP)."""
-    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
-    from peft.tuners.lora import LoraLayer
-
+    `text_encoder`: the model's text seam, for the families whose LoRAs adapt it too (AnimateDiff's CLIP); `vae`:
+    kinema's VAE seam, for kinema LoRAs that adapt the autoencoder too (`VAE_PREFIX` keys)."""
     family = getattr(net, "lora_family", None)
     if family in DIFFUSERS_LORA:  # a diffusers model (Wan, LTX-Video, AnimateDiff): diffusers' converters and loaders
         parts = DIFFUSERS_LORA[family][1]
@@ -142,7 +152,7 @@ def load_loras(net, loras, strict: bool = True, text_encoder=None) -> list[dict]
             targets["text_encoder"] = text_encoder.model
         return load_diffusers_loras(targets, family, loras, strict)
 
-    records, names = [], []
+    records, names, vae_names = [], [], []
     for i, (path, scale) in enumerate(loras):
         tensors, meta = read_lora(path)
         require(meta.get("family") == "kinema" and meta["denoiser"] == _shape(net),
@@ -150,31 +160,63 @@ def load_loras(net, loras, strict: bool = True, text_encoder=None) -> list[dict]
                 f"({_shape(net)}); use a LoRA trained on this model")
         rank = int(meta["rank"])
         require(1 <= rank <= MAX_RANK, f"--lora {path}: rank {rank} is outside [1, {MAX_RANK}]")
-        modules = dict(net.named_modules())
-        wanted = {k.rsplit(".lora_", 1)[0] for k in tensors}
-        unmatched = sorted(m for m in wanted if m not in modules)
-        if unmatched and strict:
-            raise KinemaError(f"--lora {path}: {len(wanted) - len(unmatched)} of {len(wanted)} layers match this denoiser; "
-                              f"unmatched: {', '.join(unmatched[:3])}; pass --no-lora-strict to load the rest")
         name = f"lora{i}"
-        targets = sorted(m for m in wanted if m in modules)
-        require(targets, f"--lora {path}: none of its layers is in this denoiser")
-        config = LoraConfig(r=rank, lora_alpha=float(meta.get("alpha", rank)), target_modules=targets)
-        with warnings.catch_warnings():  # "multiple adapters in the model": stacking them is the point
-            warnings.filterwarnings("ignore", message=".*peft_config.*")
-            inject_adapter_in_model(config, net, adapter_name=name)
-        keep = {k: v for k, v in tensors.items() if k.rsplit(".lora_", 1)[0] in modules}
-        modules = dict(net.named_modules())  # the adapted layers are PEFT's wrappers now
-        for k, v in keep.items():  # a rank or shape mismatch is the file's fault: say so before PEFT's traceback
-            want = _lora_shape(modules, k, name)
-            require(want == tuple(v.shape), f"--lora {path}: {k} is {tuple(v.shape)}, this denoiser needs {want} "
-                                            f"(rank {rank}); use a LoRA trained on this model")
-        result = set_peft_model_state_dict(net, keep, adapter_name=name)
-        missing = [k for k in getattr(result, "missing_keys", []) if f".{name}." in k]
-        require(not missing, f"--lora {path}: {len(missing)} adapter weights missing (e.g. {missing[0]})" if missing else "")
+        own = {k: v for k, v in tensors.items() if not k.startswith(VAE_PREFIX)}
+        targets, unmatched = _inject(net, own, rank, float(meta.get("alpha", rank)), name, path, strict, "denoiser")
+        record = dict(path=str(path), scale=float(scale), rank=rank, layers=len(targets), unmatched=len(unmatched))
+        ae_part = {k[len(VAE_PREFIX):]: v for k, v in tensors.items() if k.startswith(VAE_PREFIX)}
+        if ae_part:  # the file adapts the autoencoder too: it decodes (and encodes) the new colours it was taught
+            require(vae is not None and hasattr(vae, "autoencoder"),
+                    f"--lora {path} adapts kinema's autoencoder too; load it on the model it was trained on")
+            vae_meta = meta.get("vae") or {}
+            vae_rank = int(vae_meta.get("rank", 0))
+            require(1 <= vae_rank <= MAX_RANK, f"--lora {path}: its autoencoder rank {vae_rank} is outside [1, {MAX_RANK}]")
+            vae_targets, _ = _inject(vae.autoencoder, ae_part, vae_rank, float(vae_meta.get("alpha", vae_rank)), name,
+                                     path, True, "autoencoder")
+            record["vae_layers"] = len(vae_targets)
+            vae_names.append((name, float(scale)))
         names.append((name, float(scale)))
-        records.append(dict(path=str(path), scale=float(scale), rank=rank, layers=len(targets),
-                            unmatched=len(unmatched)))
+        records.append(record)
+    _activate(net, names)
+    net.requires_grad_(False)
+    if vae_names:
+        _activate(vae.autoencoder, vae_names)
+        vae.autoencoder.requires_grad_(False)
+    return records
+
+
+def _inject(net, tensors: dict, rank: int, alpha: float, name: str, path, strict: bool, what: str) -> tuple[list, list]:
+    """Inject adapter `name` of `rank` into `net` at the layers `tensors` names and fill it; (adapted, unmatched) layers."""
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+    modules = dict(net.named_modules())
+    wanted = {k.rsplit(".lora_", 1)[0] for k in tensors}
+    unmatched = sorted(m for m in wanted if m not in modules)
+    if unmatched and strict:
+        raise KinemaError(f"--lora {path}: {len(wanted) - len(unmatched)} of {len(wanted)} layers match this {what}; "
+                          f"unmatched: {', '.join(unmatched[:3])}; pass --no-lora-strict to load the rest")
+    targets = sorted(m for m in wanted if m in modules)
+    require(targets, f"--lora {path}: none of its layers is in this {what}")
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets)
+    with warnings.catch_warnings():  # "multiple adapters in the model": stacking them is the point
+        warnings.filterwarnings("ignore", message=".*peft_config.*")
+        inject_adapter_in_model(config, net, adapter_name=name)
+    keep = {k: v for k, v in tensors.items() if k.rsplit(".lora_", 1)[0] in modules}
+    modules = dict(net.named_modules())  # the adapted layers are PEFT's wrappers now
+    for k, v in keep.items():  # a rank or shape mismatch is the file's fault: say so before PEFT's traceback
+        want = _lora_shape(modules, k, name)
+        require(want == tuple(v.shape), f"--lora {path}: {k} is {tuple(v.shape)}, this {what} needs {want} "
+                                        f"(rank {rank}); use a LoRA trained on this model")
+    result = set_peft_model_state_dict(net, keep, adapter_name=name)
+    missing = [k for k in getattr(result, "missing_keys", []) if f".{name}." in k]
+    require(not missing, f"--lora {path}: {len(missing)} adapter weights missing (e.g. {missing[0]})" if missing else "")
+    return targets, unmatched
+
+
+def _activate(net, names: list[tuple[str, float]]) -> None:
+    """Every adapter of `names` active at its scale, in each layer that has it (the outputs add)."""
+    from peft.tuners.lora import LoraLayer
+
     for module in net.modules():
         if isinstance(module, LoraLayer):
             here = [n for n, _ in names if n in module.lora_A]
@@ -183,8 +225,6 @@ def load_loras(net, loras, strict: bool = True, text_encoder=None) -> list[dict]
                 for n, s in names:
                     if n in module.lora_A:
                         module.set_scale(n, s)
-    net.requires_grad_(False)
-    return records
 
 
 def _lora_shape(modules: dict, key: str, name: str) -> tuple[int, ...]:

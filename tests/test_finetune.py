@@ -115,3 +115,58 @@ def test_cli_train_data_errors_exit_2_before_training(data, trained_like_model, 
         assert out.returncode == 2, (args, out.stderr)
         assert message in out.stderr and out.stderr.strip().count("\n") == 0, (args, out.stderr)
     assert not (tmp_path / "run" / "lora.safetensors").exists()
+
+
+def test_vae_steps_adapt_the_autoencoder_and_ship_it_in_the_lora(trained_like_model, data, tmp_path, capsys):
+    """--vae-steps: a LoRA on the autoencoder, fitted first, encodes the cache and travels in the same file; loading
+    the file changes the decoder by exactly its LoRA (merged by hand), and scale 0 is the plain autoencoder."""
+    import torch
+
+    import kinema
+    from kinema.train import finetune
+
+    out = finetune(data, trained_like_model.path, tmp_path / "run", rank=2, steps=2, batch=2, frames=4,
+                   lora_out=tmp_path / "pink.safetensors", vae_steps=3)
+    printed = capsys.readouterr().out
+    assert "autoencoder (adapted) on the data's frames: median" in printed
+    assert (tmp_path / "run" / "vae_lora.safetensors").is_file()
+    assert any("-vae8x3" in p.name for p in (tmp_path / "run" / "cache").iterdir())  # encoded by the adapted VAE
+    with safe_open(str(out), "pt") as f:
+        keys = list(f.keys())
+        meta = json.loads(f.metadata()["kinema_lora"])
+        vae_state = {k[4:]: f.get_tensor(k) for k in keys if k.startswith("vae.")}
+    assert meta["vae"]["rank"] == 8 and vae_state and any(not k.startswith("vae.") for k in keys)
+    z = torch.randn(1, trained_like_model.vae.latent_channels, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    plain = kinema.load(trained_like_model.path, device="cpu", dtype="float32")
+    with torch.no_grad():
+        base = plain.vae.decode(z)
+    adapted = kinema.load(trained_like_model.path, device="cpu", dtype="float32", loras=[out])
+    assert adapted.loras[0]["vae_layers"] == len({k.rsplit(".lora_", 1)[0] for k in vae_state})
+    with torch.no_grad():
+        got = adapted.vae.decode(z)
+        # the same LoRA merged into a fresh copy's weights by hand: W + B @ A (alpha = rank: scale 1)
+        ae = plain.vae.autoencoder
+        for name, module in ae.named_modules():
+            if name + ".lora_A.weight" in vae_state:
+                a, b = vae_state[name + ".lora_A.weight"], vae_state[name + ".lora_B.weight"]
+                # a convolution's A is (r, in, k, k) and its B (out, r, 1, 1); a linear layer's are matrices
+                module.weight += torch.einsum("or,rikl->oikl", b[:, :, 0, 0], a) if a.dim() == 4 else b @ a
+        merged = plain.vae.decode(z)
+    assert (got - base).abs().max() > 1e-4  # the adapter does something
+    assert (got - merged).abs().max() < 1e-5
+    zero = kinema.load(trained_like_model.path, device="cpu", dtype="float32", loras=[(out, 0.0)])
+    fresh = kinema.load(trained_like_model.path, device="cpu", dtype="float32")
+    with torch.no_grad():
+        assert (zero.vae.decode(z) - fresh.vae.decode(z)).abs().max() < 1e-6
+
+
+def test_vae_fit_hint_and_bad_vae_steps(trained_like_model, data, tmp_path, capsys, monkeypatch):
+    from kinema import train
+
+    monkeypatch.setattr(train, "VAE_FIT_HINT_DB", 200.0)  # any autoencoder is below it: the hint shows
+    train.finetune(data, trained_like_model.path, tmp_path / "run", rank=2, steps=1, batch=2, frames=4)
+    assert "add --vae-steps 300 to adapt it too" in capsys.readouterr().out
+    with pytest.raises(KinemaError, match="--vae-steps must be a whole number >= 0"):
+        train.finetune(data, trained_like_model.path, tmp_path / "run2", vae_steps=-1)
+    with pytest.raises(KinemaError, match="drop it with --full"):
+        train.finetune(data, trained_like_model.path, tmp_path / "run2", full=True, vae_steps=5)
