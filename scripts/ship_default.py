@@ -67,7 +67,8 @@ def ship(src: Path, dest: Path = DEST, backbone_from: Path | None = None) -> Pat
         index["defaults"] = {**index.get("defaults", {}), **(CONTROL if control else RESTYLE), **PACE, **FOLLOW}
         fast = index.get("fast")
         if fast:  # the few-step student's LoRA travels with the folder (float32: a few MB)
-            shutil.copy2(src / fast["lora"], tmp / fast["lora"])
+            # a run's export keeps no student; then the shipped folder's (trained on the same backbone) stays
+            shutil.copy2(src / fast["lora"] if (src / fast["lora"]).is_file() else dest / fast["lora"], tmp / fast["lora"])
         (tmp / "kinema.json").write_text(json.dumps(index, indent=2))
         if (dest / "README.md").is_file():
             shutil.copy2(dest / "README.md", tmp / "README.md")
