@@ -367,12 +367,16 @@ def vae_frames(cfg: TrainConfig, rng: np.random.Generator, n: int, split: str = 
 
 def heldout_psnr(vae, cfg: TrainConfig, n: int = 64) -> tuple[float, float]:
     """Median and worst PSNR (dB) of VAE reconstructions of held-out frames."""
-    x = vae_frames(cfg, np.random.default_rng(12345), n, split="heldout")
-    with torch.no_grad():
-        rec = vae.decode(vae.encode(x[:, :, None]))[:, :, 0]
-    mse = ((rec - x) / 2).pow(2).flatten(1).mean(1)  # in [0, 1] units
-    psnr = -10 * torch.log10(mse.clamp(min=1e-10))
+    psnr = recon_psnr(vae, vae_frames(cfg, np.random.default_rng(12345), n, split="heldout"))
     return float(psnr.median()), float(psnr.min())
+
+
+def recon_psnr(vae, x: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB) of the VAE's reconstruction of each frame of `x` (n, 3, H, W), 64 frames at a time."""
+    with torch.no_grad():
+        rec = torch.cat([vae.decode(vae.encode(c[:, :, None]))[:, :, 0] for c in x.split(64)]).float()
+    mse = ((rec - x) / 2).pow(2).flatten(1).mean(1)  # in [0, 1] units
+    return -10 * torch.log10(mse.clamp(min=1e-10))
 
 
 class VAEObjective(torch.nn.Module):
@@ -386,6 +390,15 @@ class VAEObjective(torch.nn.Module):
         dist = self.ae.encode(x).latent_dist
         rec = self.ae.decode(dist.mean + dist.std * eps).sample
         return rec.float(), dist.kl().mean() / x[0].numel()
+
+
+def recon_loss(rec: torch.Tensor, x: torch.Tensor, weight: float, accelerator=None) -> torch.Tensor:
+    """L1 + MSE, `weight` times heavier on and around the object (`object_weights`), normalised by the weights' mean
+    (over every process's batch, so the processes' mean loss is one process's)."""
+    w = object_weights(x, weight)
+    err = (rec - x).abs()
+    norm = w.mean() if accelerator is None else global_mean(w.mean(), accelerator)
+    return (w * (err + err * err)).mean() / norm
 
 
 def object_weights(x: torch.Tensor, weight: float) -> torch.Tensor:
@@ -417,10 +430,7 @@ def train_vae(cfg: TrainConfig, model: Model, run: Path, accelerator, start: int
         eps = torch.from_numpy(rng.standard_normal(shape)[part]).float().to(accelerator.device)
         with accelerator.autocast():
             rec, kl = objective(x, eps)
-        w = object_weights(x, cfg.vae.object_weight)
-        err = (rec - x).abs()
-        # the weights' mean over the whole batch, so the processes' mean loss is one process's
-        loss = (w * (err + err * err)).mean() / global_mean(w.mean(), accelerator) + cfg.vae.kl_weight * kl
+        loss = recon_loss(rec, x, cfg.vae.object_weight, accelerator) + cfg.vae.kl_weight * kl
         accelerator.backward(loss)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -886,14 +896,6 @@ def data_frames(cfg: TrainConfig, per_clip: int = 8) -> torch.Tensor:
     return to_unit(np.concatenate(frames))[0].transpose(0, 1)
 
 
-def recon_psnr(vae, x: torch.Tensor) -> torch.Tensor:
-    """PSNR (dB) of the VAE's reconstruction of each frame of `x` (n, 3, H, W)."""
-    with torch.no_grad():
-        rec = torch.cat([vae.decode(vae.encode(c[:, :, None]))[:, :, 0] for c in x.split(64)]).float()
-    mse = ((rec - x) / 2).pow(2).flatten(1).mean(1)
-    return -10 * torch.log10(mse.clamp(min=1e-10))
-
-
 def adapt_vae(cfg: TrainConfig, model: Model, run: Path, accelerator) -> torch.Tensor:
     """Train (or read back from RUN/vae_lora.safetensors) a LoRA on the autoencoder's layers, on the folder's frames,
     with the VAE stage's loss; it stays on `model.vae` for the encoding and the export. The frames it was fitted on."""
@@ -924,9 +926,7 @@ def adapt_vae(cfg: TrainConfig, model: Model, run: Path, accelerator) -> torch.T
             eps = torch.from_numpy(rng.standard_normal(dist.mean.shape)).float().to(accelerator.device)
             with accelerator.autocast():
                 rec = ae.decode(dist.mean + dist.std * eps).sample.float()
-            w = object_weights(batch, cfg.vae.object_weight)
-            err = (rec - batch).abs()
-            loss = (w * (err + err * err)).mean() / w.mean()
+            loss = recon_loss(rec, batch, cfg.vae.object_weight)
             loss.backward()
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, d.vae_lora_lr, 20, d.vae_lora_steps)
