@@ -640,7 +640,7 @@ def load(info: ModelInfo, placement: Placement) -> Model:
             from .models.lora import load_loras
 
             model.loras = tuple(load_loras(model.denoiser, placement.loras, placement.lora_strict, model.text_encoder,
-                                           vae=model.vae))
+                                           vae=model.vae, merge=placement.offload in (None, "none")))
         model.runtime = runtime.apply(model, placement.quantize, placement.compile, placement.transformer)
         _CACHE[key] = model
     return _CACHE[key]

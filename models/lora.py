@@ -140,10 +140,13 @@ def read_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
-def load_loras(net, loras, strict: bool = True, text_encoder=None, vae=None) -> list[dict]:
+def load_loras(net, loras, strict: bool = True, text_encoder=None, vae=None, merge: bool = False) -> list[dict]:
     """Inject and activate every (path, scale) of `loras` on `net`, stacked; what the sidecar records of each.
     `text_encoder`: the model's text seam, for the families whose LoRAs adapt it too (AnimateDiff's CLIP); `vae`:
-    kinema's VAE seam, for kinema LoRAs that adapt the autoencoder too (`VAE_PREFIX` keys)."""
+    kinema's VAE seam, for kinema LoRAs that adapt the autoencoder too (`VAE_PREFIX` keys). `merge` (kinema's own
+    model): each adapted layer's weight takes W + scale * B A and the adapter is removed, so a forward costs what the
+    plain network's does (a 4-step student's LoRA was a fifth of its time unmerged); the diffusers families keep PEFT's
+    unmerged adapters."""
     family = getattr(net, "lora_family", None)
     if family in DIFFUSERS_LORA:  # a diffusers model (Wan, LTX-Video, AnimateDiff): diffusers' converters and loaders
         parts = DIFFUSERS_LORA[family][1]
@@ -182,6 +185,10 @@ def load_loras(net, loras, strict: bool = True, text_encoder=None, vae=None) -> 
     if vae_names:
         _activate(vae.autoencoder, vae_names)
         vae.autoencoder.requires_grad_(False)
+    if merge:  # a loaded model keeps the LoRAs it was loaded with (`jobs.placement_for`), so they can go into the weights
+        _merge(net)
+        if vae_names:
+            _merge(vae.autoencoder)
     return records
 
 
@@ -225,6 +232,21 @@ def _activate(net, names: list[tuple[str, float]]) -> None:
                 for n, s in names:
                     if n in module.lora_A:
                         module.set_scale(n, s)
+
+
+def _merge(net) -> None:
+    """Every PEFT LoRA layer of `net` merged into its base layer (its active adapters at their scales, as `_activate`
+    set them) and replaced by that layer: the network is a plain one again, its weights W + sum(scale * B A)."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in list(net.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge(adapter_names=list(module.active_adapters))
+            parent, _, child = name.rpartition(".")
+            setattr(net.get_submodule(parent) if parent else net, child, module.get_base_layer())
+    for attr in ("peft_config", "_hf_peft_config_loaded"):  # what PEFT's injection left on the network
+        if hasattr(net, attr):
+            delattr(net, attr)
 
 
 def _lora_shape(modules: dict, key: str, name: str) -> tuple[int, ...]:

@@ -84,6 +84,25 @@ def test_two_loras_stack_as_their_weights_add(trained_like_model, tmp_path, inpu
     assert torch.allclose(run(both, inputs), run(merged_by_hand(net, [(a, 0.8), (b, 1.3)]), inputs), atol=1e-5)
 
 
+def test_merged_loras_are_plain_weights_that_compute_the_same(trained_like_model, tmp_path, inputs):
+    """`merge=True` (what `kinema.load` does): the adapters go into the weights and leave no PEFT layer behind."""
+    from peft.tuners.lora import LoraLayer
+
+    net = trained_like_model.denoiser.eval()
+    a = random_lora(net, tmp_path / "a.safetensors", rank=4, seed=1)
+    b = random_lora(net, tmp_path / "b.safetensors", rank=2, seed=2)
+    unmerged, merged = copy.deepcopy(net), copy.deepcopy(net)
+    lora.load_loras(unmerged, [(a, 0.8), (b, 1.3)])
+    records = lora.load_loras(merged, [(a, 0.8), (b, 1.3)], merge=True)
+    assert [r["scale"] for r in records] == [0.8, 1.3]
+    assert not any(isinstance(m, LoraLayer) for m in merged.modules())
+    assert set(merged.state_dict()) == set(net.state_dict())  # the plain network's tensors, no lora_A/lora_B
+    out = run(merged, inputs)
+    assert torch.allclose(out, run(unmerged, inputs), atol=1e-5)
+    assert torch.allclose(out, run(merged_by_hand(net, [(a, 0.8), (b, 1.3)]), inputs), atol=1e-5)
+    assert float((out - run(net, inputs)).abs().max()) > 1e-3
+
+
 def test_files_are_checked_as_data_with_one_line_errors(trained_like_model, tmp_path):
     net = trained_like_model.denoiser.eval()
     good = random_lora(net, tmp_path / "good.safetensors")
