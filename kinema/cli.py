@@ -105,7 +105,8 @@ def cmd_init(args) -> None:
 def cmd_train(args) -> None:
     from .errors import require
 
-    tuning = ("full", "frames", "stride", "steps", "skip_bad", "lora_out", "lr", "lora", "vae_steps")
+    tuning = ("full", "frames", "stride", "steps", "skip_bad", "lora_out", "lr", "lora", "vae_steps", "height", "width",
+              "motion_adapter")
     if args.data is None:
         given = [k for k in tuning if getattr(args, k) not in (None, False, 1)]
         require(not given, f"--{given[0].replace('_', '-')} fine-tunes on your clips: pass --data DIR" if given else "")
@@ -123,7 +124,8 @@ def cmd_train(args) -> None:
 
     path = finetune(args.data, args.model, args.run, rank=8 if args.lora is None else args.lora, full=args.full,
                     frames=args.frames, stride=args.stride, steps=args.steps or 1000, skip_bad=args.skip_bad,
-                    lora_out=args.lora_out, lr=args.lr, batch=args.batch, config=args.config, vae_steps=args.vae_steps or 0)
+                    lora_out=args.lora_out, lr=args.lr, batch=args.batch, config=args.config, vae_steps=args.vae_steps or 0,
+                    height=args.height, width=args.width, motion_adapter=args.motion_adapter)
     print(f"wrote {'the fine-tuned model in ' if args.full else 'the LoRA '}{path}")
 
 
@@ -271,8 +273,8 @@ def add_sampling_options(s, frames_help: str = "frames to generate (default: the
                         "clips move more slowly, so the object stays in frame; default: the model folder's "
                         "defaults.motion_length, 16 for the default model, else the clip's frames)")
     s.add_argument("--fast", action="store_true",
-                   help="the model folder's few-step student (a LoRA it ships) at its steps and guidance (4 steps, no "
-                        "guidance for the default model), unless --steps/--guidance say otherwise")
+                   help="the model folder's few-step student (a LoRA it ships) at its steps, guidance and shift (4 "
+                        "steps, no guidance for the default model), unless --steps/--guidance/--shift say otherwise")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     add_model_options(s)
@@ -467,7 +469,8 @@ def _model_parsers(sub, fmt) -> None:
     s.add_argument("config", nargs="?", default=None,
                    help="training config (YAML), e.g. configs/default.yaml (with --data: optional, replaces the "
                         "built-in fine-tuning settings)")
-    s.add_argument("--model", required=True, help="model folder made by `kinema init`; rewritten as training goes")
+    s.add_argument("--model", required=True, help="model folder made by `kinema init`, rewritten as training goes; "
+                                                   "with --data also a Wan, LTX-Video or AnimateDiff folder (a LoRA)")
     s.add_argument("--run", default=None, help="run folder for checkpoints, caches and logs (default runs/<config name>)")
     s.add_argument("--stages", default="all", choices=["all", "vae", "denoiser"], help="which stages to run")
     s.add_argument("--data", default=None, metavar="DIR",
@@ -479,6 +482,11 @@ def _model_parsers(sub, fmt) -> None:
     s.add_argument("--lora-out", default=None, metavar="FILE", help="--data: where the LoRA goes (default RUN/lora.safetensors)")
     s.add_argument("--frames", type=positive_int, default=None, help="--data: frames per clip (default: the model's)")
     s.add_argument("--stride", type=positive_int, default=1, help="--data: take every k-th frame of each clip")
+    s.add_argument("--height", type=positive_int, default=None, help="--data: frame height (default: the model's; "
+                                                                      "Wan, LTX-Video, AnimateDiff)")
+    s.add_argument("--width", type=positive_int, default=None, help="--data: frame width (default: the model's)")
+    s.add_argument("--motion-adapter", default=None, metavar="DIR",
+                   help="--data: AnimateDiff's MotionAdapter folder to put on the Stable Diffusion 1.5 folder given as --model")
     s.add_argument("--steps", type=positive_int, default=None, help="--data: training steps (default 1000)")
     s.add_argument("--batch", type=positive_int, default=8, help="--data: clips per step")
     s.add_argument("--lr", type=finite_float, default=None, help="--data: learning rate (default 1e-3 LoRA, 1e-4 --full)")
@@ -499,6 +507,8 @@ def _model_parsers(sub, fmt) -> None:
     s.add_argument("--per-combo", type=positive_int, default=2, help="clips per (colour, shape, motion)")
     s.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the model's)")
     s.add_argument("--guidance", type=finite_float, default=None, help="guidance scale (default: the model's)")
+    s.add_argument("--fast", action="store_true", help="--suite: the folder's few-step student at its settings "
+                                                      "(as `kinema generate --fast`)")
     s.add_argument("--json-out", default=None, help="also write the results as JSON here")
     s.add_argument("--overwrite", action="store_true", help="replace an existing --json-out file")
     add_model_options(s)

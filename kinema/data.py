@@ -102,8 +102,10 @@ def scan(folder: str | Path, frames: int, stride: int = 1, skip_bad: bool = Fals
 class FolderDataset:
     """A folder of captioned clips as a ClipDataset (`kinema.train`): clip `seed` is file `seed % len`."""
 
-    def __init__(self, folder: str | Path, size: int, frames: int, stride: int = 1, skip_bad: bool = False):
-        self.folder, self.size, self.stride = Path(folder), size, stride
+    def __init__(self, folder: str | Path, size: int | tuple[int, int], frames: int, stride: int = 1,
+                 skip_bad: bool = False):
+        self.folder, self.size, self.stride = Path(folder), size, stride  # size: a side, or (height, width)
+        self.height, self.width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         self.items = scan(folder, frames, stride, skip_bad)
 
     def __len__(self) -> int:
@@ -111,7 +113,8 @@ class FolderDataset:
 
     def fingerprint(self) -> str:
         """A short hash of the clips' names, sizes and times, and the reading settings: the latent cache's name."""
-        h = hashlib.sha256(f"{self.size}-{self.stride}".encode())
+        size = self.size if isinstance(self.size, int) else f"{self.height}x{self.width}"  # a side: as before
+        h = hashlib.sha256(f"{size}-{self.stride}".encode())
         for path, caption in self.items:
             stat = path.stat()
             h.update(f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}|{caption}".encode())
@@ -123,8 +126,8 @@ class FolderDataset:
         require(len(video) == frames, f"--data: {path} gave {len(video)} frames, not {frames}")
         if times is not None:
             video = video[list(times)]
-        if video.shape[1:3] != (self.size, self.size):
-            video = resize_frames(video, self.size, self.size, policy="crop")
+        if video.shape[1:3] != (self.height, self.width):
+            video = resize_frames(video, self.height, self.width, policy="crop")
         return np.ascontiguousarray(video), dict(file=path.name, caption=caption)
 
     def captions(self, label: dict) -> list[str]:

@@ -1012,13 +1012,16 @@ def use_bf16(cfg: TrainConfig) -> bool:
 def finetune(data: str | Path, model_dir: str | Path, run_dir: str | Path | None = None, rank: int = 8,
              full: bool = False, frames: int | None = None, stride: int = 1, steps: int = 1000, skip_bad: bool = False,
              lora_out: str | Path | None = None, lr: float | None = None, batch: int = 8,
-             config: str | Path | None = None, vae_steps: int = 0) -> Path:
+             config: str | Path | None = None, vae_steps: int = 0, height: int | None = None, width: int | None = None,
+             motion_adapter: str | Path | None = None) -> Path:
     """`kinema train --data DIR`: fine-tune a model folder's denoiser on a folder of captioned clips.
 
     A LoRA of `rank` (default; written to `lora_out`, default RUN/lora.safetensors) or, with `full`, the
     denoiser's own weights (the model folder is rewritten). `steps` count from the folder's own training
     step. Every clip is checked, and the cache encoded, before the first step. Returns the LoRA file or the
-    model folder. `config` (YAML) replaces the built-in settings below; the flags still set the data.
+    model folder. `config` (YAML) replaces the built-in settings below; the flags still set the data. A Wan,
+    LTX-Video or AnimateDiff folder (`motion_adapter`: AnimateDiff's adapter beside an SD 1.5 folder) trains a LoRA
+    of its own family (`kinema/finetune.py`), at `height` x `width` (default: the model's).
     """
     from .models.family import describe
 
@@ -1030,9 +1033,20 @@ def finetune(data: str | Path, model_dir: str | Path, run_dir: str | Path | None
             f"--vae-steps must be a whole number >= 0, got {vae_steps!r}")
     require(not (full and vae_steps), "--vae-steps adapts the autoencoder with a LoRA; drop it with --full")
     require(lr is None or (isinstance(lr, float) and 0 < lr < 1), f"--lr must be in (0, 1), got {lr!r}")
-    info = describe(model_dir)
+    info = describe(model_dir, motion_adapter)
+    run = Path(run_dir) if run_dir else Path("runs") / f"finetune-{Path(data).resolve().name}"
+    if info.family != "kinema":  # Wan, LTX-Video, AnimateDiff: a LoRA with the family's own loss
+        from .finetune import FAMILIES, check, finetune_family
+
+        require(info.family in FAMILIES, f"--data fine-tunes kinema's own model, Wan, LTX-Video and AnimateDiff; "
+                                         f"{info.path} is a {info.name} model")
+        check(info, 8 if full else rank, steps, frames, height, width, full, vae_steps, config)
+        return finetune_family(info, data, run, rank, steps, frames, stride, skip_bad, lora_out, lr, batch, height, width)
+    require(motion_adapter is None, "--motion-adapter goes with an AnimateDiff (Stable Diffusion 1.5) folder")
     require("lora" in info.features, f"--data fine-tunes kinema's own model; {info.path} is a {info.name} model")
     d = info.defaults
+    require(height in (None, d.height) and width in (None, d.width),
+            f"--height/--width: kinema's own model fine-tunes at its size, {d.width}x{d.height}")
     require(d.height == d.width, f"--data: the model's clips are {d.width}x{d.height}; fine-tuning takes square models")
     start = int(info.index.get("training", {}).get("step", 0))
     if config is not None:
@@ -1049,7 +1063,6 @@ def finetune(data: str | Path, model_dir: str | Path, run_dir: str | Path | None
                            vae_lora_steps=vae_steps or cfg.denoiser.vae_lora_steps)
     folder = open_dataset(cfg)  # every clip checked now, before the model loads
     cfg.sample_prompts = tuple(dict.fromkeys(c for _, c in folder.items))[:4]
-    run = Path(run_dir) if run_dir else Path("runs") / f"finetune-{Path(data).resolve().name}"
     require(lora_out is None or not Path(lora_out).exists() or Path(lora_out).is_file(),
             f"--lora-out {lora_out} is a folder; name a .safetensors file")
     path = train(None, model_dir, run, "denoiser", cfg=cfg)
