@@ -131,8 +131,8 @@ def check_length(text: str, what: str) -> None:
 
 
 def _fast(info: ModelInfo, options: dict) -> dict:
-    """`fast=True`: the folder's few-step student (its `fast` entry: a LoRA in the folder, and the steps and guidance
-    it runs at) stacked on the caller's LoRAs, its steps and guidance where the caller gives none."""
+    """`fast=True`: the folder's few-step student (its `fast` entry: a LoRA in the folder, and the steps, guidance and
+    optionally the sampling shift it runs at) stacked on the caller's LoRAs, its settings where the caller gives none."""
     options = dict(options)
     if not options.pop("fast", False):
         return options
@@ -141,8 +141,8 @@ def _fast(info: ModelInfo, options: dict) -> dict:
     lora = options.get("lora") or []
     lora = [lora] if isinstance(lora, (str, Path)) else list(lora)
     options["lora"] = [*lora, (str(Path(info.path) / fast["lora"]), 1.0)]
-    for name in ("steps", "guidance"):
-        if options.get(name) is None:
+    for name in ("steps", "guidance", "shift"):
+        if options.get(name) is None and name in fast:
             options[name] = fast[name]
     return options
 

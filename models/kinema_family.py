@@ -93,8 +93,10 @@ def _check_index(index: dict, where: Path) -> None:
                  and v["lora"].endswith(".safetensors") and isinstance(v.get("steps"), int)
                  and not isinstance(v.get("steps"), bool) and 1 <= v["steps"] <= 1000
                  and isinstance(v.get("guidance"), (int, float)) and not isinstance(v.get("guidance"), bool)
-                 and 0 <= v["guidance"] <= 50,
-                 '{"lora": "NAME.safetensors" (in the folder), "steps": 1-1000, "guidance": 0-50}'),
+                 and 0 <= v["guidance"] <= 50
+                 and ("shift" not in v or (isinstance(v["shift"], (int, float)) and not isinstance(v["shift"], bool)
+                                           and 0 < v["shift"] <= 100)),
+                 '{"lora": "NAME.safetensors" (in the folder), "steps": 1-1000, "guidance": 0-50, optional "shift": (0, 100]}'),
     }
     for key, (ok, want) in checks.items():
         if key in index and not ok(index[key]):

@@ -65,8 +65,10 @@ def child(args) -> None:
     from kinema.cli import main
 
     out = Path(args.child_out)
-    argv = ["generate", args.prompt, "-o", str(out), "--frames", str(args.child), "--steps", str(args.steps),
+    argv = ["generate", args.prompt, "-o", str(out), "--frames", str(args.child),
             "--seed", str(args.seed), "--device", args.device, "--quiet"]
+    argv += ["--steps", str(args.steps)] if args.steps is not None else []
+    argv += ["--fast"] if args.fast else []
     for flag in ("model", "height", "width", "guidance", "context_length", "context_stride", "mode", "attention",
                  "motion_length"):
         value = getattr(args, flag, None)
@@ -299,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--long", type=int, default=256, help="frames of the long clip")
     p.add_argument("--height", type=int, default=None, help="frame height (default: the model's)")
     p.add_argument("--width", type=int, default=None, help="frame width (default: the model's)")
-    p.add_argument("--steps", type=int, default=25, help="denoising steps")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, 25; --fast: 4)")
+    p.add_argument("--fast", action="store_true", help="the folder's few-step student (kinema generate --fast)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="seed")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to run")

@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, default=12, help="world clips in the fixed set")
     p.add_argument("--frames", type=int, default=16, help="frames per clip")
     p.add_argument("--size", type=int, default=64, help="clip height and width (>= 16 for optical flow)")
-    p.add_argument("--steps", type=int, default=25, help="denoising steps (before the strength cut)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps before the strength cut (default: the model's, 25)")
+    p.add_argument("--fast", action="store_true", help="the folder's few-step student at its steps, guidance and shift")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's for restyling)")
     p.add_argument("--strength", type=float, default=None, help="restyle strength of both runs (default: the model's)")
     p.add_argument("--structure", type=float, default=None,
@@ -292,14 +293,20 @@ def main() -> None:
 
     # 1. the model and the settings both runs share
     try:
-        model = kinema.load(args.model, device=args.device)
+        from kinema import jobs
+
+        fast = jobs._fast(kinema.info(args.model), dict(fast=True)) if args.fast else {}
+        model = kinema.load(args.model, device=args.device, loras=fast.get("lora"))
     except kinema.KinemaError as e:
         sys.exit(f"bench_restyle: error: {e}")
-    common = dict(model=model, steps=args.steps, guidance=args.guidance, strength=args.strength, height=args.size,
+    common = dict(model=model, steps=args.steps if args.steps is not None or not args.fast else fast["steps"],
+                  guidance=args.guidance if args.guidance is not None or not args.fast else fast["guidance"],
+                  shift=fast.get("shift"), strength=args.strength, height=args.size,
                   width=args.size, flow_steps=args.flow_steps, flow_strength=args.flow_strength,
                   structure=args.structure, method=args.method, progress=False, control=args.control,
                   control_scale=args.control_scale,
                   guidance_interval=tuple(float(v) for v in args.guidance_interval.split(":")) if args.guidance_interval else None)
+    args.steps = common["steps"]  # what the runs use, for the report
     if args.compare:
         figures = compare(args, common)
         if args.json_out:

@@ -205,11 +205,29 @@ def test_fast_picks_the_folders_student_and_its_steps(trained_like_model, tmp_pa
     (folder / "kinema.json").write_text(json.dumps({**index, "fast": dict(lora="../x.safetensors", steps=3, guidance=1)}))
     with pytest.raises(KinemaError, match="fast must be"):
         jobs.prepare_generate("a red circle", folder, fast=True)
+    # a student may sample at its own flow shift; the caller's --shift wins, and a bad one is refused
+    (folder / "kinema.json").write_text(json.dumps({**index, "fast": dict(lora="fast.safetensors", steps=3, guidance=1.0,
+                                                                          shift=8.0)}))
+    assert jobs.prepare_generate("a red circle", folder, fast=True, frames=2, height=16, width=16).settings.shift == 8.0
+    assert jobs.prepare_generate("a red circle", folder, fast=True, shift=2.0, frames=2, height=16, width=16).settings.shift == 2.0
+    assert jobs.prepare_generate("a red circle", folder, frames=2, height=16, width=16).settings.shift is None  # not fast
+    from types import SimpleNamespace
+
+    from kinema.world.evaluate import _suite_settings  # `kinema eval --suite world --fast`: the same student settings
+
+    args = SimpleNamespace(lora=None, steps=None, guidance=None, fast=True)
+    settings, loras = _suite_settings(kinema.info(folder), args)
+    assert (settings.steps, settings.guidance, settings.shift) == (3, 1.0, 8.0)
+    assert loras == [(str(folder / "fast.safetensors"), 1.0)]
+    (folder / "kinema.json").write_text(json.dumps({**index, "fast": dict(lora="fast.safetensors", steps=3, guidance=1.0,
+                                                                          shift=-1)}))
+    with pytest.raises(KinemaError, match="fast must be"):
+        jobs.prepare_generate("a red circle", folder, fast=True)
 
 
 def test_the_shipped_student_loads_at_its_steps():
     from kinema import jobs
 
     job = jobs.prepare_generate("a red circle moving right on a blue background", fast=True)
-    assert (job.settings.steps, job.settings.guidance) == (4, 1.0)
+    assert (job.settings.steps, job.settings.guidance, job.settings.shift) == (4, 1.0, 8.0)
     assert len(job.placement.loras) == 1 and job.placement.loras[0][0].endswith("fast.safetensors")

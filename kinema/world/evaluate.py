@@ -105,13 +105,24 @@ def _ok(b: bool) -> str:
     return "yes" if b else "no"
 
 
+def _suite_settings(info, args):
+    """(settings, LoRAs) of a suite: the model's defaults and the flags, or with `--fast` the folder's student."""
+    from .. import jobs
+
+    opts = dict(lora=getattr(args, "lora", None), steps=args.steps, guidance=args.guidance, shift=None)
+    opts = jobs._fast(info, {**opts, "fast": getattr(args, "fast", False)})
+    settings = jobs.settings_for(info, steps=opts["steps"], guidance=opts["guidance"], shift=opts["shift"],
+                                 cache=getattr(args, "cache", None))
+    return settings, opts["lora"]
+
+
 def world_suite(args) -> dict:
     """Generate a clip for every eval prompt of the split with the model's defaults, and score it."""
     from .. import api, jobs
 
     info = api.info(args.model)
-    settings = jobs.settings_for(info, steps=args.steps, guidance=args.guidance, cache=getattr(args, "cache", None))
-    model = api.load(info.path, args.device, args.dtype, args.attention, loras=getattr(args, "lora", None),
+    settings, loras = _suite_settings(info, args)
+    model = api.load(info.path, args.device, args.dtype, args.attention, loras=loras,
                      lora_strict=getattr(args, "lora_strict", True))
     from ..pipelines.text_to_video import text_to_video
 
@@ -138,8 +149,8 @@ def animate_suite(args) -> dict:
     from ..pipelines.image_to_video import image_to_video
 
     info = api.info(args.model)
-    settings = jobs.settings_for(info, steps=args.steps, guidance=args.guidance, cache=getattr(args, "cache", None))
-    model = api.load(info.path, args.device, args.dtype, args.attention, loras=getattr(args, "lora", None),
+    settings, loras = _suite_settings(info, args)
+    model = api.load(info.path, args.device, args.dtype, args.attention, loras=loras,
                      lora_strict=getattr(args, "lora_strict", True))
     last = "first_last" in model.info.frame_conditions
     rows = []
