@@ -278,7 +278,7 @@ def run_child(args, frames: int, tmp: Path) -> dict:
         value = getattr(args, flag, None)
         if value is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(value)]
-    cmd += follow_flag(args)
+    cmd += follow_flag(args) + (["--fast"] if args.fast else [])
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"bench_long: the {frames}-frame run failed (exit {r.returncode}):\n{r.stderr.strip()}")
