@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64, help="clip height and width (>= 16 for optical flow)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps before the strength cut (default: the model's, 25)")
     p.add_argument("--fast", action="store_true", help="the folder's few-step student at its steps, guidance and shift")
+    p.add_argument("--shift", type=float, default=None, help="flow shift of the sampling schedule (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's for restyling)")
     p.add_argument("--strength", type=float, default=None, help="restyle strength of both runs (default: the model's)")
     p.add_argument("--structure", type=float, default=None,
@@ -301,7 +302,7 @@ def main() -> None:
         sys.exit(f"bench_restyle: error: {e}")
     common = dict(model=model, steps=args.steps if args.steps is not None or not args.fast else fast["steps"],
                   guidance=args.guidance if args.guidance is not None or not args.fast else fast["guidance"],
-                  shift=fast.get("shift"), strength=args.strength, height=args.size,
+                  shift=args.shift if args.shift is not None else fast.get("shift"), strength=args.strength, height=args.size,
                   width=args.size, flow_steps=args.flow_steps, flow_strength=args.flow_strength,
                   structure=args.structure, method=args.method, progress=False, control=args.control,
                   control_scale=args.control_scale,
