@@ -272,9 +272,11 @@ def add_sampling_options(s, frames_help: str = "frames to generate (default: the
                    help="pace the motion as in a clip of this many frames (models with a length embedding: longer "
                         "clips move more slowly, so the object stays in frame; default: the model folder's "
                         "defaults.motion_length, 16 for the default model, else the clip's frames)")
-    s.add_argument("--fast", action="store_true",
+    s.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                    help="the model folder's few-step student (a LoRA it ships) at its steps, guidance and shift (4 "
-                        "steps, no guidance for the default model), unless --steps/--guidance/--shift say otherwise")
+                        "steps, no guidance for the default model), unless --steps/--guidance/--shift say otherwise; "
+                        "restyle uses it by default where the folder says so (defaults.restyle_fast): --no-fast "
+                        "restyles with the full model")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     add_model_options(s)

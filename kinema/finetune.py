@@ -52,16 +52,8 @@ from .errors import require
 from .models.family import ModelInfo
 from .models.seams import TextEmbeds, to_unit
 
-FAMILIES = ("wan", "ltx", "animatediff")
-# the layers a LoRA adapts, per family (PEFT full-match patterns): attention projections (self and cross) and the
-# feed-forwards of every transformer block; AnimateDiff: the attention projections of the UNet's spatial
-# transformers and of its motion modules (the layers SD LoRAs and AnimateDiff's motion LoRAs adapt)
-TARGETS = {
-    "wan": r"blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)|blocks\.\d+\.ffn\.net\.(0\.proj|2)",
-    "ltx": r"transformer_blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)|transformer_blocks\.\d+\.ff\.net\.(0\.proj|2)",
-    "animatediff": r".*transformer_blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)",
-}
-PART = {"wan": "transformer", "ltx": "transformer", "animatediff": "unet"}  # where the LoRA goes; its file prefix
+# what each family adapts (its `lora_training`: the module, PEFT's target pattern, the noise levels it serves) lives
+# with the family in models/; this module asks the registry, never which family it is
 META = "kinema_finetune"  # the file's metadata entry: how it was made (not `kinema_lora`: that is kinema's own layout)
 ADAPTER = "fit"
 
@@ -153,19 +145,14 @@ class Noising:
     """Noise levels, noised latents and targets of one family's training objective (see the module's table)."""
 
     def __init__(self, model, recipe: Recipe):
+        from .models.family import family_of
+
         info, sched = model.info, model.scheduler_config
         self.prediction = info.prediction
         self.steps = int(sched.get("num_train_timesteps", 1000))
-        self.low = 0.0  # Wan 2.2's two experts: `transformer` serves levels above the boundary
+        self.low = float((family_of(info).lora_training(info) or {}).get("low", 0.0))  # Wan 2.2: `transformer`'s levels
         if self.prediction == "flow":
-            if info.family == "ltx":
-                from .models.ltx import clip_shift
-
-                self.shift = clip_shift(info, recipe.frames, recipe.height, recipe.width)
-            else:
-                self.shift = float(sched.get("shift", sched.get("flow_shift", 1.0)) or 1.0)
-            boundary = info.index.get("boundary_ratio") if info.family == "wan" else None
-            self.low = float(boundary or 0.0)
+            self.shift = family_of(info).flow_shift(info, recipe.frames, recipe.height, recipe.width)
         else:
             from diffusers import DDPMScheduler
 
@@ -197,32 +184,41 @@ class Noising:
 #################################################################################
 
 
+def spec(info: ModelInfo) -> dict:
+    """The family's `lora_training`: dict(part, targets, low); an error for a family this trainer does not take."""
+    from .models.family import family_of
+
+    out = family_of(info).lora_training(info)
+    require(out is not None, f"{info.name} ({info.path}) is not fine-tuned with a family LoRA")
+    return out
+
+
 def network(model):
     """The module the LoRA adapts: Wan's / LTX's transformer, AnimateDiff's UNet."""
-    return getattr(model.denoiser, PART[model.info.family])
+    return getattr(model.denoiser, spec(model.info)["part"])
 
 
-def add_lora(net, family: str, rank: int) -> list[tuple[str, torch.nn.Parameter]]:
-    """Inject a fresh trainable adapter (B at zero: the model unchanged at step 0); its named parameters."""
+def add_lora(net, targets: str, rank: int) -> list[tuple[str, torch.nn.Parameter]]:
+    """Inject a fresh trainable adapter on the layers `targets` matches (B at zero: the model unchanged at step 0);
+    its named parameters."""
     from peft import LoraConfig, inject_adapter_in_model
 
     net.requires_grad_(False)
-    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=float(rank), target_modules=TARGETS[family],
-                                       init_lora_weights=True), net, adapter_name=ADAPTER)
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=float(rank), target_modules=targets, init_lora_weights=True),
+                            net, adapter_name=ADAPTER)
     params = [(n, p) for n, p in net.named_parameters() if f".{ADAPTER}." in n and "lora_" in n]
-    require(params, f"no layer of this {family} model matches the LoRA's targets ({TARGETS[family]})")
+    require(params, f"no layer of this model matches the LoRA's targets ({targets})")
     for _, p in params:
         p.data = p.data.float()  # float32 adapters on bf16 weights
         p.requires_grad_(True)
     return params
 
 
-def save_family_lora(net, recipe: Recipe, path: Path, step: int, data: str) -> Path:
-    """The adapter in diffusers' PEFT layout (`transformer.` / `unet.` + PEFT's keys, alpha = rank), atomically."""
+def save_family_lora(net, part: str, recipe: Recipe, path: Path, step: int, data: str) -> Path:
+    """The adapter in diffusers' PEFT layout (`part`: `transformer.` / `unet.`, + PEFT's keys, alpha = rank), atomically."""
     from peft import get_peft_model_state_dict
 
     state = get_peft_model_state_dict(net, adapter_name=ADAPTER)
-    part = PART[recipe.family]
     tensors = {f"{part}.{k}": v.detach().float().contiguous().cpu() for k, v in state.items()}
     meta = {META: json.dumps(dict(asdict(recipe), step=step, data=str(data)))}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -248,7 +244,7 @@ def finetune_family(info: ModelInfo, data: str | Path, run: Path, rank: int = 8,
     from .models.family import load_model
     from .train import Logger, latest_checkpoint, lr_at, plot_curve, save_checkpoint, shard
 
-    require(info.family in FAMILIES, f"{info.family} models are fine-tuned by kinema.train.finetune")
+    lora = spec(info)
     require(isinstance(batch, int) and batch >= 1, f"--batch must be a whole number >= 1, got {batch!r}")
     require(lr is None or (isinstance(lr, float) and 0 < lr < 1), f"--lr must be in (0, 1), got {lr!r}")
     frames, height, width = check(info, rank, steps, frames, height, width)
@@ -265,7 +261,7 @@ def finetune_family(info: ModelInfo, data: str | Path, run: Path, rank: int = 8,
         cache = build_cache(model, folder, recipe, run)
     net = network(model)
     torch.manual_seed(recipe.seed)  # the adapter's A starts random: the same in every process and every run
-    params = add_lora(net, info.family, rank)
+    params = add_lora(net, lora["targets"], rank)
     if cuda and getattr(net, "_supports_gradient_checkpointing", False):
         net.enable_gradient_checkpointing()
     net.train()
@@ -325,7 +321,7 @@ def finetune_family(info: ModelInfo, data: str | Path, run: Path, rank: int = 8,
             tensors.update({f"lora.{n}": p.detach() for n, p in params})
             meta.update(stage="lora", step=done, history=history, recipe=asdict(recipe))
             save_checkpoint(run, "lora", done, tensors, meta, 2)
-            save_family_lora(net, recipe, out, done, str(data))
+            save_family_lora(net, lora["part"], recipe, out, done, str(data))
     log.close()
     if accelerator.is_main_process:
         plot_curve(history, run / "lora_loss.png", f"{info.family} LoRA loss ({'flow matching' if noising.prediction == 'flow' else noising.prediction} MSE)")

@@ -147,6 +147,18 @@ def _fast(info: ModelInfo, options: dict) -> dict:
     return options
 
 
+def _restyle_fast(info: ModelInfo, model) -> bool:
+    """Restyle's default for `fast`: the folder's student where its defaults say so (`restyle_fast`: the default model's
+    keeps the source's object closer, docs/restyle-control); a model loaded without the student restyles without it."""
+    fast = (info.index or {}).get("fast")
+    if not (info.defaults.restyle_fast and fast):
+        return False
+    if isinstance(model, Model):
+        want = (Path(info.path) / fast["lora"]).resolve()
+        return any(Path(r["path"]).resolve() == want for r in model.loras)
+    return True
+
+
 def _split(options: dict, task: str, *groups: tuple[str, ...]) -> list[dict]:
     """`options` split by groups of names; a name in none of them is an error, as a wrong keyword is."""
     if "fast" in options:
@@ -494,6 +506,8 @@ def prepare_restyle(video, prompt: str, model=None, max_frames: int | None = Non
                     resize: str = "crop", **options) -> Job:
     """Video-to-video: `video` restyled as `prompt` says, its motion kept (length and fps from the source)."""
     check_prompt(prompt)
+    if options.get("fast") is None:  # left out: the model folder's choice for restyling
+        options = {**options, "fast": _restyle_fast(info_for(model), model)}
     options = _fast(info_for(model), options)
     sampling, where, windows, restyle, control = _split(options, "restyle", SAMPLING, PLACEMENT, WINDOWS, RESTYLE, CONTROL)
     require(sampling.get("frames") is None,

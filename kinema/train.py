@@ -1023,7 +1023,7 @@ def finetune(data: str | Path, model_dir: str | Path, run_dir: str | Path | None
     LTX-Video or AnimateDiff folder (`motion_adapter`: AnimateDiff's adapter beside an SD 1.5 folder) trains a LoRA
     of its own family (`kinema/finetune.py`), at `height` x `width` (default: the model's).
     """
-    from .models.family import describe
+    from .models.family import describe, family_of
 
     require(isinstance(steps, int) and steps >= 1, f"--steps must be a whole number >= 1, got {steps!r}")
     require(full or (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1),
@@ -1035,11 +1035,9 @@ def finetune(data: str | Path, model_dir: str | Path, run_dir: str | Path | None
     require(lr is None or (isinstance(lr, float) and 0 < lr < 1), f"--lr must be in (0, 1), got {lr!r}")
     info = describe(model_dir, motion_adapter)
     run = Path(run_dir) if run_dir else Path("runs") / f"finetune-{Path(data).resolve().name}"
-    if info.family != "kinema":  # Wan, LTX-Video, AnimateDiff: a LoRA with the family's own loss
-        from .finetune import FAMILIES, check, finetune_family
+    if family_of(info).lora_training(info) is not None:  # Wan, LTX-Video, AnimateDiff: a LoRA with the family's loss
+        from .finetune import check, finetune_family
 
-        require(info.family in FAMILIES, f"--data fine-tunes kinema's own model, Wan, LTX-Video and AnimateDiff; "
-                                         f"{info.path} is a {info.name} model")
         check(info, 8 if full else rank, steps, frames, height, width, full, vae_steps, config)
         return finetune_family(info, data, run, rank, steps, frames, stride, skip_bad, lora_out, lr, batch, height, width)
     require(motion_adapter is None, "--motion-adapter goes with an AnimateDiff (Stable Diffusion 1.5) folder")

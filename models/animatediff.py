@@ -367,6 +367,11 @@ class AnimateDiffFamily(ModelFamily):
     name = "animatediff"
     takes_motion_adapter = True
 
+    def lora_training(self, info):
+        """The attention projections of the UNet's spatial transformers and of its motion modules (the layers SD LoRAs
+        and AnimateDiff's motion LoRAs adapt)."""
+        return dict(part="unet", low=0.0, targets=r".*transformer_blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)")
+
     def recognises(self, path: Path) -> bool:
         path = Path(path)
         if (path / INDEX).is_file():

@@ -54,6 +54,7 @@ class ModelDefaults:
     restyle_guidance: float | None = None  # None: `guidance`
     restyle_method: str = "sdedit"  # sdedit (noise the source, denoise with the prompt) or flowedit (inversion-free)
     restyle_control_scale: float = 1.0  # how strongly the source's edge maps steer restyle (models with a control input)
+    restyle_fast: bool = False  # restyle with the folder's few-step student (its `fast` entry) unless told --no-fast
 
     @classmethod
     def parse(cls, data, where: str) -> "ModelDefaults":
@@ -113,7 +114,7 @@ def _valid(key: str, v) -> tuple[bool, str]:
         return isinstance(v, str) and v in ("euler", "unipc"), "euler or unipc"
     if key == "restyle_method":
         return isinstance(v, str) and v in ("sdedit", "flowedit"), "sdedit or flowedit"
-    return isinstance(v, bool), "true or false"  # follow_motion
+    return isinstance(v, bool), "true or false"  # follow_motion, restyle_fast
 
 
 #################################################################################
@@ -248,6 +249,16 @@ class ModelFamily:
     def check_transformer_file(self, info: ModelInfo, path) -> dict:
         """`--transformer FILE`: checked by its header before loading (families with a single-file loader)."""
         raise KinemaError(f"--transformer replaces a transformer with a GGUF file; {info.name} ({info.path}) takes none")
+
+    def lora_training(self, info: ModelInfo) -> dict | None:
+        """How `kinema train --data` adapts this family with a LoRA (`kinema/finetune.py`): dict(part: the denoiser's
+        attribute the LoRA goes on, also its file prefix; targets: PEFT's full-match pattern of the adapted layers;
+        low: the lowest noise level that module serves). None: fine-tuned another way (kinema's own) or not at all."""
+        return None
+
+    def flow_shift(self, info: ModelInfo, frames: int, height: int, width: int) -> float:
+        """The flow shift sampling uses for a clip of this size (training draws its noise levels with it)."""
+        return float(info.defaults.shift)
 
     def settings(self, info: ModelInfo, settings):
         """The job's settings with what depends on the clip's size resolved (LTX: the flow shift); as given here."""

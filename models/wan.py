@@ -759,6 +759,12 @@ class WanFamily(ModelFamily):
     def check_transformer_file(self, info, path) -> dict:
         return check_transformer_file(info, path)
 
+    def lora_training(self, info):
+        """Every block's self- and cross-attention projections and feed-forward; Wan 2.2's two-expert folders adapt
+        `transformer` (the high-noise expert, where `--lora` loads Wan LoRAs) on its noise levels, above the boundary."""
+        return dict(part="transformer", low=float(info.index.get("boundary_ratio") or 0.0),
+                    targets=r"blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)|blocks\.\d+\.ffn\.net\.(0\.proj|2)")
+
     def lora_layers(self, info):
         """The transformer's layers (Wan's LoRAs adapt the transformer; `transformer_2` of Wan 2.2 takes none)."""
         from diffusers import WanTransformer3DModel

@@ -68,7 +68,7 @@ def child(args) -> None:
     argv = ["generate", args.prompt, "-o", str(out), "--frames", str(args.child),
             "--seed", str(args.seed), "--device", args.device, "--quiet"]
     argv += ["--steps", str(args.steps)] if args.steps is not None else []
-    argv += ["--fast"] if args.fast else []
+    argv += ["--fast"] if getattr(args, "fast", False) else []
     for flag in ("model", "height", "width", "guidance", "context_length", "context_stride", "mode", "attention",
                  "motion_length"):
         value = getattr(args, flag, None)
@@ -278,7 +278,7 @@ def run_child(args, frames: int, tmp: Path) -> dict:
         value = getattr(args, flag, None)
         if value is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(value)]
-    cmd += follow_flag(args) + (["--fast"] if args.fast else [])
+    cmd += follow_flag(args) + (["--fast"] if getattr(args, "fast", False) else [])
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"bench_long: the {frames}-frame run failed (exit {r.returncode}):\n{r.stderr.strip()}")

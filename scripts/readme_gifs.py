@@ -8,8 +8,8 @@ Writes (each panel upscaled 2x, nearest, with a label strip):
   samples/source.mp4    a world clip (16 frames, 64x64, 8 fps): the input of the README's restyle/extend commands
   samples/anchor.png    a world frame: the input of the README's animate command
   samples/animate.gif   anchor | `kinema animate samples/anchor.png "<prompt>"`
-  samples/restyle.gif   source | restyle (defaults) | --control none --strength 0.9 --structure 0.3 (the method before
-                        the control input) | --no-flow (same seed)
+  samples/restyle.gif   source | restyle (defaults: the 4-step student with the control input, where the folder ships
+                        one) | --no-fast (the 25-step model, the default before) | --no-flow (same seed)
   samples/long.gif      a 256-frame clip (`kinema generate ... --frames 256`), or the clip given by --long-from
 """
 
@@ -74,6 +74,9 @@ def main(argv=None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = kinema.load(args.model, device="cpu")
+    fast = kinema.info(args.model).index.get("fast")  # restyle's default runs the folder's student where it has one
+    student = kinema.load(args.model, device="cpu", loras=[str(Path(kinema.info(args.model).path) / fast["lora"])]) \
+        if fast else model
 
     source = world_clip(SOURCE_CAPTION, seed=3)
     write_video(out_dir / "source.mp4", source, fps=8, overwrite=True)
@@ -87,13 +90,12 @@ def main(argv=None) -> int:
         print(f"wrote {out_dir}/animate.gif", flush=True)
     if "restyle" in args.only:
         src, _ = read_video(out_dir / "source.mp4")
-        common = dict(seed=args.seed, model=model, progress=False)
+        common = dict(seed=args.seed, model=student, progress=False)
         restyled = kinema.restyle(out_dir / "source.mp4", RESTYLE_PROMPT, **common)
-        # the method before the control input: SDEdit at 0.9 with the source's layout injected for 0.3 of the steps
-        previous = kinema.restyle(out_dir / "source.mp4", RESTYLE_PROMPT, control="none", method="sdedit", strength=0.9,
-                                  structure=0.3, **common)
+        # the default before: the full model (25 steps, guidance 7.5) with the control input
+        previous = kinema.restyle(out_dir / "source.mp4", RESTYLE_PROMPT, **{**common, "model": model}, fast=False)
         no_flow = kinema.restyle(out_dir / "source.mp4", RESTYLE_PROMPT, flow=False, **common)
-        gif = side_by_side(panel(src, "source"), panel(restyled, "restyle"), panel(previous, "no control"),
+        gif = side_by_side(panel(src, "source"), panel(restyled, "restyle"), panel(previous, "--no-fast"),
                            panel(no_flow, "no flow"))
         write_video(out_dir / "restyle.gif", gif, fps=8, overwrite=True)
         print(f"wrote {out_dir}/restyle.gif", flush=True)

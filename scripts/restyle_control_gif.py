@@ -1,5 +1,6 @@
 """docs/restyle-control/own.gif: clips of bench_restyle's own renderer, restyled by the default and by the method before
-the control input (rows: clips; columns: source | default | --control none --strength 0.9 --structure 0.3).
+the control input (rows: clips; columns: source | default (the 4-step student, control on) | --no-fast (25 steps, control
+on) | --control none --strength 0.9 --structure 0.3).
 
     python scripts/restyle_control_gif.py --clips 3
 """
@@ -33,13 +34,15 @@ def main() -> int:
 
     bench, gifs = load("bench_restyle"), load("readme_gifs")
     model = kinema.load(device="cpu")
+    student = kinema.load(device="cpu", loras=[str(Path(kinema.info().path) / kinema.info().index["fast"]["lora"])])
     rows = []
     for i, (source, prompt, *_rest) in enumerate(bench.own_clips(args.clips, 16, 64)):
         common = dict(model=model, seed=i, progress=False)
-        new = kinema.restyle(source, prompt, **common)
+        new = kinema.restyle(source, prompt, **{**common, "model": student})  # the default: the student, control on
+        full = kinema.restyle(source, prompt, fast=False, **common)  # the default before: 25 steps, control on
         old = kinema.restyle(source, prompt, control="none", strength=0.9, structure=0.3, **common)
         rows.append(gifs.side_by_side(gifs.panel(source, "source"), gifs.panel(new, "default"),
-                                      gifs.panel(old, "no control")))
+                                      gifs.panel(full, "--no-fast"), gifs.panel(old, "no control")))
         print(prompt, flush=True)
     write_video(args.out, np.concatenate(rows, axis=1), fps=8, overwrite=True)
     print(f"wrote {args.out}")

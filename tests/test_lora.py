@@ -6,6 +6,7 @@ import copy
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -230,4 +231,22 @@ def test_the_shipped_student_loads_at_its_steps():
 
     job = jobs.prepare_generate("a red circle moving right on a blue background", fast=True)
     assert (job.settings.steps, job.settings.guidance, job.settings.shift) == (4, 1.0, 8.0)
+    assert jobs.prepare_generate("a red circle moving right on a blue background").placement.loras == ()
+
+
+def test_restyle_uses_the_shipped_student_unless_told_not_to():
+    """The default folder's `restyle_fast`: restyle runs the student (its steps, guidance and shift, the control on);
+    --no-fast, or a model loaded without the student, restyles with the full model at its restyle settings."""
+    import kinema
+    from kinema import jobs
+
+    src = Path(__file__).resolve().parents[1] / "samples" / "source.mp4"  # the README's restyle source
+    prompt = "a yellow circle moving right on a blue background"
+    job = jobs.prepare_restyle(src, prompt)
+    assert (job.settings.steps, job.settings.guidance, job.settings.shift) == (4, 1.0, 8.0)
+    assert job.placement.loras[0][0].endswith("fast.safetensors") and job.inputs["control"] == "edges"
+    full = jobs.prepare_restyle(src, prompt, fast=False)
+    assert (full.settings.steps, full.settings.guidance, full.placement.loras) == (25, 7.5, ())
+    plain = kinema.load(device="cpu", dtype="float32")  # loaded without the student: the full model, no error
+    assert jobs.prepare_restyle(src, prompt, model=plain).settings.steps == 25
     assert len(job.placement.loras) == 1 and job.placement.loras[0][0].endswith("fast.safetensors")

@@ -49,7 +49,7 @@ FIELDS = {
     "scheduler": (["euler", "unipc"], ["ddim", "", None]),
     "shift": ([None, 3], ["-1", "0", "inf"]),
     "motion_length": ([None, ""], ["0", "abc", "2.5"]),
-    "fast": ([False], [True, "yes"]),  # the tiny model ships no student: --fast is refused
+    "fast": (["auto", "off"], ["on", True, "yes"]),  # the tiny model ships no student: --fast is refused
     "quantize": (["none", "int8"], ["fp8", "nf4", "int4", "", None]),  # fp8, nf4: CUDA only
     "compile": ([False], ["yes", None, 1]),  # on, inductor builds kernels for minutes: tests/test_compile.py runs it
     "cache": (["", "none", "first-block:0.5", "taylorseer:2"], ["magic", "first-block:2", "taylorseer:0", "\udcff"]),
