@@ -139,7 +139,11 @@ COMMANDS = {
     # train is only ever given bad configs: a valid one would start training
     "train": command_line("train", [
         Arg(None, BAD_CONFIGS, BAD_CONFIGS),
-        MODEL, Arg("--run", ("{W}/run",), ("{W}/file.txt",)), Arg("--stages", ("vae",), ("all-of-it",)), UNKNOWN_FLAGS]),
+        MODEL, Arg("--run", ("{W}/run",), ("{W}/file.txt",)), Arg("--stages", ("vae",), ("all-of-it",)),
+        # fine-tuning on a folder (`--data`, any family): the folder is never a usable one, the flags good or bad
+        Arg("--data", (), ("{W}/emptydir", "{W}/file.txt", "{W}/missing", "")), Arg("--lora", ("4",), tuple(BAD_INT)),
+        Arg("--frames", ("5",), tuple(BAD_INT)), Arg("--height", ("32",), tuple(BAD_INT)), Arg("--width", ("32",), tuple(BAD_INT)),
+        Arg("--motion-adapter", (), ("{W}/emptydir", "{W}/file.txt", "{W}/missing")), switch("--full"), UNKNOWN_FLAGS]),
     # eval never gets a runnable --suite: with --suite it always has a bad model or videos too
     "eval": command_line("eval", [
         Arg(None, *damaged("{in:one-frame .gif}", "{in:folder of 3 frames}", "{in:odd-sized 33x19 .avi}")),
