@@ -146,13 +146,16 @@ class Noising:
 
     def __init__(self, model, recipe: Recipe):
         from .models.family import family_of
+        from .pipelines.common import Settings
 
         info, sched = model.info, model.scheduler_config
         self.prediction = info.prediction
         self.steps = int(sched.get("num_train_timesteps", 1000))
-        self.low = float((family_of(info).lora_training(info) or {}).get("low", 0.0))  # Wan 2.2: `transformer`'s levels
-        if self.prediction == "flow":
-            self.shift = family_of(info).flow_shift(info, recipe.frames, recipe.height, recipe.width)
+        self.low = float(spec(info)["low"])  # Wan 2.2: the levels `transformer` serves
+        if self.prediction == "flow":  # the shift sampling uses at this size (LTX's by token count), else the folder's
+            clip = Settings(frames=recipe.frames, height=recipe.height, width=recipe.width)
+            shift = family_of(info).settings(info, clip).shift
+            self.shift = float(shift if shift is not None else sched.get("shift", 1.0) or 1.0)
         else:
             from diffusers import DDPMScheduler
 
@@ -236,18 +239,20 @@ def save_family_lora(net, part: str, recipe: Recipe, path: Path, step: int, data
 def finetune_family(info: ModelInfo, data: str | Path, run: Path, rank: int = 8, steps: int = 1000,
                     frames: int | None = None, stride: int = 1, skip_bad: bool = False, lora_out=None,
                     lr: float | None = None, batch: int = 8, height: int | None = None, width: int | None = None,
-                    sample_steps: int | None = None, samples: int = 4) -> Path:
+                    sample_steps: int | None = None, samples: int = 4, full: bool = False, vae_steps: int = 0,
+                    config=None) -> Path:
     """Train a LoRA of `rank` on a Wan, LTX-Video or AnimateDiff folder (`info`) from a folder of captioned clips;
     returns the LoRA file (`lora_out`, default RUN/lora.safetensors). Resumes from RUN's newest checkpoint."""
     from accelerate import Accelerator
 
     from .models.family import load_model
-    from .train import Logger, latest_checkpoint, lr_at, plot_curve, save_checkpoint, shard
+    from .train import (Logger, latest_checkpoint, load_optimizer, lr_at, optimizer_tensors, plot_curve, save_checkpoint,
+                        shard)
 
     lora = spec(info)
     require(isinstance(batch, int) and batch >= 1, f"--batch must be a whole number >= 1, got {batch!r}")
     require(lr is None or (isinstance(lr, float) and 0 < lr < 1), f"--lr must be in (0, 1), got {lr!r}")
-    frames, height, width = check(info, rank, steps, frames, height, width)
+    frames, height, width = check(info, rank, steps, frames, height, width, full, vae_steps, config)
     recipe = Recipe(info.family, rank, steps, batch, lr or 1e-4, frames, height, width, stride, warmup=min(50, steps // 10))
     folder = FolderDataset(data, (height, width), frames, stride, skip_bad)  # every clip checked before loading
     out = Path(lora_out) if lora_out else run / "lora.safetensors"
@@ -269,8 +274,6 @@ def finetune_family(info: ModelInfo, data: str | Path, run: Path, rank: int = 8,
     start, history = 0, []
     ckpt = latest_checkpoint(run)
     if ckpt is not None:
-        from .train import load_optimizer
-
         meta = json.loads((ckpt / "meta.json").read_text())
         require(meta.get("recipe", {}) | {"steps": steps} == asdict(recipe),
                 f"{run} holds a run with other settings ({meta.get('recipe')}); give another --run")
@@ -315,8 +318,6 @@ def finetune_family(info: ModelInfo, data: str | Path, run: Path, rank: int = 8,
         if done % 10 == 0 or done == steps:
             log.log(done, loss=float(np.mean([h[1] for h in history[-10:]])))
         if (done % recipe.checkpoint_every == 0 or done == steps) and accelerator.is_main_process:
-            from .train import optimizer_tensors
-
             tensors, meta = optimizer_tensors(opt)
             tensors.update({f"lora.{n}": p.detach() for n, p in params})
             meta.update(stage="lora", step=done, history=history, recipe=asdict(recipe))

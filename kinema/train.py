@@ -1036,10 +1036,10 @@ def finetune(data: str | Path, model_dir: str | Path, run_dir: str | Path | None
     info = describe(model_dir, motion_adapter)
     run = Path(run_dir) if run_dir else Path("runs") / f"finetune-{Path(data).resolve().name}"
     if family_of(info).lora_training(info) is not None:  # Wan, LTX-Video, AnimateDiff: a LoRA with the family's loss
-        from .finetune import check, finetune_family
+        from .finetune import finetune_family
 
-        check(info, 8 if full else rank, steps, frames, height, width, full, vae_steps, config)
-        return finetune_family(info, data, run, rank, steps, frames, stride, skip_bad, lora_out, lr, batch, height, width)
+        return finetune_family(info, data, run, rank, steps, frames, stride, skip_bad, lora_out, lr, batch, height, width,
+                               full=full, vae_steps=vae_steps, config=config)
     require(motion_adapter is None, "--motion-adapter goes with an AnimateDiff (Stable Diffusion 1.5) folder")
     require("lora" in info.features, f"--data fine-tunes kinema's own model; {info.path} is a {info.name} model")
     d = info.defaults

@@ -256,10 +256,6 @@ class ModelFamily:
         low: the lowest noise level that module serves). None: fine-tuned another way (kinema's own) or not at all."""
         return None
 
-    def flow_shift(self, info: ModelInfo, frames: int, height: int, width: int) -> float:
-        """The flow shift sampling uses for a clip of this size (training draws its noise levels with it)."""
-        return float(info.defaults.shift)
-
     def settings(self, info: ModelInfo, settings):
         """The job's settings with what depends on the clip's size resolved (LTX: the flow shift); as given here."""
         return settings

@@ -547,9 +547,6 @@ class LTXFamily(ModelFamily):
         return dict(part="transformer", low=0.0, targets=r"transformer_blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)"
                                                          r"|transformer_blocks\.\d+\.ff\.net\.(0\.proj|2)")
 
-    def flow_shift(self, info, frames, height, width):
-        return clip_shift(info, frames, height, width)  # dynamic: by the clip's token count
-
     def recognises(self, path: Path) -> bool:
         index = Path(path) / INDEX
         if not index.is_file():
