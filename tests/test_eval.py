@@ -65,6 +65,33 @@ def test_edit_scores_compare_the_object_with_the_source():
     assert edit["iou"] == 1.0 and edit["colour_ok"] and edit["background_ok"]
 
 
+def test_object_mask_holds_for_objects_near_the_background_colour():
+    """An object whose colour lies near the background's (yellow on orange, 71 apart) drawn a few levels off its
+    palette colour toward the background is still the object (cut at half the contrast), where a fixed distance
+    lost it; a textured background with no object stays empty."""
+    import cv2
+    import numpy as np
+
+    from kinema.world import metrics
+
+    w = world.World("all", canonical=True)
+    clip = next(c for s in range(200) if (c := w.clip(s)).spec.background == "orange" and c.spec.texture == 0)
+    source = metrics.object_masks(clip.video)
+    yellow, orange = np.array(world.COLOURS["yellow"], float), np.array(world.COLOURS["orange"], float)
+    faded = (yellow + 15 * (orange - yellow) / np.linalg.norm(orange - yellow)).round().astype(np.uint8)
+    edit = clip.video.copy()
+    edit[source] = faded
+    assert np.linalg.norm(faded - orange) < metrics.OBJECT_DISTANCE  # a fixed 60 would find no object at all
+    caption = world.canonical_caption("yellow", clip.spec.shape, clip.spec.direction, "orange")
+    assert metrics.edit_scores(edit, clip.video, caption)["iou"] >= 0.9  # the source's soft edge pixels aside
+    textured = next(c for s in range(200) if (c := w.clip(s)).spec.texture > 0.02)
+    empty = textured.video.copy()
+    for frame, obj in zip(empty, metrics.object_masks(textured.video)):  # the object painted out, the texture kept
+        grown = cv2.dilate(obj.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        frame[grown] = np.median(np.concatenate([frame[0], frame[-1]]), axis=0).astype(np.uint8)
+    assert not metrics.object_masks(empty).any()
+
+
 def test_eval_source_scores_edits_and_refuses_another_clip(tmp_path, capsys):
     w = world.World("all", canonical=True)
     a, b = w.clip(1), w.clip(2)
