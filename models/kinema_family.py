@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from kinema.errors import KinemaError, require
 from kinema.video_io import replace_path
 
-from .family import Model, ModelDefaults, ModelFamily, ModelInfo, register, safetensors_parameters
+from .family import Model, ModelDefaults, ModelFamily, ModelInfo, register, safetensors_parameters, valid_interval
 
 INDEX = "kinema.json"
 FORMAT = "kinema-model"
@@ -81,6 +81,18 @@ def _read_json(file: Path):
         raise KinemaError(f"{file} is nested too deeply to be a model file; re-create the folder with `kinema init`") from None
 
 
+def _student_restyle_ok(v) -> bool:
+    """The student's own restyle settings (`fast.restyle`): guidance, the band it guides in, the control's scale."""
+    def number(x, hi):
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= hi
+
+    return (isinstance(v, dict) and set(v) <= {"guidance", "guidance_interval", "control_scale"}
+            and ("guidance" not in v or number(v["guidance"], 50))
+            and ("control_scale" not in v or number(v["control_scale"], 5))
+            and ("guidance_interval" not in v or (isinstance(v["guidance_interval"], list)
+                                                   and valid_interval(tuple(v["guidance_interval"])))))
+
+
 def _check_index(index: dict, where: Path) -> None:
     """The index entries kinema reads have the types it needs: a damaged or hostile index fails here, in one line."""
     checks = {
@@ -95,8 +107,10 @@ def _check_index(index: dict, where: Path) -> None:
                  and isinstance(v.get("guidance"), (int, float)) and not isinstance(v.get("guidance"), bool)
                  and 0 <= v["guidance"] <= 50
                  and ("shift" not in v or (isinstance(v["shift"], (int, float)) and not isinstance(v["shift"], bool)
-                                           and 0 < v["shift"] <= 100)),
-                 '{"lora": "NAME.safetensors" (in the folder), "steps": 1-1000, "guidance": 0-50, optional "shift": (0, 100]}'),
+                                           and 0 < v["shift"] <= 100))
+                 and ("restyle" not in v or _student_restyle_ok(v["restyle"])),
+                 '{"lora": "NAME.safetensors" (in the folder), "steps": 1-1000, "guidance": 0-50, optional "shift": (0, 100], '
+                 'optional "restyle": {"guidance": 0-50, "guidance_interval": [lo, hi], "control_scale": 0-5}}'),
     }
     for key, (ok, want) in checks.items():
         if key in index and not ok(index[key]):

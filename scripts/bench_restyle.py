@@ -159,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=16, help="frames per clip")
     p.add_argument("--size", type=int, default=64, help="clip height and width (>= 16 for optical flow)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps before the strength cut (default: the model's, 25)")
-    p.add_argument("--fast", action="store_true", help="the folder's few-step student at its steps, guidance and shift")
+    p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                   help="the folder's few-step student at its restyle settings (default: as `kinema restyle`, the "
+                        "folder's choice, defaults.restyle_fast); --no-fast: the full model")
     p.add_argument("--shift", type=float, default=None, help="flow shift of the sampling schedule (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's for restyling)")
     p.add_argument("--strength", type=float, default=None, help="restyle strength of both runs (default: the model's)")
@@ -296,18 +298,23 @@ def main() -> None:
     try:
         from kinema import jobs
 
-        fast = jobs._fast(kinema.info(args.model), dict(fast=True)) if args.fast else {}
+        info = kinema.info(args.model)
+        if args.fast is None:  # as kinema restyle: the folder's student where its defaults say so
+            args.fast = bool(info.defaults.restyle_fast and (info.index or {}).get("fast"))
+        fast = jobs._fast(info, dict(fast=True)) if args.fast else {}
         model = kinema.load(args.model, device=args.device, loras=fast.get("lora"))
     except kinema.KinemaError as e:
         sys.exit(f"bench_restyle: error: {e}")
-    common = dict(model=model, steps=args.steps if args.steps is not None or not args.fast else fast["steps"],
-                  guidance=args.guidance if args.guidance is not None or not args.fast else fast["guidance"],
-                  shift=args.shift if args.shift is not None else fast.get("shift"), strength=args.strength, height=args.size,
+    # --fast: the student with what `kinema restyle --fast` resolves (its steps, shift and restyle settings from the
+    # folder's `fast` entry) for every setting not given here
+    common = dict(model=model, steps=args.steps, guidance=args.guidance, shift=args.shift, strength=args.strength, height=args.size,
                   width=args.size, flow_steps=args.flow_steps, flow_strength=args.flow_strength,
                   structure=args.structure, method=args.method, progress=False, control=args.control,
                   control_scale=args.control_scale,
                   guidance_interval=tuple(float(v) for v in args.guidance_interval.split(":")) if args.guidance_interval else None)
-    args.steps = common["steps"]  # what the runs use, for the report
+    if args.fast:
+        common["fast"] = True
+    args.steps = common["steps"] if common["steps"] is not None else fast.get("steps")  # what the runs use, for the report
     if args.compare:
         figures = compare(args, common)
         if args.json_out:

@@ -1,7 +1,7 @@
 """Copy a trained model folder into the package as the default weights (float16 safetensors).
 
     python scripts/ship_default.py runs/default/model
-    python scripts/ship_default.py runs/control/model --backbone-from runs/long/model   # the control stage, as shipped
+    python scripts/ship_default.py runs/control2/model --backbone-from kinema/weights/default   # the control stage, as shipped
 
 Weights are stored in float16 to halve the download; `kinema.load` upcasts them to the
 requested dtype (float32 on CPU). The folder is replaced atomically. The training record
@@ -27,7 +27,15 @@ RESTYLE = dict(restyle_strength=0.9, restyle_structure=0.3, restyle_guidance=7.5
 # With the control input (27,000 steps): the source's edge maps at scale 2 and the source redrawn whole (strength 1,
 # no layout injection), chosen on world clips 1000-1005 (docs/restyle-control/tuning/): colour 100%, IoU 0.68,
 # track 1.08 px, shape kept 100%; FlowEdit with the control drew the shapes closer (IoU 0.72) but recoloured 83%.
-CONTROL = dict(restyle_strength=1.0, restyle_structure=0.0, restyle_guidance=7.5, restyle_control_scale=2.0)
+CONTROL = dict(restyle_strength=1.0, restyle_structure=0.0, restyle_guidance=7.5, restyle_control_scale=2.0,
+               restyle_fast=True)
+# Restyle runs the 4-step student (restyle_fast; docs/restyle-control: IoU 0.800 vs 0.686 on the tuning clips). The
+# student samples at flow shift 8 (chosen on the training split, docs/default-model/fast/shift/). With the 29,500-step
+# adapter it restyles under control scale 1.5 with guidance 3 on its first step only (interval (0.95, 1]; the others
+# unguided), chosen on tuning clips: 24 own-renderer clips of seeds 100-123 (`bench_restyle.py --renderer own
+# --first-clip 100 --clips 24 --fast`) and world clips 1000-1005: colour 96% / 100%, IoU 0.856 / 0.807, track
+# 0.73 / 0.68 px (unguided: colour 96% / 100%, IoU 0.816 / 0.811, track 1.35 / 0.75 px; docs/restyle-control/student-guidance/).
+FAST = dict(shift=8.0, restyle=dict(guidance=3.0, guidance_interval=[0.95, 1.0], control_scale=1.5))
 # The pace of long clips: the 25,500-step weights told a 256-frame clip's length crept at about the world's
 # pace in single windows (direction 85%, scripts/probe_pace.py) but lost the direction when windows were
 # fused (6 of 16 chunks, worst seam 5.56, scripts/bench_long.py); told 16 frames: 16 of 16 chunks, seam 1.83
@@ -66,7 +74,8 @@ def ship(src: Path, dest: Path = DEST, backbone_from: Path | None = None) -> Pat
         control = json.loads((src / "denoiser" / "config.json").read_text()).get("control_channels", 0)
         index["defaults"] = {**index.get("defaults", {}), **(CONTROL if control else RESTYLE), **PACE, **FOLLOW}
         fast = index.get("fast")
-        if fast:  # the few-step student's LoRA travels with the folder (float32: a few MB)
+        if fast:
+            fast = index["fast"] = {**fast, **FAST}  # the few-step student's LoRA travels with the folder (float32: a few MB)
             # a run's export keeps no student; then the shipped folder's (trained on the same backbone) stays
             shutil.copy2(src / fast["lora"] if (src / fast["lora"]).is_file() else dest / fast["lora"], tmp / fast["lora"])
         (tmp / "kinema.json").write_text(json.dumps(index, indent=2))

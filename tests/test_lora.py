@@ -224,6 +224,12 @@ def test_fast_picks_the_folders_student_and_its_steps(trained_like_model, tmp_pa
                                                                           shift=-1)}))
     with pytest.raises(KinemaError, match="fast must be"):
         jobs.prepare_generate("a red circle", folder, fast=True)
+    # the student's own restyle settings (fast.restyle): known names of the right kinds only
+    for bad in ({"guidance": "3"}, {"guidance_interval": [1.0, 0.5]}, {"control_scale": 99}, {"steps": 2}, [3.0]):
+        (folder / "kinema.json").write_text(json.dumps({**index, "fast": dict(lora="fast.safetensors", steps=3,
+                                                                              guidance=1.0, restyle=bad)}))
+        with pytest.raises(KinemaError, match="fast must be"):
+            jobs.prepare_generate("a red circle", folder, fast=True)
 
 
 def test_the_shipped_student_loads_at_its_steps():
@@ -243,10 +249,15 @@ def test_restyle_uses_the_shipped_student_unless_told_not_to():
     src = Path(__file__).resolve().parents[1] / "samples" / "source.mp4"  # the README's restyle source
     prompt = "a yellow circle moving right on a blue background"
     job = jobs.prepare_restyle(src, prompt)
-    assert (job.settings.steps, job.settings.guidance, job.settings.shift) == (4, 1.0, 8.0)
+    assert (job.settings.steps, job.settings.shift) == (4, 8.0)
+    # the student's own restyle settings (fast.restyle): guidance 3 on its first step only, control scale 1.5
+    assert (job.settings.guidance, tuple(job.settings.guidance_interval), job.settings.control_scale) == (3.0, (0.95, 1.0), 1.5)
     assert job.placement.loras[0][0].endswith("fast.safetensors") and job.inputs["control"] == "edges"
+    given = jobs.prepare_restyle(src, prompt, guidance=1.0, control_scale=2.0)  # the caller's settings win
+    assert (given.settings.guidance, given.settings.control_scale) == (1.0, 2.0)
     full = jobs.prepare_restyle(src, prompt, fast=False)
     assert (full.settings.steps, full.settings.guidance, full.placement.loras) == (25, 7.5, ())
+    assert (tuple(full.settings.guidance_interval), full.settings.control_scale) == ((0.0, 1.0), 2.0)
     plain = kinema.load(device="cpu", dtype="float32")  # loaded without the student: the full model, no error
     assert jobs.prepare_restyle(src, prompt, model=plain).settings.steps == 25
     assert len(job.placement.loras) == 1 and job.placement.loras[0][0].endswith("fast.safetensors")
