@@ -509,7 +509,9 @@ def prepare_restyle(video, prompt: str, model=None, max_frames: int | None = Non
     if options.get("fast") is None:  # left out: the model folder's choice for restyling
         options = {**options, "fast": _restyle_fast(info_for(model), model)}
     if options["fast"]:  # the student's own restyle settings (its `fast.restyle` entry) where the caller gives none
-        given = ((info_for(model).index or {}).get("fast") or {}).get("restyle", {})
+        given = dict(((info_for(model).index or {}).get("fast") or {}).get("restyle", {}))
+        if options.get("control") == "none":  # no control to scale
+            given.pop("control_scale", None)
         options = {**options, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if options.get(k) is None}}
     options = _fast(info_for(model), options)
     sampling, where, windows, restyle, control = _split(options, "restyle", SAMPLING, PLACEMENT, WINDOWS, RESTYLE, CONTROL)

@@ -255,6 +255,10 @@ def test_restyle_uses_the_shipped_student_unless_told_not_to():
     assert job.placement.loras[0][0].endswith("fast.safetensors") and job.inputs["control"] == "edges"
     given = jobs.prepare_restyle(src, prompt, guidance=1.0, control_scale=2.0)  # the caller's settings win
     assert (given.settings.guidance, given.settings.control_scale) == (1.0, 2.0)
+    bare = jobs.prepare_restyle(src, prompt, control="none")  # the student without a control: nothing to scale
+    assert bare.inputs["control"] == "none" and bare.settings.control is None and bare.settings.guidance == 3.0
+    edit = jobs.prepare_restyle(src, prompt, method="flowedit", strength=0.9, source_prompt="a red circle moving right on a blue background")
+    assert edit.restyle.method == "flowedit" and edit.settings.steps == 4
     full = jobs.prepare_restyle(src, prompt, fast=False)
     assert (full.settings.steps, full.settings.guidance, full.placement.loras) == (25, 7.5, ())
     assert (tuple(full.settings.guidance_interval), full.settings.control_scale) == ((0.0, 1.0), 2.0)

@@ -87,7 +87,7 @@ FORMS: dict[str, tuple[Field, ...]] = {
                 Field("strength", "float", "Strength"),
                 Field("control", "choice", "Structure control (auto: edges where the model reads them)",
                       Choices("kinema.models.control", "KINDS", first=("auto",)), optional=True),
-                Field("control_scale", "float", "Control scale (blank: 1)", group="more", optional=True),
+                Field("control_scale", "float", "Control scale (blank: the model's for restyling)", group="more", optional=True),
                 Field("structure", "float", "Structure (sdedit; blank: the model's)", optional=True),
                 Field("flow", "switch", "Optical flow"), Field("flow_strength", "float", "Flow strength"),
                 Field("flow_steps", "float", "Flow steps (fraction)"),
