@@ -506,18 +506,19 @@ def prepare_restyle(video, prompt: str, model=None, max_frames: int | None = Non
                     resize: str = "crop", **options) -> Job:
     """Video-to-video: `video` restyled as `prompt` says, its motion kept (length and fps from the source)."""
     check_prompt(prompt)
+    info = info_for(model)
     if options.get("fast") is None:  # left out: the model folder's choice for restyling
-        options = {**options, "fast": _restyle_fast(info_for(model), model)}
-    if options["fast"]:  # the student's own restyle settings (its `fast.restyle` entry) where the caller gives none
-        given = dict(((info_for(model).index or {}).get("fast") or {}).get("restyle", {}))
-        if options.get("control") == "none":  # no control to scale
-            given.pop("control_scale", None)
-        options = {**options, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if options.get(k) is None}}
-    options = _fast(info_for(model), options)
+        options = {**options, "fast": _restyle_fast(info, model)}
+    # the student's own restyle settings (its `fast.restyle` entry) where the caller gives none
+    student = ((info.index or {}).get("fast") or {}).get("restyle", {}) if options["fast"] else {}
+    for name in ("guidance", "guidance_interval"):
+        if options.get(name) is None and name in student:
+            options = {**options, name: tuple(student[name]) if isinstance(student[name], list) else student[name]}
+    options = _fast(info, options)
     sampling, where, windows, restyle, control = _split(options, "restyle", SAMPLING, PLACEMENT, WINDOWS, RESTYLE, CONTROL)
     require(sampling.get("frames") is None,
             "restyle takes its length from the source; choose frames with --max-frames, --stride and --start")
-    info, placement = info_for(model), placement_for(model, **where)
+    placement = placement_for(model, **where)
     info.check_task("restyle")
     kind = restyle_control(info, **control)
     require(resize in video_io.RESIZE_POLICIES, f"unknown --resize {resize!r}; use one of {', '.join(video_io.RESIZE_POLICIES)}")
@@ -545,8 +546,8 @@ def prepare_restyle(video, prompt: str, model=None, max_frames: int | None = Non
     if kind == "edges" and opts.strength > 0:  # the source's edge maps steer every denoiser call
         from .models.control import control_input
 
-        given = control.get("control_scale")
-        scale = float(info.defaults.restyle_control_scale if given is None else given)  # the model's scale for restyling
+        given = control.get("control_scale")  # else the model's scale for restyling (its student's, when it runs)
+        scale = float(student.get("control_scale", info.defaults.restyle_control_scale) if given is None else given)
         settings = replace(settings, control=control_input(source, info.spatial_compression), control_scale=scale)
         inputs["control_scale"] = scale
     return Job("restyle", prompt, info, settings, placement, long=long, restyle=opts, source=source, inputs=inputs)
