@@ -127,6 +127,15 @@ class DenoiserStage:
     reflow_batch: int = 8
     control: bool = False
     control_dropout: float = 0.3
+    # loss weight of the object's latent cells (any object pixel in the cell, and the cells around it) against the
+    # background's, normalised by the batch's mean weight: an object covers ~3-10% of a frame, and one close to its
+    # background's colour moves the latents little, so a plain MSE barely sees whether it is drawn. The masks come
+    # from the clips' pixels (`object_cells`), cached beside the latents
+    object_weight: float = 1.0
+    # [share, distance]: that share of every batch drawn from clips whose object and background colours lie within
+    # `distance` (RGB, 0-441) of each other (red on orange, orange on yellow, purple on blue); the dataset's
+    # `contrast(label)` gives it (the world's). (): clips uniformly
+    close_pairs: tuple[float, ...] = ()
     # which parameters learn: "all", or "control" (only the control adapter; the backbone frozen, as T2I-Adapter trains
     # its adapter: without a control the network computes exactly what it did)
     train: str = "all"
@@ -202,6 +211,11 @@ class WorldDataset:
     def caption(self, label: dict, rng: np.random.Generator) -> str:
         spec = self.world.ClipSpec(**label, size=0, start=(0, 0), velocity=(0, 0), texture=0)
         return self.world.paraphrase(spec, rng)
+
+    def contrast(self, label: dict) -> float:
+        """RGB distance between the clip's object and background colours (`denoiser.close_pairs`)."""
+        a, b = (np.array(self.world.COLOURS[label[k]], dtype=float) for k in ("colour", "background"))
+        return float(np.linalg.norm(a - b))
 
 
 def _wide_world(split: str = "train", size: int = 64, wrap: bool = False) -> WorldDataset:
@@ -547,6 +561,36 @@ def build_cache(cfg: TrainConfig, model: Model, run: Path) -> dict:
     return {**data, **meta}
 
 
+def object_cells(video: np.ndarray, r: int) -> torch.Tensor:
+    """uint8 frames (F, H, W, 3) -> (F, H/r, W/r) bool: latent cells holding an object pixel (one that differs from
+    its frame's median colour by more than 25 of 255 in some channel), and the cells around them."""
+    x = torch.from_numpy(np.asarray(video)).float()  # (F, H, W, 3)
+    bg = x.flatten(1, 2).median(dim=1).values[:, None, None]
+    obj = ((x - bg).abs().amax(-1) > 25).float()[:, None]  # (F, 1, H, W)
+    cells = F.max_pool2d(obj, r, stride=r)
+    return F.max_pool2d(cells, 3, stride=1, padding=1)[:, 0] > 0
+
+
+def object_cache(cfg: TrainConfig, model: Model, run: Path, cache: dict) -> torch.Tensor:
+    """(clips, 1, F, h, w) uint8 object cells of the cache's short clips (windows of long clips: none), rendered
+    again from their seeds and kept beside the latent cache (`denoiser.object_weight`)."""
+    d = cfg.denoiser
+    short = len(cache["specs"]) - d.long_clips
+    path = run / "cache" / f"objects-{cfg.dataset}-{short}-{cfg.frames}-{cfg.size}-{cfg.seed}.safetensors"
+    if path.is_file():
+        return load_file(path)["objects"]
+    data, r = open_dataset(cfg), model.info.spatial_compression
+    cells = [object_cells(data.clip(cfg.seed * 10_000_000 + j, cfg.frames)[0], r) for j in tqdm(range(short), desc="object cells")]
+    masks = torch.stack(cells)[:, None].to(torch.uint8).contiguous()
+    if d.long_clips:
+        masks = torch.cat([masks, torch.zeros(d.long_clips, *masks.shape[1:], dtype=torch.uint8)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({"objects": masks}, tmp)
+    os.replace(tmp, path)
+    return masks
+
+
 def _encode_captions(model: Model, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     hidden, mask = [], []
     for i in tqdm(range(0, len(captions), 256), desc="encode captions"):
@@ -654,6 +698,11 @@ def denoiser_batch(cfg: TrainConfig, cache: dict, caption_index: dict, step: int
         return _reflow_batch(cfg, cache, caption_index, rng, rank, processes)
     short = len(cache["specs"]) - d.long_clips  # the cache holds the short clips, then the long windows
     idx = rng.integers(0, short, size=d.batch)
+    if d.close_pairs:  # some samples from the clips whose object is close to its background's colour
+        share, _ = d.close_pairs
+        close = cache["close"]
+        pick = np.random.default_rng([cfg.seed, 2, step, 2])
+        idx = np.where(pick.random(d.batch) < share, close[pick.integers(0, len(close), size=d.batch)], idx)
     if d.long_clips and d.long_share > 0:  # some samples from the windows of longer clips
         long = rng.random(d.batch) < d.long_share
         idx = np.where(long, short + rng.integers(0, d.long_clips, size=d.batch), idx)
@@ -680,11 +729,15 @@ def denoiser_batch(cfg: TrainConfig, cache: dict, caption_index: dict, step: int
         keep = (crng.random(d.batch) >= d.control_dropout) & (idx < short)
         maps = cache["control"][torch.from_numpy(np.minimum(idx, short - 1))].float() / 255.0
         control = (maps, torch.from_numpy(keep).float())
+    weight = None
+    if "objects" in cache:  # per-cell loss weights (B, 1, F, h, w)
+        weight = 1 + (d.object_weight - 1) * cache["objects"][torch.from_numpy(idx)].float()
     if processes == 1:
-        return xt, sigma * 1000, text, cond, noise - x0, frames, control
+        return xt, sigma * 1000, text, cond, noise - x0, frames, control, weight
     p = slice(rank * d.batch // processes, (rank + 1) * d.batch // processes)
     return (xt[p], sigma[p] * 1000, TextEmbeds(text.hidden[p], text.mask[p]), FrameCondition(cond.latents[p], cond.mask[p]),
-            (noise - x0)[p], frames[p], None if control is None else (control[0][p], control[1][p]))
+            (noise - x0)[p], frames[p], None if control is None else (control[0][p], control[1][p]),
+            None if weight is None else weight[p])
 
 
 def _reflow_batch(cfg: TrainConfig, cache: dict, caption_index: dict, rng: np.random.Generator, rank: int,
@@ -709,7 +762,7 @@ def _reflow_batch(cfg: TrainConfig, cache: dict, caption_index: dict, rng: np.ra
     frames = cache["clip_frames"][idx]
     p = slice(rank * d.batch // processes, (rank + 1) * d.batch // processes)
     return (xt[p], sigma[p] * 1000, TextEmbeds(text.hidden[p], text.mask[p]), FrameCondition(cond.latents[p], cond.mask[p]),
-            (noise - x0)[p], frames[p], None)
+            (noise - x0)[p], frames[p], None, None)
 
 
 def motion_term(pred: torch.Tensor, target: torch.Tensor, lags) -> torch.Tensor:
@@ -727,6 +780,14 @@ def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start
     with accelerator.main_process_first():  # one process encodes the cache, the others read it
         cache = build_cache(cfg, model, run)
     data = open_dataset(cfg)
+    if d.object_weight != 1 and not d.reflow:
+        with accelerator.main_process_first():
+            cache["objects"] = object_cache(cfg, model, run, cache)
+    if d.close_pairs:
+        short = len(cache["specs"]) - d.long_clips
+        cache["close"] = np.array([i for i in range(short) if data.contrast(cache["specs"][i]) <= d.close_pairs[1]])
+        if not len(cache["close"]):
+            raise KinemaError(f"denoiser.close_pairs: no clip's colours lie within {d.close_pairs[1]} of each other")
     caption_index = {c: i for i, c in enumerate(cache["captions"])}
     grow_denoiser(model, d.grow, model.info.spatial_compression ** 2 if d.control else 0)
     net = model.denoiser.float().train()
@@ -762,7 +823,7 @@ def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start
     warm_from = start if state is None else 0  # without optimizer state (a fresh run, or continuing from a folder) warm up again
     log = Logger(run, "denoiser", start, d.steps, accelerator.is_main_process)
     for step in range(start, d.steps):
-        xt, t, text, cond, target, frames, control = denoiser_batch(cfg, cache, caption_index, step,
+        xt, t, text, cond, target, frames, control, weight = denoiser_batch(cfg, cache, caption_index, step,
                                                                     accelerator.process_index, data, accelerator.num_processes)
         dev = accelerator.device
         extra = dict(clip_frames=frames.to(dev)) if length_input else {}
@@ -773,7 +834,11 @@ def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start
         with accelerator.autocast():
             pred = net(xt.to(dev), t.to(dev), text.to(dev), FrameCondition(cond.latents.to(dev), cond.mask.to(dev)), **extra)
         pred, target = pred.float(), target.to(dev)
-        loss = F.mse_loss(pred, target)
+        if weight is None:
+            loss = F.mse_loss(pred, target)
+        else:  # normalised by the mean weight over every process's batch
+            weight = weight.to(dev)
+            loss = (weight * (pred - target).pow(2)).mean() / global_mean(weight.mean(), accelerator)
         if d.motion_loss > 0:
             loss = loss + d.motion_loss * motion_term(pred, target, d.motion_lags)
         accelerator.backward(loss)
@@ -1086,6 +1151,13 @@ def train(config: str | Path | None, model_dir: str | Path, run_dir: str | Path 
         raise KinemaError("denoiser.train: control trains the control adapter; set denoiser.control: true")
     if not 0 <= cfg.denoiser.control_dropout < 1:
         raise KinemaError(f"denoiser.control_dropout must be in [0, 1); got {cfg.denoiser.control_dropout}")
+    if not cfg.denoiser.object_weight >= 1:
+        raise KinemaError(f"denoiser.object_weight must be >= 1 (1: no weighting); got {cfg.denoiser.object_weight}")
+    cp = tuple(cfg.denoiser.close_pairs)
+    if cp and not (len(cp) == 2 and 0 < cp[0] <= 1 and cp[1] > 0):
+        raise KinemaError(f"denoiser.close_pairs must be [share in (0, 1], RGB distance > 0]; got {list(cp)}")
+    if cp and cfg.dataset == "folder":
+        raise KinemaError("denoiser.close_pairs needs a dataset that knows its clips' colours (world, world-wide)")
     lf = cfg.denoiser.long_frames
     if cfg.denoiser.long_clips and not (len(lf) == 2 and cfg.frames <= lf[0] <= lf[1]):
         raise KinemaError(f"denoiser.long_frames must be [shortest, longest] clip lengths with {cfg.frames} (frames) "

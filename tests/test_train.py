@@ -83,8 +83,8 @@ def test_loss_goes_down_on_a_fixed_batch(fresh_model):
                  text_hidden=text.hidden.half(), text_mask=text.mask)
     cfg.denoiser.text_dropout = 0.0
     batch = denoiser_batch(cfg, {**cache, "captions": caps}, {c: i for i, c in enumerate(caps)}, 0, 0)
-    xt, t, emb, cond, target, frames, control = batch
-    assert control is None  # no control input in this config
+    xt, t, emb, cond, target, frames, control, weight = batch
+    assert control is None and weight is None  # no control input, no object weighting in this config
     assert (frames == cfg.frames).all()  # short clips only: each is a whole clip
     emb.hidden, emb.mask = text.hidden[[1] * 4], text.mask[[1] * 4]
     losses = []
@@ -323,6 +323,72 @@ def test_high_noise_share_draws_noisy_levels():
     share = (levels(high_noise=(0.5, 0.9)) >= 0.9).float().mean()
     assert 0.35 < share < 0.65
     assert (levels(high_noise=(1.0, 0.95)) >= 0.95).all()
+
+
+def test_object_cells_mark_the_object_and_its_neighbours_on_the_latent_grid():
+    from kinema import world
+    from kinema.train import object_cells
+
+    clip = world.World(split="all").clip(4)
+    cells = object_cells(clip.video, 4)  # (F, 16, 16)
+    assert cells.shape == (16, 16, 16)
+    for f in (0, 15):
+        cx, cy = clip.spec.centre(f)
+        assert cells[f, int(cy) // 4, int(cx) // 4]  # the object's centre
+    assert cells.float().mean() < 0.3  # most of the frame is background, texture included
+    plain = np.full_like(clip.video, 90)
+    assert not object_cells(plain, 4).any()
+
+
+def test_close_pairs_and_object_weight_shape_the_batch():
+    """`close_pairs: [1, d]` draws every sample from clips whose colours lie within d; `object_weight` weighs their
+    object cells in the loss."""
+    from kinema.train import DenoiserStage, TrainConfig, WorldDataset, denoiser_batch
+
+    from kinema import world
+
+    specs = [dict(colour="red", shape="circle", direction="right", background="orange"),
+             dict(colour="white", shape="circle", direction="right", background="black")]
+    caps = [""] + sorted({c for s in specs for c in world.captions_for(**s)})
+    objects = torch.zeros(2, 1, 4, 8, 8, dtype=torch.uint8)
+    objects[:, :, :, 2:4, 2:4] = 1
+    cache = dict(latents=torch.zeros(2, 4, 4, 8, 8).half(), captions=caps, text_hidden=torch.zeros(len(caps), 3, 8).half(),
+                 text_mask=torch.ones(len(caps), 3, dtype=torch.bool), specs=specs, objects=objects)
+    index = {c: i for i, c in enumerate(caps)}
+    data = WorldDataset()
+    assert data.contrast(specs[0]) == pytest.approx(104.9, abs=0.1) and data.contrast(specs[1]) > 300
+    cache["close"] = np.array([i for i, s in enumerate(specs) if data.contrast(s) <= 120])
+    cfg = TrainConfig(denoiser=DenoiserStage(batch=32, text_dropout=0.0, close_pairs=(1.0, 120), object_weight=4.0))
+    for step in range(3):
+        *_, weight = denoiser_batch(cfg, cache, index, step, 0, data)
+        assert weight.shape == (32, 1, 4, 8, 8) and set(weight.unique().tolist()) == {1.0, 4.0}
+    drawn = set()
+    cfg.denoiser = DenoiserStage(batch=32, text_dropout=0.0, close_pairs=(1.0, 120))
+    caption = data.caption
+    data.caption = lambda label, rng: drawn.add(label["background"]) or caption(label, rng)
+    plain = {k: v for k, v in cache.items() if k != "objects"}
+    assert denoiser_batch(cfg, plain, index, 0, 0, data)[-1] is None  # no objects cached: no weights
+    assert drawn == {"orange"}  # every sample a close pair
+    drawn.clear()
+    cfg.denoiser = DenoiserStage(batch=32, text_dropout=0.0)
+    denoiser_batch(cfg, plain, index, 0, 0, data)
+    assert drawn == {"orange", "black"}  # uniform over the clips
+
+
+@pytest.mark.parametrize("line, message", [
+    ("  object_weight: 0.5\n", "object_weight must be >= 1"),
+    ("  close_pairs: [1.5, 100]\n", "close_pairs must be"),
+    ("  close_pairs: [0.25]\n", "close_pairs must be"),
+])
+def test_bad_object_weight_or_close_pairs_is_an_error_before_any_work(tmp_path, line, message):
+    from kinema.errors import KinemaError
+    from kinema.train import train
+
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.read_text().replace("  steps: 8\n", "  steps: 8\n" + line, 1))
+    with pytest.raises(KinemaError, match=message):
+        train(config, tmp_path / "no-model", tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_motion_term_lags():
