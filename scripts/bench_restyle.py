@@ -190,9 +190,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="world seed of the first clip (tune settings on other clips than the benchmark's, e.g. 1000)")
     p.add_argument("--new-background", action="store_true",
                    help="the prompts also change the background (the background figure then counts the new one)")
+    p.add_argument("--close-pairs", type=float, default=None, metavar="D",
+                   help="only clips whose prompted object and background colours lie within D (RGB distance) of each "
+                        "other: red/orange (105), orange/yellow (71), blue/purple (114) at 120")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to run")
     p.add_argument("--json-out", default=None, help="also write the figures here as JSON")
     return p
+
+
+def colour_distance(a: str, b: str) -> float:
+    """RGB distance between two palette colours."""
+    from kinema import world
+
+    return float(np.linalg.norm(np.subtract(world.COLOURS[a], world.COLOURS[b], dtype=float)))
+
+
+def fixed_clips(args) -> list[tuple[np.ndarray, str, str, str, str]]:
+    """The benchmark's clips; with --close-pairs D, the first `clips` of the renderer's sequence (from --first-clip on)
+    whose prompted object colour lies within D of the prompted background's."""
+    make = own_clips if args.renderer == "own" else clips
+    if args.close_pairs is None:
+        return make(args.clips, args.frames, args.size, args.first_clip, args.new_background)
+    scan = 8 * args.clips
+    while True:
+        close = [c for c in make(scan, args.frames, args.size, args.first_clip, args.new_background)
+                 if colour_distance(c[2], c[3]) <= args.close_pairs]
+        if len(close) >= args.clips:
+            return close[: args.clips]
+        if scan >= 64 * args.clips:
+            raise SystemExit(f"error: only {len(close)} of {scan} clips have colours within {args.close_pairs}; "
+                             "raise --close-pairs or lower --clips")
+        scan *= 2
 
 
 def restyle_clips(args, common: dict) -> tuple[list[dict], dict]:
@@ -204,8 +232,7 @@ def restyle_clips(args, common: dict) -> tuple[list[dict], dict]:
 
     rows = []
     print(f"{'clip':>4}  {'prompt':<52} {'warp src':>8} {'flow':>7} {'no-flow':>7}  {'motion px flow/no':>17}  colour flow/no")
-    make = own_clips if args.renderer == "own" else clips
-    fixed = make(args.clips, args.frames, args.size, args.first_clip, args.new_background)
+    fixed = fixed_clips(args)
     for i, (source, prompt, target, background, caption) in enumerate(fixed):
         fw, mask = reference(source)
         track = metrics.analyse_video(source).trajectory
@@ -290,7 +317,11 @@ def compare(args, common: dict) -> dict:
 
 
 def main() -> None:
-    args = build_parser().parse_args()
+    parser = build_parser()
+    args = parser.parse_args()
+    if args.close_pairs is not None and args.close_pairs <= 0:
+        parser.error(f"--close-pairs must be an RGB distance > 0 (120 takes red/orange, orange/yellow, blue/purple); "
+                     f"got {args.close_pairs}")
 
     import kinema
 

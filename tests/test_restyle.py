@@ -516,6 +516,25 @@ def test_own_renderer_draws_clips_the_oracle_reads():
     assert np.mean(areas) > (64 / 4) ** 2 * 0.6  # larger than the world's largest object on average (circles included)
 
 
+def test_close_pairs_keeps_only_clips_whose_colours_are_near_each_other():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_restyle", ROOT / "scripts" / "bench_restyle.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for renderer in ("own", "world"):
+        args = bench.build_parser().parse_args(["--renderer", renderer, "--clips", "3", "--frames", "4", "--size", "16",
+                                                "--close-pairs", "120", "--first-clip", "100"])
+        close = bench.fixed_clips(args)
+        assert len(close) == 3
+        assert all({c[2], c[3]} in ({"red", "orange"}, {"orange", "yellow"}, {"blue", "purple"}) for c in close)
+        args.close_pairs = None
+        assert len({c[1] for c in bench.fixed_clips(args)} - {c[1] for c in close}) > 0  # unfiltered: others too
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_restyle.py"), "--close-pairs", "0"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--close-pairs must be an RGB distance > 0" in r.stderr
+
+
 def test_pixel_fusion_follows_flow_unless_set():
     assert RestyleOptions().pixel_fusion is True and RestyleOptions(flow=False).pixel_fusion is False
     assert RestyleOptions(pixel_fusion=False).pixel_fusion is False
