@@ -319,6 +319,7 @@ def save(model: Model, path: str | Path, overwrite: bool = False) -> Path:
         raise KinemaError(f"cannot create {path}: {e.strerror or e}; choose a writable folder") from e
     try:
         _write_folder(model, tmp)
+        _carry_named_files(model, path, tmp)
         replace_path(tmp, path)
     except OSError as e:  # disk full, permissions: the temporary goes, an existing model stays
         shutil.rmtree(tmp, ignore_errors=True)
@@ -327,6 +328,19 @@ def save(model: Model, path: str | Path, overwrite: bool = False) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _carry_named_files(model: Model, path: Path, tmp: Path) -> None:
+    """Files the index names beside the weights (the student LoRA of its `fast` entry) come along into the new folder:
+    from the folder the model was loaded from, else from the one being replaced; training a folder on, or saving it
+    elsewhere, keeps its `--fast` working."""
+    name = (model.index.get("fast") or {}).get("lora") if isinstance(model.index.get("fast"), dict) else None
+    if not name or (tmp / name).exists():
+        return
+    for folder in (model.path, path):
+        if folder is not None and (Path(folder) / name).is_file():
+            shutil.copy2(Path(folder) / name, tmp / name)
+            return
 
 
 def _write_folder(model: Model, tmp: Path) -> None:

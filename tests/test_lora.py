@@ -265,3 +265,26 @@ def test_restyle_uses_the_shipped_student_unless_told_not_to():
     plain = kinema.load(device="cpu", dtype="float32")  # loaded without the student: the full model, no error
     assert jobs.prepare_restyle(src, prompt, model=plain).settings.steps == 25
     assert len(job.placement.loras) == 1 and job.placement.loras[0][0].endswith("fast.safetensors")
+
+
+def test_saving_a_folder_keeps_its_student(trained_like_model, tmp_path):
+    """Writing a model folder again (training on from it, or `save` elsewhere) carries the student LoRA its index names."""
+    import shutil
+
+    import kinema
+    from kinema.models.kinema_family import save
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained_like_model.path, folder)
+    random_lora(trained_like_model.denoiser, folder / "fast.safetensors", seed=6)
+    index = json.loads((folder / "kinema.json").read_text())
+    (folder / "kinema.json").write_text(json.dumps({**index, "fast": dict(lora="fast.safetensors", steps=3, guidance=1.0)}))
+    model = kinema.load(folder, device="cpu", dtype="float32")
+    student = (folder / "fast.safetensors").read_bytes()
+    save(model, folder, overwrite=True)  # as training's export does
+    assert (folder / "fast.safetensors").read_bytes() == student
+    save(model, tmp_path / "copy")
+    assert (tmp_path / "copy" / "fast.safetensors").read_bytes() == student
+    plain = kinema.load(trained_like_model.path, device="cpu", dtype="float32")
+    save(plain, tmp_path / "plain")  # no student named: none written
+    assert not (tmp_path / "plain" / "fast.safetensors").exists()
