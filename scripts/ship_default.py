@@ -1,7 +1,7 @@
 """Copy a trained model folder into the package as the default weights (float16 safetensors).
 
     python scripts/ship_default.py runs/default/model
-    python scripts/ship_default.py runs/control2/model --backbone-from kinema/weights/default   # the control stage, as shipped
+    python scripts/ship_default.py runs/control3/model --backbone-from kinema/weights/default   # the control stage, as shipped
 
 Weights are stored in float16 to halve the download; `kinema.load` upcasts them to the
 requested dtype (float32 on CPU). The folder is replaced atomically. The training record
@@ -35,6 +35,8 @@ CONTROL = dict(restyle_strength=1.0, restyle_structure=0.0, restyle_guidance=7.5
 # unguided), chosen on tuning clips: 24 own-renderer clips of seeds 100-123 (`bench_restyle.py --renderer own
 # --first-clip 100 --clips 24 --fast`) and world clips 1000-1005: colour 96% / 100%, IoU 0.856 / 0.807, track
 # 0.73 / 0.68 px (unguided: colour 96% / 100%, IoU 0.816 / 0.811, track 1.35 / 0.75 px; docs/restyle-control/student-guidance/).
+# The 30,500-step adapter (object-weighted loss, close colour pairs oversampled; configs/default-control.yaml) ships
+# under the same settings: re-tuning on close pairs (control 2, strength 0.75) read worse.
 FAST = dict(shift=8.0, restyle=dict(guidance=3.0, guidance_interval=[0.95, 1.0], control_scale=1.5))
 # The pace of long clips: the 25,500-step weights told a 256-frame clip's length crept at about the world's
 # pace in single windows (direction 85%, scripts/probe_pace.py) but lost the direction when windows were
