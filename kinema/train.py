@@ -864,7 +864,8 @@ def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start
                 export(cfg, model, ema, done)
     log.close()
     if accelerator.is_main_process:
-        plot_curve(history, run / "denoiser_loss.png", "denoiser loss (flow matching MSE)")
+        weighted = ", object cells x{:g}".format(d.object_weight) if d.object_weight != 1 and not d.reflow else ""
+        plot_curve(history, run / "denoiser_loss.png", f"denoiser loss (flow matching MSE{weighted})")
         sampler = load_model(model.path)
         if d.lora:  # the samples with the adapter as it is saved
             from .models.lora import load_loras
