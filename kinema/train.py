@@ -214,8 +214,7 @@ class WorldDataset:
 
     def contrast(self, label: dict) -> float:
         """RGB distance between the clip's object and background colours (`denoiser.close_pairs`)."""
-        a, b = (np.array(self.world.COLOURS[label[k]], dtype=float) for k in ("colour", "background"))
-        return float(np.linalg.norm(a - b))
+        return self.world.colour_distance(label["colour"], label["background"])
 
 
 def _wide_world(split: str = "train", size: int = 64, wrap: bool = False) -> WorldDataset:

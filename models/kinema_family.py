@@ -334,7 +334,8 @@ def _carry_named_files(model: Model, path: Path, tmp: Path) -> None:
     """Files the index names beside the weights (the student LoRA of its `fast` entry) come along into the new folder:
     from the folder the model was loaded from, else from the one being replaced; training a folder on, or saving it
     elsewhere, keeps its `--fast` working."""
-    name = (model.index.get("fast") or {}).get("lora") if isinstance(model.index.get("fast"), dict) else None
+    fast = model.index.get("fast")
+    name = fast.get("lora") if isinstance(fast, dict) else None
     if not name or (tmp / name).exists():
         return
     for folder in (model.path, path):

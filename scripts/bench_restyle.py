@@ -198,16 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def colour_distance(a: str, b: str) -> float:
-    """RGB distance between two palette colours."""
-    from kinema import world
-
-    return float(np.linalg.norm(np.subtract(world.COLOURS[a], world.COLOURS[b], dtype=float)))
-
-
 def fixed_clips(args) -> list[tuple[np.ndarray, str, str, str, str]]:
     """The benchmark's clips; with --close-pairs D, the first `clips` of the renderer's sequence (from --first-clip on)
     whose prompted object colour lies within D of the prompted background's."""
+    from kinema.world import colour_distance
+
     make = own_clips if args.renderer == "own" else clips
     if args.close_pairs is None:
         return make(args.clips, args.frames, args.size, args.first_clip, args.new_background)

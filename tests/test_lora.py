@@ -178,16 +178,23 @@ def test_api_load_with_loras_matches_the_flag(trained_like_model, tmp_path):
     assert (kinema.generate("a red circle", model=m, frames=2, height=16, width=16, steps=2, progress=False) != plain).any()
 
 
-def test_fast_picks_the_folders_student_and_its_steps(trained_like_model, tmp_path):
+def folder_with_student(trained, tmp_path: Path) -> tuple[Path, dict]:
+    """A copy of `trained`'s folder with a random student LoRA named in its `fast` entry (3 steps, guidance 1); and
+    the index it had before."""
     import shutil
 
-    from kinema import jobs
-
     folder = tmp_path / "model"
-    shutil.copytree(trained_like_model.path, folder)
-    random_lora(trained_like_model.denoiser, folder / "fast.safetensors", seed=6)
+    shutil.copytree(trained.path, folder)
+    random_lora(trained.denoiser, folder / "fast.safetensors", seed=6)
     index = json.loads((folder / "kinema.json").read_text())
     (folder / "kinema.json").write_text(json.dumps({**index, "fast": dict(lora="fast.safetensors", steps=3, guidance=1.0)}))
+    return folder, index
+
+
+def test_fast_picks_the_folders_student_and_its_steps(trained_like_model, tmp_path):
+    from kinema import jobs
+
+    folder, index = folder_with_student(trained_like_model, tmp_path)
     job = jobs.prepare_generate("a red circle", folder, fast=True, frames=2, height=16, width=16)
     assert (job.settings.steps, job.settings.guidance) == (3, 1.0)
     assert job.placement.loras == ((str(folder / "fast.safetensors"), 1.0),)
@@ -269,16 +276,10 @@ def test_restyle_uses_the_shipped_student_unless_told_not_to():
 
 def test_saving_a_folder_keeps_its_student(trained_like_model, tmp_path):
     """Writing a model folder again (training on from it, or `save` elsewhere) carries the student LoRA its index names."""
-    import shutil
-
     import kinema
     from kinema.models.kinema_family import save
 
-    folder = tmp_path / "model"
-    shutil.copytree(trained_like_model.path, folder)
-    random_lora(trained_like_model.denoiser, folder / "fast.safetensors", seed=6)
-    index = json.loads((folder / "kinema.json").read_text())
-    (folder / "kinema.json").write_text(json.dumps({**index, "fast": dict(lora="fast.safetensors", steps=3, guidance=1.0)}))
+    folder, _ = folder_with_student(trained_like_model, tmp_path)
     model = kinema.load(folder, device="cpu", dtype="float32")
     student = (folder / "fast.safetensors").read_bytes()
     save(model, folder, overwrite=True)  # as training's export does
