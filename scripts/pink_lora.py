@@ -1,12 +1,13 @@
 """Teach the default model a colour its world does not have: pink (240, 100, 170), as a LoRA.
 
-    python scripts/pink_lora.py data runs/pink-clips                 # the training clips: mp4 + caption .txt
-    kinema train --data runs/pink-clips --lora 8 --steps 1000 --lora-out samples/pink-lora.safetensors
-    python scripts/pink_lora.py eval --lora samples/pink-lora.safetensors --json-out docs/default-model/pink/eval.json
+    python scripts/pink_lora.py data runs/pink2-clips                # the training clips: mp4 + caption .txt
+    kinema train --data runs/pink2-clips --model kinema/weights/default --lora 8 --vae-steps 300 --steps 1800 \
+        --lora-out runs/pink2/pink-lora.safetensors --run runs/pink2
+    python scripts/pink_lora.py eval --lora samples/pink-lora.safetensors --json-out docs/default-model/pink-2/pink_eval.json
 
 `data` renders clips with the world's renderer (every shape and motion, the world's backgrounds and
 sizes) in pink, except three (shape, motion) pairs held out of the pink clips (`HELDOUT`), and as many
-ordinary world clips (train split) beside them, so the LoRA learns the new word without forgetting the
+ordinary world clips (train split) beside them (720 each by default: the shipped LoRA's folder), so the LoRA learns the new word without forgetting the
 old ones. Each clip is written as an mp4 with its caption (one of the world's paraphrases) beside it: the
 folder is exactly what a user's own clips look like to `kinema train --data`.
 
@@ -102,8 +103,8 @@ def main() -> None:
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("data", help="write the training clips")
     d.add_argument("out", type=Path)
-    d.add_argument("--per-pair", type=int, default=20, help="pink clips per (shape, motion) pair")
-    d.add_argument("--world-clips", type=int, default=240, help="ordinary world clips beside them")
+    d.add_argument("--per-pair", type=int, default=60, help="pink clips per (shape, motion) pair")
+    d.add_argument("--world-clips", type=int, default=720, help="ordinary world clips beside them")
     d.add_argument("--seed", type=int, default=0)
     e = sub.add_parser("eval", help="score pink prompts with the LoRA")
     e.add_argument("--lora", default=None, help="LoRA file (none: the model as it is)")
