@@ -7,9 +7,10 @@
 
 `data` renders clips with the world's renderer (every shape and motion, the world's backgrounds and
 sizes) in pink, except three (shape, motion) pairs held out of the pink clips (`HELDOUT`), and as many
-ordinary world clips (train split) beside them (720 each by default: the shipped LoRA's folder), so the LoRA learns the new word without forgetting the
-old ones. Each clip is written as an mp4 with its caption (one of the world's paraphrases) beside it: the
-folder is exactly what a user's own clips look like to `kinema train --data`.
+ordinary world clips (train split) beside them (720 each by default: the shipped LoRA's folder), so the
+LoRA learns the new word without forgetting the old ones. Each clip is written as an mp4 with its caption
+(one of the world's paraphrases) beside it: the folder is exactly what a user's own clips look like to
+`kinema train --data`.
 
 `eval` generates pink clips of the held-out pairs on every world background (and of the trained pairs,
 for reference) with the LoRA, and reads each with the world's oracle given pink as one more palette

@@ -44,13 +44,6 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "purple": (150, 60, 200),
 }
 SHAPES = ("circle", "square", "triangle")
-
-
-def colour_distance(a: str, b: str) -> float:
-    """RGB distance between two palette colours (red/orange 105, orange/yellow 71, blue/purple 114)."""
-    return float(np.linalg.norm(np.subtract(COLOURS[a], COLOURS[b], dtype=float)))
-
-
 MOTIONS = ("left", "right", "up", "down", "still")
 DIRECTION_VECTORS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}
 
@@ -98,6 +91,11 @@ _STILL_TEMPLATES = (
     "a static {c} {s} over a {b} background",
     "{c} {s} not moving, {b} background",
 )
+
+
+def colour_distance(a: str, b: str) -> float:
+    """RGB distance between two palette colours (red/orange 105, orange/yellow 71, blue/purple 114)."""
+    return float(np.linalg.norm(np.subtract(COLOURS[a], COLOURS[b], dtype=float)))
 
 
 @dataclass(frozen=True)
