@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import shutil
 import tempfile
@@ -109,6 +110,12 @@ class DenoiserStage:
     lora: int = 0
     lora_alpha: float | None = None  # None: the rank (a scale of 1)
     lora_out: str | None = None
+    # the layers the LoRA adapts (a regex over module names, as PEFT's target_modules); None: `models/lora.py` TARGETS
+    # (the backbone's, not the control adapter's); "^control\\..*" trains one on the control adapter alone
+    lora_targets: str | None = None
+    # a LoRA file merged into the network before the LoRA above is trained on it: the folder's few-step student, so
+    # the control adapter learns under the network the student runs (its file then carries both, `models/lora.py`)
+    base_lora: str | None = None
     # with a LoRA: first adapt the autoencoder for `vae_lora_steps` steps with a LoRA of `vae_lora_rank` on the
     # data's frames (the VAE stage's loss), for colours or textures its latents cannot hold; the clips are then
     # encoded with it, and the file carries both adapters (`models/lora.py` VAE_PREFIX)
@@ -797,7 +804,14 @@ def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start
     if d.lora:  # a PEFT LoRA learns; the denoiser's own weights (and what grew) stay as they are
         from .models.lora import add_adapter
 
-        fresh, rest = [], add_adapter(net, LORA_NAME, d.lora, d.lora_alpha)
+        from .models.lora import TARGETS
+
+        if d.base_lora:  # the student's weights go into the frozen network first
+            from .models.lora import load_loras
+
+            load_loras(net, [(d.base_lora, 1.0)], merge=True)
+            print(f"merged {d.base_lora} into the denoiser", flush=True)
+        fresh, rest = [], add_adapter(net, LORA_NAME, d.lora, d.lora_alpha, targets=d.lora_targets or TARGETS)
         for n, p in net.named_parameters():
             p.requires_grad_(f".{LORA_NAME}." in n and "lora_" in n)
     else:
@@ -947,7 +961,7 @@ def export_lora(cfg: TrainConfig, ema, step: int, run: Path, model: Model) -> Pa
     d = cfg.denoiser
     vae = (model.vae.autoencoder, VAE_LORA_NAME, d.vae_lora_rank) if d.vae_lora_steps else None
     return save_lora(ema, LORA_NAME, lora_path(cfg, run), d.lora, d.lora_alpha,
-                     extra=dict(step=step, data=cfg.data, config=asdict(cfg)), vae=vae)
+                     extra=dict(step=step, data=cfg.data, config=asdict(cfg)), vae=vae, targets=d.lora_targets)
 
 
 VAE_LORA_NAME = "fitvae"
@@ -1149,6 +1163,15 @@ def train(config: str | Path | None, model_dir: str | Path, run_dir: str | Path 
         raise KinemaError(f"denoiser.train must be 'all' or 'control'; got {cfg.denoiser.train!r}")
     if cfg.denoiser.train == "control" and not cfg.denoiser.control:
         raise KinemaError("denoiser.train: control trains the control adapter; set denoiser.control: true")
+    if (cfg.denoiser.base_lora or cfg.denoiser.lora_targets) and not cfg.denoiser.lora:
+        raise KinemaError("denoiser.base_lora and denoiser.lora_targets go with a LoRA; set denoiser.lora to its rank")
+    if cfg.denoiser.base_lora and not Path(cfg.denoiser.base_lora).is_file():
+        raise KinemaError(f"denoiser.base_lora: {cfg.denoiser.base_lora} is not a file; name a kinema LoRA (.safetensors)")
+    if cfg.denoiser.lora_targets is not None:
+        try:
+            re.compile(cfg.denoiser.lora_targets)
+        except re.error as e:
+            raise KinemaError(f"denoiser.lora_targets is not a regular expression ({e}); give one such as '^control\\..*'") from None
     if not 0 <= cfg.denoiser.control_dropout < 1:
         raise KinemaError(f"denoiser.control_dropout must be in [0, 1); got {cfg.denoiser.control_dropout}")
     if not cfg.denoiser.object_weight >= 1:

@@ -76,7 +76,7 @@ def adapter_state(net, name: str) -> dict[str, torch.Tensor]:
 
 
 def save_lora(net, name: str, path: str | Path, rank: int, alpha: float | None = None, extra: dict | None = None,
-              vae: tuple | None = None) -> Path:
+              vae: tuple | None = None, targets: str | None = None) -> Path:
     """Write adapter `name` of `net` to `path` atomically (temporary file, then rename); `vae`: (autoencoder, adapter
     name, rank) of an autoencoder adapter saved beside it under `VAE_PREFIX`."""
     import os
@@ -84,7 +84,7 @@ def save_lora(net, name: str, path: str | Path, rank: int, alpha: float | None =
     from safetensors.torch import save_file
 
     path = Path(path)
-    meta = dict(family="kinema", rank=rank, alpha=float(alpha if alpha is not None else rank), targets=TARGETS,
+    meta = dict(family="kinema", rank=rank, alpha=float(alpha if alpha is not None else rank), targets=targets or TARGETS,
                 denoiser=_shape(net), **(extra or {}))
     state = adapter_state(net, name)
     if vae is not None:

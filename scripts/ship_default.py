@@ -2,6 +2,7 @@
 
     python scripts/ship_default.py runs/default/model
     python scripts/ship_default.py runs/control3/model --backbone-from kinema/weights/default   # the control stage, as shipped
+    python scripts/ship_default.py kinema/weights/default --student-control runs/sfc/control-lora.safetensors   # the student's adapter
 
 Weights are stored in float16 to halve the download; `kinema.load` upcasts them to the
 requested dtype (float32 on CPU). The folder is replaced atomically. The training record
@@ -48,6 +49,35 @@ PACE = dict(motion_length=16)
 # that wraps round the frame instead of a 16-frame trajectory repeated (256 frames: no centroid jumps, worst
 # seam 1.26 vs 1.84 without; scripts/bench_long.py).
 FOLLOW = dict(follow_motion=True)
+
+
+def student_with_control(student: Path, control: Path, out: Path) -> Path:
+    """The student's LoRA file with a LoRA of the control adapter beside it (`kinema train` with `base_lora` the
+    student and `lora_targets` the adapter's layers: the adapter trained under the network the student runs), written
+    to `out` atomically. Both parts must have one rank and alpha (a file has one of each); the loader adapts the layers
+    the keys name, so the student's control adapter differs and the full model's stays as it was."""
+    from safetensors import safe_open
+
+    def read(path):
+        with safe_open(str(path), "pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["kinema_lora"])
+
+    (base, meta), (extra, cmeta) = read(student), read(control)
+    if (meta["rank"], meta["alpha"]) != (cmeta["rank"], cmeta["alpha"]):
+        raise SystemExit(f"{control}: rank/alpha {cmeta['rank']}/{cmeta['alpha']}, the student's "
+                         f"{meta['rank']}/{meta['alpha']}; train it with the student's")
+    base = {k: v for k, v in base.items() if not k.startswith("control.")}  # a control part shipped before is replaced
+    if not extra or not all(k.startswith("control.") for k in extra):
+        raise SystemExit(f"{control} must adapt the control adapter's layers only (lora_targets: '^control\\..*')")
+    meta["targets"] = f"{meta['targets'].split(' | ')[0]} | {cmeta['targets']}"
+    meta["control"] = dict(step=cmeta.get("step"), config=cmeta.get("config"))
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        save_file({**base, **extra}, str(tmp), metadata={"kinema_lora": json.dumps(meta)})
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
 
 
 def ship(src: Path, dest: Path = DEST, backbone_from: Path | None = None) -> Path:
@@ -103,5 +133,13 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="trained model folder, e.g. runs/default/model")
     p.add_argument("--backbone-from", default=None, help="take every denoiser tensor but the control adapter's from here")
+    p.add_argument("--student-control", default=None, metavar="LORA",
+                   help="instead: put this control-adapter LoRA (trained under the student) into the folder SRC's "
+                        "student file, in place")
     args = p.parse_args()
-    print(ship(args.src, backbone_from=args.backbone_from))
+    if args.student_control:
+        index = json.loads((Path(args.src) / "kinema.json").read_text())
+        target = Path(args.src) / index["fast"]["lora"]
+        print(student_with_control(target, Path(args.student_control), target))
+    else:
+        print(ship(args.src, backbone_from=args.backbone_from))

@@ -240,3 +240,63 @@ def test_cli_control_errors_exit_2_before_loading(control_model_dir, tmp_path):
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
     assert "the control video has 3 frames and the clip 4" in out.stderr
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_a_control_lora_trained_under_the_student_rides_in_its_file(control_model_dir, tmp_path):
+    """`base_lora` + `lora_targets`: a LoRA of the control adapter alone, trained with a student LoRA merged into the
+    frozen network; `ship_default.student_with_control` puts it into the student's file. The folder is untouched, and
+    without a control the student with its control part computes what the student alone did."""
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    import yaml
+    from safetensors.torch import load_file
+
+    import kinema
+    from kinema.models.lora import add_adapter, save_lora
+    from kinema.models.seams import TextEmbeds
+    from kinema.train import train
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(control_model_dir, model_dir)
+    net = kinema.load(model_dir, device="cpu", dtype="float32").denoiser
+    add_adapter(net, "student", 4)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for n, p in net.named_parameters():
+            if ".student." in n and "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    student = save_lora(net, "student", tmp_path / "student.safetensors", 4)
+    cfg = yaml.safe_load(open("configs/tiny.yaml"))
+    cfg["dataset"] = "world-wide"
+    targets = r"^control\.(stem\.[02]|down\.\d+\.[02]|out\.\d+)$"
+    cfg["denoiser"].update(control=True, control_dropout=0.0, train="control", steps=4, lora=4, lora_alpha=4,
+                           lora_targets=targets, base_lora=str(student), lora_out=str(tmp_path / "control.safetensors"))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    before = load_file(model_dir / "denoiser" / "diffusion_pytorch_model.safetensors")
+    train(tmp_path / "c.yaml", model_dir, tmp_path / "run", stages="denoiser")
+    after = load_file(model_dir / "denoiser" / "diffusion_pytorch_model.safetensors")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    control = load_file(tmp_path / "control.safetensors")
+    assert control and all(k.startswith("control.") for k in control)
+    assert any(float(v.abs().sum()) > 0 for k, v in control.items() if "lora_B" in k)  # it learnt
+
+    spec = importlib.util.spec_from_file_location("ship_default", Path("scripts/ship_default.py"))
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    both = ship.student_with_control(student, tmp_path / "control.safetensors", tmp_path / "both.safetensors")
+    assert load_file(both).keys() == load_file(student).keys() | control.keys()
+
+    def predict(loras, with_control):
+        net = kinema.load(model_dir, device="cpu", dtype="float32", loras=[str(p) for p in loras]).denoiser
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(1, 4, 4, 8, 8, generator=gen)
+        text = TextEmbeds(torch.randn(1, 3, net.config.text_dim, generator=gen), torch.ones(1, 3, dtype=torch.bool))
+        extra = dict(control=torch.rand(1, 4, 4, 8, 8, generator=gen), control_scale=torch.ones(1)) if with_control else {}
+        with torch.no_grad():
+            return net(x, torch.tensor([900.0]), text, **extra)
+
+    assert torch.allclose(predict([both], False), predict([student], False), atol=1e-6)
+    assert not torch.allclose(predict([both], True), predict([student], True), atol=1e-4)
+    assert not torch.allclose(predict([student], True), predict([], True), atol=1e-4)
