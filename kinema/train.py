@@ -143,6 +143,15 @@ class DenoiserStage:
     # `distance` (RGB, 0-441) of each other (red on orange, orange on yellow, purple on blue); the dataset's
     # `contrast(label)` gives it (the world's). (): clips uniformly
     close_pairs: tuple[float, ...] = ()
+    # on-policy steps (for an adapter trained under a few-step student, `base_lora`): the noise levels the student
+    # samples at (its sigmas, e.g. [1.0, 0.9418, 0.8038, 0.0602] for 4 steps at shift 8). Each sample takes one of
+    # them at random; its input is the state the student's own Euler steps reach there from the sample's noise (no
+    # gradient; guidance `on_policy_guidance` on the first step, as the student restyles), and its target the velocity
+    # that takes that state straight to the clip, (x_t - x0) / sigma. The first level is the usual flow-matching
+    # sample at pure noise. `on_policy_control_scale`: the control's scale in these steps (the student restyles at 1.5)
+    on_policy: tuple[float, ...] = ()
+    on_policy_guidance: float = 1.0
+    on_policy_control_scale: float = 1.0
     # which parameters learn: "all", or "control" (only the control adapter; the backbone frozen, as T2I-Adapter trains
     # its adapter: without a control the network computes exactly what it did)
     train: str = "all"
@@ -834,6 +843,11 @@ def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start
         history = state["meta"]["history"]
     net, opt = accelerator.prepare(net, opt)
     warm_from = start if state is None else 0  # without optimizer state (a fresh run, or continuing from a folder) warm up again
+    uncond = None
+    if d.on_policy:
+        require("" in caption_index, "denoiser.on_policy needs the empty caption in the cache; set text_dropout > 0")
+        i = caption_index[""]
+        uncond = TextEmbeds(cache["text_hidden"][i : i + 1].float(), cache["text_mask"][i : i + 1])
     log = Logger(run, "denoiser", start, d.steps, accelerator.is_main_process)
     for step in range(start, d.steps):
         xt, t, text, cond, target, frames, control, weight = denoiser_batch(cfg, cache, caption_index, step,
@@ -842,6 +856,10 @@ def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start
         extra = dict(clip_frames=frames.to(dev)) if length_input else {}
         if control is not None:
             extra.update(control=control[0].to(dev), control_scale=control[1].to(dev))
+        if d.on_policy:  # the student's own states, its control scale
+            if "control" in extra:
+                extra["control_scale"] = extra["control_scale"] * d.on_policy_control_scale
+            xt, t, target = on_policy_states(d, net, step, xt, t, target, text, cond, extra, uncond, accelerator)
         for g in opt.param_groups:
             g["lr"] = g.get("lr_scale", 1.0) * lr_at(step - warm_from, d.lr, d.warmup, None) * cooldown_factor(step, d.steps, d.cooldown)
         with accelerator.autocast():
@@ -885,6 +903,36 @@ def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start
 
             sampler.loras = tuple(load_loras(sampler.denoiser, [(lora_path(cfg, run), 1.0)], vae=sampler.vae))
         sample_grid(sampler, cfg.sample_prompts, run / "samples.gif", steps=cfg.sample_steps)
+
+
+@torch.no_grad()
+def on_policy_states(d: DenoiserStage, net, step: int, xt, t, target, text, cond, extra: dict, uncond, accelerator):
+    """(x_t, t, target) of `denoiser.on_policy`: each sample at one of the student's noise levels, at the state its
+    own Euler steps reach there from the sample's noise, with the velocity that takes that state straight to the clip."""
+    sigma = (t / 1000)[:, None, None, None, None]
+    x0, noise = xt - sigma * target, xt + (1 - sigma) * target  # the batch's clip and noise
+    levels = torch.tensor(d.on_policy, dtype=torch.float32)
+    k = torch.from_numpy(np.random.default_rng([0, 5, step]).integers(0, len(levels), size=len(t)))
+    b, dev = len(t), accelerator.device
+    was = net.training
+    net.eval()
+    x, states = noise.clone(), noise.clone()
+    for j in range(int(k.max())):
+        states[k == j] = x[k == j]
+        tj = torch.full((b,), float(levels[j]) * 1000)
+        with accelerator.autocast():
+            v = net(x.to(dev), tj.to(dev), TextEmbeds(text.hidden.to(dev), text.mask.to(dev)),
+                    FrameCondition(cond.latents.to(dev), cond.mask.to(dev)), **extra).float().cpu()
+            if j == 0 and d.on_policy_guidance != 1:
+                u = net(x.to(dev), tj.to(dev), TextEmbeds(uncond.hidden.expand(b, -1, -1).to(dev),
+                                                          uncond.mask.expand(b, -1).to(dev)),
+                        FrameCondition(cond.latents.to(dev), cond.mask.to(dev)), **extra).float().cpu()
+                v = u + d.on_policy_guidance * (v - u)
+        x = x + (float(levels[j + 1]) - float(levels[j])) * v
+    states[k == int(k.max())] = x[k == int(k.max())]
+    net.train(was)
+    s = levels[k][:, None, None, None, None]
+    return states, levels[k] * 1000, (states - x0) / s
 
 
 GROWABLE = ("motion_embedding", "coord_channels", "length_embedding")
@@ -1163,6 +1211,11 @@ def train(config: str | Path | None, model_dir: str | Path, run_dir: str | Path 
         raise KinemaError(f"denoiser.train must be 'all' or 'control'; got {cfg.denoiser.train!r}")
     if cfg.denoiser.train == "control" and not cfg.denoiser.control:
         raise KinemaError("denoiser.train: control trains the control adapter; set denoiser.control: true")
+    op = tuple(cfg.denoiser.on_policy)
+    if op and not (op[0] == 1.0 and all(1 >= a > b > 0 for a, b in zip(op, op[1:])) and op[-1] > 0):
+        raise KinemaError(f"denoiser.on_policy must be the student's noise levels from 1.0 down, each > 0; got {list(op)}")
+    if op and cfg.denoiser.reflow:
+        raise KinemaError("denoiser.on_policy trains under a student; it does not go with reflow")
     if (cfg.denoiser.base_lora or cfg.denoiser.lora_targets) and not cfg.denoiser.lora:
         raise KinemaError("denoiser.base_lora and denoiser.lora_targets go with a LoRA; set denoiser.lora to its rank")
     if cfg.denoiser.base_lora and not Path(cfg.denoiser.base_lora).is_file():

@@ -272,7 +272,8 @@ def test_a_control_lora_trained_under_the_student_rides_in_its_file(control_mode
     cfg["dataset"] = "world-wide"
     targets = r"^control\.(stem\.[02]|down\.\d+\.[02]|out\.\d+)$"
     cfg["denoiser"].update(control=True, control_dropout=0.0, train="control", steps=4, lora=4, lora_alpha=4,
-                           lora_targets=targets, base_lora=str(student), lora_out=str(tmp_path / "control.safetensors"))
+                           lora_targets=targets, base_lora=str(student), lora_out=str(tmp_path / "control.safetensors"),
+                           on_policy=[1.0, 0.9, 0.5], on_policy_guidance=2.0, on_policy_control_scale=1.5)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     before = load_file(model_dir / "denoiser" / "diffusion_pytorch_model.safetensors")
     train(tmp_path / "c.yaml", model_dir, tmp_path / "run", stages="denoiser")

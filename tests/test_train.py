@@ -391,6 +391,41 @@ def test_bad_object_weight_or_close_pairs_is_an_error_before_any_work(tmp_path, 
     assert not (tmp_path / "run").exists()
 
 
+def test_on_policy_states_follow_the_students_own_steps():
+    """`denoiser.on_policy`: each sample's input is where the student's Euler steps (guided on the first) reach at its
+    level from the sample's noise, its target the velocity from there straight to the clip."""
+    from accelerate import Accelerator
+
+    from kinema.models import FrameCondition
+    from kinema.train import DenoiserStage, on_policy_states
+
+    levels = (1.0, 0.9418, 0.8038, 0.0602)
+    d = DenoiserStage(on_policy=levels, on_policy_guidance=3.0)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(16, 2, 2, 4, 4, generator=g), torch.randn(16, 2, 2, 4, 4, generator=g)
+    sigma = torch.rand(16, generator=g)
+    s = sigma[:, None, None, None, None]
+    xt, target = (1 - s) * x0 + s * noise, noise - x0
+    text = TextEmbeds(torch.ones(16, 3, 8), torch.ones(16, 3, dtype=torch.bool))
+    uncond = TextEmbeds(torch.zeros(1, 3, 8), torch.ones(1, 3, dtype=torch.bool))
+
+    class Net(torch.nn.Module):  # velocity 1 conditioned, 0 unconditioned: a guided step moves by 3 * dt
+        def forward(self, x, t, text, cond, **extra):
+            return torch.ones_like(x) * text.hidden[:, :1, :1, None, None].mean()
+
+    cond = FrameCondition(torch.zeros_like(x0), torch.zeros(16, 1, 2, 1, 1))
+    states, t, want = on_policy_states(d, Net(), 7, xt, sigma * 1000, target, text, cond, {}, uncond, Accelerator(cpu=True))
+    k = [levels.index(round(float(v), 4)) for v in t / 1000]
+    assert len(set(k)) > 1
+    reach = [0.0, 3 * (levels[1] - 1), 3 * (levels[1] - 1) + levels[2] - levels[1],
+             3 * (levels[1] - 1) + levels[3] - levels[1]]
+    for i, j in enumerate(k):
+        assert torch.allclose(states[i], noise[i] + reach[j], atol=1e-5)
+        assert torch.allclose(want[i], (states[i] - x0[i]) / levels[j], atol=1e-4)
+    first = [i for i, j in enumerate(k) if j == 0]
+    assert first and all(torch.allclose(want[i], target[i], atol=1e-5) for i in first)  # pure noise: flow matching
+
+
 def test_motion_term_lags():
     """Lag 1 is the consecutive-frame loss; a long lag sees a slow drift that consecutive frames hardly show."""
     from kinema.train import motion_term
