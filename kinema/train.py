@@ -147,8 +147,9 @@ class DenoiserStage:
     # samples at (its sigmas, e.g. [1.0, 0.9418, 0.8038, 0.0602] for 4 steps at shift 8). Each sample takes one of
     # them at random; its input is the state the student's own Euler steps reach there from the sample's noise (no
     # gradient; guidance `on_policy_guidance` on the first step, as the student restyles), and its target the velocity
-    # that takes that state straight to the clip, (x_t - x0) / sigma. The first level is the usual flow-matching
-    # sample at pure noise. `on_policy_control_scale`: the control's scale in these steps (the student restyles at 1.5)
+    # that takes that state straight to the clip, (x_t - x0) / sigma, its error weighed by sigma^2 (the error of the
+    # clip it implies, so the last, lowest level does not outweigh the others). The first level is the usual
+    # flow-matching sample at pure noise. `on_policy_control_scale`: the control's scale in these steps (the student restyles at 1.5)
     on_policy: tuple[float, ...] = ()
     on_policy_guidance: float = 1.0
     on_policy_control_scale: float = 1.0
@@ -865,6 +866,9 @@ def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start
         with accelerator.autocast():
             pred = net(xt.to(dev), t.to(dev), text.to(dev), FrameCondition(cond.latents.to(dev), cond.mask.to(dev)), **extra)
         pred, target = pred.float(), target.to(dev)
+        if d.on_policy:  # the loss on the clip each level's prediction implies (x_t - sigma v): the levels weigh alike
+            s = (t.to(dev) / 1000)[:, None, None, None, None]
+            pred, target = pred * s, target * s
         if weight is None:
             loss = F.mse_loss(pred, target)
         else:  # normalised by the mean weight over every process's batch
