@@ -379,6 +379,11 @@ def test_close_pairs_and_object_weight_shape_the_batch():
     ("  object_weight: 0.5\n", "object_weight must be >= 1"),
     ("  close_pairs: [1.5, 100]\n", "close_pairs must be"),
     ("  close_pairs: [0.25]\n", "close_pairs must be"),
+    ("  on_policy: [0.9, 0.5]\n", "on_policy must be"),
+    ("  on_policy: [1.0, 0.5, 0.7]\n", "on_policy must be"),
+    ("  base_lora: student.safetensors\n", "go with a LoRA"),
+    ("  lora: 4\n  base_lora: no-such.safetensors\n", "base_lora: no-such.safetensors is not a file"),
+    ("  lora: 4\n  lora_targets: '^control\\.('\n", "lora_targets is not a regular expression"),
 ])
 def test_bad_object_weight_or_close_pairs_is_an_error_before_any_work(tmp_path, line, message):
     from kinema.errors import KinemaError
