@@ -149,7 +149,8 @@ class DenoiserStage:
     # gradient; guidance `on_policy_guidance` on the first step, as the student restyles), and its target the velocity
     # that takes that state straight to the clip, (x_t - x0) / sigma, its error weighed by sigma^2 (the error of the
     # clip it implies, so the last, lowest level does not outweigh the others). The first level is the usual
-    # flow-matching sample at pure noise. `on_policy_control_scale`: the control's scale in these steps (the student restyles at 1.5)
+    # flow-matching sample at pure noise. `on_policy_control_scale`: the control's scale in these steps (the student
+    # restyles at 1.5)
     on_policy: tuple[float, ...] = ()
     on_policy_guidance: float = 1.0
     on_policy_control_scale: float = 1.0
@@ -912,7 +913,8 @@ def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start
 @torch.no_grad()
 def on_policy_states(d: DenoiserStage, net, step: int, xt, t, target, text, cond, extra: dict, uncond, accelerator):
     """(x_t, t, target) of `denoiser.on_policy`: each sample at one of the student's noise levels, at the state its
-    own Euler steps reach there from the sample's noise, with the velocity that takes that state straight to the clip."""
+    own Euler steps reach there from the sample's noise, with the velocity that takes that state straight to the
+    clip."""
     sigma = (t / 1000)[:, None, None, None, None]
     x0, noise = xt - sigma * target, xt + (1 - sigma) * target  # the batch's clip and noise
     levels = torch.tensor(d.on_policy, dtype=torch.float32)
