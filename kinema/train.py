@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -813,13 +813,9 @@ def train_denoiser(cfg: TrainConfig, model: Model, run: Path, accelerator, start
         raise KinemaError("denoiser.long_clips needs a denoiser with a length embedding; add "
                           "length_embedding to denoiser.grow")
     if d.lora:  # a PEFT LoRA learns; the denoiser's own weights (and what grew) stay as they are
-        from .models.lora import add_adapter
-
-        from .models.lora import TARGETS
+        from .models.lora import TARGETS, add_adapter, load_loras
 
         if d.base_lora:  # the student's weights go into the frozen network first
-            from .models.lora import load_loras
-
             load_loras(net, [(d.base_lora, 1.0)], merge=True)
             print(f"merged {d.base_lora} into the denoiser", flush=True)
         fresh, rest = [], add_adapter(net, LORA_NAME, d.lora, d.lora_alpha, targets=d.lora_targets or TARGETS)
@@ -922,17 +918,16 @@ def on_policy_states(d: DenoiserStage, net, step: int, xt, t, target, text, cond
     b, dev = len(t), accelerator.device
     was = net.training
     net.eval()
+    text, cond = text.to(dev), FrameCondition(cond.latents.to(dev), cond.mask.to(dev))
+    empty = None if uncond is None else TextEmbeds(uncond.hidden.expand(b, -1, -1), uncond.mask.expand(b, -1)).to(dev)
     x, states = noise.clone(), noise.clone()
     for j in range(int(k.max())):
         states[k == j] = x[k == j]
-        tj = torch.full((b,), float(levels[j]) * 1000)
+        tj = torch.full((b,), float(levels[j]) * 1000, device=dev)
         with accelerator.autocast():
-            v = net(x.to(dev), tj.to(dev), TextEmbeds(text.hidden.to(dev), text.mask.to(dev)),
-                    FrameCondition(cond.latents.to(dev), cond.mask.to(dev)), **extra).float().cpu()
-            if j == 0 and d.on_policy_guidance != 1:
-                u = net(x.to(dev), tj.to(dev), TextEmbeds(uncond.hidden.expand(b, -1, -1).to(dev),
-                                                          uncond.mask.expand(b, -1).to(dev)),
-                        FrameCondition(cond.latents.to(dev), cond.mask.to(dev)), **extra).float().cpu()
+            v = net(x.to(dev), tj, text, cond, **extra).float().cpu()
+            if j == 0 and d.on_policy_guidance != 1:  # guided as the student's first restyle step is
+                u = net(x.to(dev), tj, empty, cond, **extra).float().cpu()
                 v = u + d.on_policy_guidance * (v - u)
         x = x + (float(levels[j + 1]) - float(levels[j])) * v
     states[k == int(k.max())] = x[k == int(k.max())]

@@ -2,7 +2,7 @@
 
     python scripts/ship_default.py runs/default/model
     python scripts/ship_default.py runs/control3/model --backbone-from kinema/weights/default   # the control stage, as shipped
-    python scripts/ship_default.py kinema/weights/default --student-control runs/sfc/control-lora.safetensors   # the student's adapter
+    python scripts/ship_default.py kinema/weights/default --student-control runs/sfc2/control-lora.safetensors   # the student's adapter
 
 Weights are stored in float16 to halve the download; `kinema.load` upcasts them to the
 requested dtype (float32 on CPU). The folder is replaced atomically. The training record
@@ -56,13 +56,9 @@ def student_with_control(student: Path, control: Path, out: Path) -> Path:
     student and `lora_targets` the adapter's layers: the adapter trained under the network the student runs), written
     to `out` atomically. Both parts must have one rank and alpha (a file has one of each); the loader adapts the layers
     the keys name, so the student's control adapter differs and the full model's stays as it was."""
-    from safetensors import safe_open
+    from kinema.models.lora import META, read_lora
 
-    def read(path):
-        with safe_open(str(path), "pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["kinema_lora"])
-
-    (base, meta), (extra, cmeta) = read(student), read(control)
+    (base, meta), (extra, cmeta) = read_lora(student), read_lora(control)
     if (meta["rank"], meta["alpha"]) != (cmeta["rank"], cmeta["alpha"]):
         raise SystemExit(f"{control}: rank/alpha {cmeta['rank']}/{cmeta['alpha']}, the student's "
                          f"{meta['rank']}/{meta['alpha']}; train it with the student's")
@@ -73,7 +69,7 @@ def student_with_control(student: Path, control: Path, out: Path) -> Path:
     meta["control"] = dict(step=cmeta.get("step"), config=cmeta.get("config"))
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        save_file({**base, **extra}, str(tmp), metadata={"kinema_lora": json.dumps(meta)})
+        save_file({**base, **extra}, str(tmp), metadata={META: json.dumps(meta)})
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
