@@ -159,6 +159,18 @@ def _restyle_fast(info: ModelInfo, model) -> bool:
     return True
 
 
+def _student_restyle_lora(info: ModelInfo, model, lora, name: str) -> list:
+    """`lora` with the student's restyle LoRA (`fast.restyle.lora`, a file in the folder) stacked last: a LoRA of the
+    backbone trained under the student with the control on, on the student's own steps (docs/restyle-control), so it
+    changes restyle alone; generate and animate under the student stay as they were. A loaded model keeps the LoRAs
+    it was loaded with: one loaded without this file restyles without it (kinema.load(loras=[...]) adds it)."""
+    path = Path(info.path) / name
+    lora = [lora] if isinstance(lora, (str, Path)) else list(lora or [])
+    if isinstance(model, Model) and not any(Path(r["path"]).resolve() == path.resolve() for r in model.loras):
+        return lora
+    return [*lora, (str(path), 1.0)]
+
+
 def _split(options: dict, task: str, *groups: tuple[str, ...]) -> list[dict]:
     """`options` split by groups of names; a name in none of them is an error, as a wrong keyword is."""
     if "fast" in options:
@@ -518,9 +530,11 @@ def prepare_restyle(video, prompt: str, model=None, max_frames: int | None = Non
     sampling, where, windows, restyle, control = _split(options, "restyle", SAMPLING, PLACEMENT, WINDOWS, RESTYLE, CONTROL)
     require(sampling.get("frames") is None,
             "restyle takes its length from the source; choose frames with --max-frames, --stride and --start")
-    placement = placement_for(model, **where)
     info.check_task("restyle")
     kind = restyle_control(info, **control)
+    if student.get("lora") and kind == "edges":  # the student's own LoRA for restyling under the control
+        where["lora"] = _student_restyle_lora(info, model, where.get("lora"), student["lora"])
+    placement = placement_for(model, **where)
     require(resize in video_io.RESIZE_POLICIES, f"unknown --resize {resize!r}; use one of {', '.join(video_io.RESIZE_POLICIES)}")
     require(max_frames is None or (isinstance(max_frames, int) and max_frames >= 1), f"--max-frames must be >= 1 (got {max_frames})")
     require(isinstance(stride, int) and stride >= 1, f"--stride must be a whole number >= 1 (got {stride})")

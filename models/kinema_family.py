@@ -81,12 +81,19 @@ def _read_json(file: Path):
         raise KinemaError(f"{file} is nested too deeply to be a model file; re-create the folder with `kinema init`") from None
 
 
+def _file_name_ok(v) -> bool:
+    """A safetensors file in the model folder, named without a path."""
+    return isinstance(v, str) and "/" not in v and "\\" not in v and v.endswith(".safetensors") and not v.startswith(".")
+
+
 def _student_restyle_ok(v) -> bool:
-    """The student's own restyle settings (`fast.restyle`): guidance, the band it guides in, the control's scale."""
+    """The student's own restyle settings (`fast.restyle`): guidance, the band it guides in, the control's scale, and
+    a LoRA file in the folder stacked on the student when it restyles under the control."""
     def number(x, hi):
         return isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= hi
 
-    return (isinstance(v, dict) and set(v) <= {"guidance", "guidance_interval", "control_scale"}
+    return (isinstance(v, dict) and set(v) <= {"guidance", "guidance_interval", "control_scale", "lora"}
+            and ("lora" not in v or _file_name_ok(v["lora"]))
             and ("guidance" not in v or number(v["guidance"], 50))
             and ("control_scale" not in v or number(v["control_scale"], 5))
             and ("guidance_interval" not in v or (isinstance(v["guidance_interval"], list)
@@ -101,8 +108,7 @@ def _check_index(index: dict, where: Path) -> None:
                             f"a whole number in [1, {MAX_TEXT_LENGTH}]"),
         "frame_conditions": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of names"),
         # the few-step student (`kinema ... --fast`): a LoRA file in the folder and the steps and guidance it runs at
-        "fast": (lambda v: isinstance(v, dict) and isinstance(v.get("lora"), str) and "/" not in v["lora"]
-                 and v["lora"].endswith(".safetensors") and isinstance(v.get("steps"), int)
+        "fast": (lambda v: isinstance(v, dict) and _file_name_ok(v.get("lora")) and isinstance(v.get("steps"), int)
                  and not isinstance(v.get("steps"), bool) and 1 <= v["steps"] <= 1000
                  and isinstance(v.get("guidance"), (int, float)) and not isinstance(v.get("guidance"), bool)
                  and 0 <= v["guidance"] <= 50
@@ -110,7 +116,8 @@ def _check_index(index: dict, where: Path) -> None:
                                            and 0 < v["shift"] <= 100))
                  and ("restyle" not in v or _student_restyle_ok(v["restyle"])),
                  '{"lora": "NAME.safetensors" (in the folder), "steps": 1-1000, "guidance": 0-50, optional "shift": (0, 100], '
-                 'optional "restyle": {"guidance": 0-50, "guidance_interval": [lo, hi], "control_scale": 0-5}}'),
+                 'optional "restyle": {"guidance": 0-50, "guidance_interval": [lo, hi], "control_scale": 0-5, '
+                 '"lora": "NAME.safetensors"}}'),
     }
     for key, (ok, want) in checks.items():
         if key in index and not ok(index[key]):
@@ -331,17 +338,19 @@ def save(model: Model, path: str | Path, overwrite: bool = False) -> Path:
 
 
 def _carry_named_files(model: Model, path: Path, tmp: Path) -> None:
-    """Files the index names beside the weights (the student LoRA of its `fast` entry) come along into the new folder:
-    from the folder the model was loaded from, else from the one being replaced; training a folder on, or saving it
-    elsewhere, keeps its `--fast` working."""
+    """Files the index names beside the weights (the student LoRA of its `fast` entry and the student's restyle LoRA)
+    come along into the new folder: from the folder the model was loaded from, else from the one being replaced;
+    training a folder on, or saving it elsewhere, keeps its `--fast` working."""
     fast = model.index.get("fast")
-    name = fast.get("lora") if isinstance(fast, dict) else None
-    if not name or (tmp / name).exists():
-        return
-    for folder in (model.path, path):
-        if folder is not None and (Path(folder) / name).is_file():
-            shutil.copy2(Path(folder) / name, tmp / name)
-            return
+    fast = fast if isinstance(fast, dict) else {}
+    restyle = fast.get("restyle") if isinstance(fast.get("restyle"), dict) else {}
+    for name in (fast.get("lora"), restyle.get("lora")):
+        if not name or (tmp / name).exists():
+            continue
+        for folder in (model.path, path):
+            if folder is not None and (Path(folder) / name).is_file():
+                shutil.copy2(Path(folder) / name, tmp / name)
+                break
 
 
 def _write_folder(model: Model, tmp: Path) -> None:

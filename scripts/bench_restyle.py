@@ -328,12 +328,13 @@ def main() -> None:
         if args.fast is None:  # as kinema restyle: the folder's student where its defaults say so
             args.fast = bool(info.defaults.restyle_fast and (info.index or {}).get("fast"))
         fast = jobs._fast(info, dict(fast=True)) if args.fast else {}
-        model = kinema.load(args.model, device=args.device, loras=fast.get("lora"))
+        kinema.load(args.model, device=args.device, loras=fast.get("lora"))  # a bad folder fails here, once
     except kinema.KinemaError as e:
         sys.exit(f"bench_restyle: error: {e}")
     # --fast: the student with what `kinema restyle --fast` resolves (its steps, shift and restyle settings from the
-    # folder's `fast` entry) for every setting not given here
-    common = dict(model=model, steps=args.steps, guidance=args.guidance, shift=args.shift, strength=args.strength, height=args.size,
+    # folder's `fast` entry, and its restyle LoRA where the control is on) for every setting not given here; the
+    # folder is passed, not a loaded model, so each run loads what `kinema restyle` would (kept while it is the same)
+    common = dict(model=args.model, device=args.device, steps=args.steps, guidance=args.guidance, shift=args.shift, strength=args.strength, height=args.size,
                   width=args.size, flow_steps=args.flow_steps, flow_strength=args.flow_strength,
                   structure=args.structure, method=args.method, progress=False, control=args.control,
                   control_scale=args.control_scale,

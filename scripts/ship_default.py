@@ -3,6 +3,7 @@
     python scripts/ship_default.py runs/default/model
     python scripts/ship_default.py runs/control3/model --backbone-from kinema/weights/default   # the control stage, as shipped
     python scripts/ship_default.py kinema/weights/default --student-control runs/sfc2/control-lora.safetensors   # the student's adapter
+    python scripts/ship_default.py kinema/weights/default --student-restyle runs/rl/restyle-lora.safetensors   # its restyle LoRA
 
 Weights are stored in float16 to halve the download; `kinema.load` upcasts them to the
 requested dtype (float32 on CPU). The folder is replaced atomically. The training record
@@ -76,6 +77,32 @@ def student_with_control(student: Path, control: Path, out: Path) -> Path:
     return out
 
 
+RESTYLE_LORA = "fast-restyle.safetensors"
+
+
+def student_restyle(folder: Path, lora: Path, name: str = RESTYLE_LORA) -> Path:
+    """`lora` (a backbone LoRA trained with the student as `base_lora`, the control on: `kinema train` with
+    `on_policy`) copied into `folder` as `name` and named in its index (`fast.restyle.lora`), so restyle under the
+    student stacks it and generate and animate do not; each file written atomically."""
+    from kinema.models.lora import read_lora
+
+    tensors, _ = read_lora(lora)
+    if any(k.startswith("control.") for k in tensors):
+        raise SystemExit(f"{lora} adapts the control adapter; put that into the student's file (--student-control)")
+    index_file = folder / "kinema.json"
+    index = json.loads(index_file.read_text())
+    index["fast"].setdefault("restyle", {})["lora"] = name
+    for out, write in ((folder / name, lambda t: shutil.copyfile(lora, t)),
+                       (index_file, lambda t: Path(t).write_text(json.dumps(index, indent=2)))):
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        try:
+            write(tmp)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return folder / name
+
+
 def ship(src: Path, dest: Path = DEST, backbone_from: Path | None = None) -> Path:
     """Copy `src` to `dest` in float16; with `backbone_from`, every denoiser tensor but the control adapter's comes from
     that folder instead (the control stage's run trained the motion and length MLPs beside the adapter; shipping the
@@ -132,8 +159,13 @@ if __name__ == "__main__":
     p.add_argument("--student-control", default=None, metavar="LORA",
                    help="instead: put this control-adapter LoRA (trained under the student) into the folder SRC's "
                         "student file, in place")
+    p.add_argument("--student-restyle", default=None, metavar="LORA",
+                   help=f"instead: copy this backbone LoRA (trained under the student, control on) into SRC as "
+                        f"{RESTYLE_LORA}, stacked on the student when it restyles")
     args = p.parse_args()
-    if args.student_control:
+    if args.student_restyle:
+        print(student_restyle(Path(args.src), Path(args.student_restyle)))
+    elif args.student_control:
         index = json.loads((Path(args.src) / "kinema.json").read_text())
         target = Path(args.src) / index["fast"]["lora"]
         print(student_with_control(target, Path(args.student_control), target))

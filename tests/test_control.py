@@ -301,3 +301,58 @@ def test_a_control_lora_trained_under_the_student_rides_in_its_file(control_mode
     assert torch.allclose(predict([both], False), predict([student], False), atol=1e-6)
     assert not torch.allclose(predict([both], True), predict([student], True), atol=1e-4)
     assert not torch.allclose(predict([student], True), predict([], True), atol=1e-4)
+
+
+def test_the_students_restyle_lora_is_stacked_for_restyle_under_the_control_alone(control_model_dir, tmp_path):
+    """`fast.restyle.lora` (`ship_default.student_restyle`): a backbone LoRA stacked on the student when it restyles
+    with the control on; not for generate or animate, not with --control none, not without the student, and not on a
+    model loaded without it. It travels with the folder, and a bad name in the index is a one-line error."""
+    import importlib.util
+    import json
+    import shutil
+    from pathlib import Path
+
+    import kinema
+    from kinema import jobs
+    from kinema.errors import KinemaError
+    from kinema.models.family import load_model
+    from kinema.models.lora import add_adapter, save_lora
+
+    folder = tmp_path / "model"
+    shutil.copytree(control_model_dir, folder)
+    for name, targets in (("student", None), ("restyle", None), ("control", r"^control\.out\.\d+$")):
+        net = load_model(folder).denoiser  # a fresh network for each adapter
+        add_adapter(net, name, 2, **({"targets": targets} if targets else {}))
+        save_lora(net, name, tmp_path / f"{name}.safetensors", 2, **({"targets": targets} if targets else {}))
+    shutil.copy(tmp_path / "student.safetensors", folder / "fast.safetensors")
+    index = json.loads((folder / "kinema.json").read_text())
+    (folder / "kinema.json").write_text(json.dumps({**index, "fast": dict(lora="fast.safetensors", steps=2, guidance=1.0)}))
+    spec = importlib.util.spec_from_file_location("ship_default", Path("scripts/ship_default.py"))
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    with pytest.raises(SystemExit, match="adapts the control adapter"):
+        ship.student_restyle(folder, tmp_path / "control.safetensors")
+    assert ship.student_restyle(folder, tmp_path / "restyle.safetensors") == folder / "fast-restyle.safetensors"
+    assert json.loads((folder / "kinema.json").read_text())["fast"]["restyle"] == {"lora": "fast-restyle.safetensors"}
+
+    student, restyle = (str(folder / "fast.safetensors"), 1.0), (str(folder / "fast-restyle.safetensors"), 1.0)
+    src = shape_clip((220, 40, 40), (40, 60, 200))
+    small = dict(height=16, width=16, flow=False)
+    job = jobs.prepare_restyle(src, "a green square", folder, fast=True, **small)
+    assert job.placement.loras == (student, restyle) and job.settings.control is not None
+    assert jobs.run(job, progress=False).record["loras"][-1]["path"] == restyle[0]
+    assert jobs.prepare_restyle(src, "a green square", folder, fast=True, control="none", **small).placement.loras == (student,)
+    assert jobs.prepare_restyle(src, "a green square", folder, fast=False, **small).placement.loras == ()
+    assert jobs.prepare_generate("a green square", folder, fast=True, frames=4, height=16, width=16).placement.loras == (student,)
+    loaded = kinema.load(folder, device="cpu", dtype="float32", loras=[student[0]])
+    assert jobs.prepare_restyle(src, "a green square", loaded, fast=True, **small).placement.loras == (student,)
+    both = kinema.load(folder, device="cpu", dtype="float32", loras=[student[0], restyle[0]])
+    assert jobs.prepare_restyle(src, "a green square", both, fast=True, **small).placement.loras == (student, restyle)
+
+    kinema.save(kinema.load(folder, device="cpu", dtype="float32"), tmp_path / "copy")  # the folder's files come along
+    assert (tmp_path / "copy" / "fast-restyle.safetensors").read_bytes() == (folder / "fast-restyle.safetensors").read_bytes()
+    for bad in ("../x.safetensors", "x.bin", 3, ".x.safetensors"):
+        (folder / "kinema.json").write_text(json.dumps({**index, "fast": dict(lora="fast.safetensors", steps=2,
+                                                                              guidance=1.0, restyle={"lora": bad})}))
+        with pytest.raises(KinemaError, match="fast must be"):
+            jobs.prepare_restyle(src, "a green square", folder, fast=True, **small)
