@@ -74,9 +74,6 @@ def main(argv=None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = kinema.load(args.model, device="cpu")
-    fast = kinema.info(args.model).index.get("fast")  # restyle's default runs the folder's student where it has one
-    student = kinema.load(args.model, device="cpu", loras=[str(Path(kinema.info(args.model).path) / fast["lora"])]) \
-        if fast else model
 
     source = world_clip(SOURCE_CAPTION, seed=3)
     write_video(out_dir / "source.mp4", source, fps=8, overwrite=True)
@@ -90,7 +87,9 @@ def main(argv=None) -> int:
         print(f"wrote {out_dir}/animate.gif", flush=True)
     if "restyle" in args.only:
         src, _ = read_video(out_dir / "source.mp4")
-        common = dict(seed=args.seed, model=student, progress=False)
+        # the folder, not a loaded model: restyle loads what `kinema restyle` does (the folder's student where its
+        # defaults say so, with the student's restyle LoRA under the control)
+        common = dict(seed=args.seed, model=args.model, device="cpu", progress=False)
         restyled = kinema.restyle(out_dir / "source.mp4", RESTYLE_PROMPT, **common)
         # the default before: the full model (25 steps, guidance 7.5) with the control input
         previous = kinema.restyle(out_dir / "source.mp4", RESTYLE_PROMPT, **{**common, "model": model}, fast=False)
