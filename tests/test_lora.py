@@ -271,7 +271,9 @@ def test_restyle_uses_the_shipped_student_unless_told_not_to():
     assert (tuple(full.settings.guidance_interval), full.settings.control_scale) == ((0.0, 1.0), 2.0)
     plain = kinema.load(device="cpu", dtype="float32")  # loaded without the student: the full model, no error
     assert jobs.prepare_restyle(src, prompt, model=plain).settings.steps == 25
-    assert len(job.placement.loras) == 1 and job.placement.loras[0][0].endswith("fast.safetensors")
+    # under the control the student restyles with its restyle LoRA stacked (fast.restyle.lora); without, it does not
+    assert [Path(p).name for p, _ in job.placement.loras] == ["fast.safetensors", "fast-restyle.safetensors"]
+    assert [Path(p).name for p, _ in bare.placement.loras] == ["fast.safetensors"]
 
 
 def test_saving_a_folder_keeps_its_student(trained_like_model, tmp_path):
