@@ -153,10 +153,12 @@ def _restyle_fast(info: ModelInfo, model) -> bool:
     fast = (info.index or {}).get("fast")
     if not (info.defaults.restyle_fast and fast):
         return False
-    if isinstance(model, Model):
-        want = (Path(info.path) / fast["lora"]).resolve()
-        return any(Path(r["path"]).resolve() == want for r in model.loras)
-    return True
+    return not isinstance(model, Model) or _loaded_with(model, Path(info.path) / fast["lora"])
+
+
+def _loaded_with(model: Model, path: Path) -> bool:
+    """Whether the loaded `model` carries the LoRA file at `path`."""
+    return any(Path(r["path"]).resolve() == path.resolve() for r in model.loras)
 
 
 def _student_restyle_lora(info: ModelInfo, model, lora, name: str) -> list:
@@ -166,7 +168,7 @@ def _student_restyle_lora(info: ModelInfo, model, lora, name: str) -> list:
     it was loaded with: one loaded without this file restyles without it (kinema.load(loras=[...]) adds it)."""
     path = Path(info.path) / name
     lora = [lora] if isinstance(lora, (str, Path)) else list(lora or [])
-    if isinstance(model, Model) and not any(Path(r["path"]).resolve() == path.resolve() for r in model.loras):
+    if isinstance(model, Model) and not _loaded_with(model, path):
         return lora
     return [*lora, (str(path), 1.0)]
 

@@ -38,7 +38,7 @@ def main() -> int:
     for i, (source, prompt, *_rest) in enumerate(bench.own_clips(args.clips, 16, 64)):
         common = dict(model=model, seed=i, progress=False)
         # the default: what `kinema restyle` loads (the student and its restyle LoRA, control on)
-        new = kinema.restyle(source, prompt, **{**common, "model": None, "device": "cpu"})
+        new = kinema.restyle(source, prompt, seed=i, device="cpu", progress=False)
         full = kinema.restyle(source, prompt, fast=False, **common)  # the default before: 25 steps, control on
         old = kinema.restyle(source, prompt, control="none", strength=0.9, structure=0.3, **common)
         rows.append(gifs.side_by_side(gifs.panel(source, "source"), gifs.panel(new, "default"),

@@ -68,9 +68,14 @@ def student_with_control(student: Path, control: Path, out: Path) -> Path:
         raise SystemExit(f"{control} must adapt the control adapter's layers only (lora_targets: '^control\\..*')")
     meta["targets"] = f"{meta['targets'].split(' | ')[0]} | {cmeta['targets']}"
     meta["control"] = dict(step=cmeta.get("step"), config=cmeta.get("config"))
+    return _atomic(out, lambda tmp: save_file({**base, **extra}, str(tmp), metadata={META: json.dumps(meta)}))
+
+
+def _atomic(out: Path, write) -> Path:
+    """`write(tmp)` to a temporary file beside `out`, then renamed over it: an interrupted write leaves `out` as it was."""
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        save_file({**base, **extra}, str(tmp), metadata={META: json.dumps(meta)})
+        write(tmp)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -92,14 +97,8 @@ def student_restyle(folder: Path, lora: Path, name: str = RESTYLE_LORA) -> Path:
     index_file = folder / "kinema.json"
     index = json.loads(index_file.read_text())
     index["fast"].setdefault("restyle", {})["lora"] = name
-    for out, write in ((folder / name, lambda t: shutil.copyfile(lora, t)),
-                       (index_file, lambda t: Path(t).write_text(json.dumps(index, indent=2)))):
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        try:
-            write(tmp)
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
+    _atomic(folder / name, lambda tmp: shutil.copyfile(lora, tmp))
+    _atomic(index_file, lambda tmp: tmp.write_text(json.dumps(index, indent=2)))
     return folder / name
 
 
